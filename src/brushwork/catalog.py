@@ -1,0 +1,164 @@
+"""Finding checkpoints in the data home and resolving what the user typed.
+
+``--model`` may be a path, a file name, a stem, a name relative to the checkpoint
+folder, or a model hash (10 hex, full sha256, or A1111's legacy 8-hex hash, as old
+infotexts carry).  Unknown names get the closest matches in the message.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .hashing import HashCache, legacy_model_hash
+from .models.detect import ModelSpec, detect
+from .models.errors import CheckpointNotFound, ModelFileError
+from .models.files import iter_checkpoint_files, open_tensor_file, read_safetensors_header
+from .paths import DataHome
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    path: Path
+    name: str  # path relative to its folder, without suffix (A1111's model name)
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+
+def list_checkpoints(home: DataHome) -> list[CheckpointEntry]:
+    entries: list[CheckpointEntry] = []
+    seen: set[Path] = set()
+    for folder in home.checkpoint_dirs:
+        for path in iter_checkpoint_files(folder):
+            real = path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            rel = path.relative_to(folder).with_suffix("")
+            entries.append(CheckpointEntry(path, rel.as_posix()))
+    return entries
+
+
+def hash_cache(home: DataHome) -> HashCache:
+    return HashCache(home.cache / "hashes.json")
+
+
+def no_checkpoint_message(home: DataHome) -> str:
+    return (
+        "No checkpoint found. Brushwork needs a Stable Diffusion checkpoint (.safetensors or .ckpt: SD 1.x, SD 2.x or SDXL).\n"
+        f"  Put one into {home.checkpoint_dirs[0]}\n"
+        "  or pass a file directly: brushwork generate \"a prompt\" --model /path/to/model.safetensors\n"
+        "  (for example v1-5-pruned-emaonly.safetensors, or any SD 1.x/SDXL model from civitai)."
+    )
+
+
+def find_checkpoint(home: DataHome, query: Optional[str]) -> Path:
+    """The checkpoint file meant by ``query`` (None: the default one)."""
+    entries = list_checkpoints(home)
+    if query is None:
+        if not entries:
+            raise CheckpointNotFound(no_checkpoint_message(home))
+        return default_checkpoint(home, entries)
+    as_path = Path(query).expanduser()
+    if as_path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth") or "/" in query or "\\" in query:
+        if as_path.is_file():
+            return as_path.resolve()
+        if as_path.exists():
+            raise CheckpointNotFound(f"{query} is a folder, not a checkpoint file.")
+    q = query.strip()
+    for e in entries:
+        if q in (e.name, e.stem, e.path.name, f"{e.name}{e.path.suffix}"):
+            return e.path
+    lowered = q.lower()
+    for e in entries:
+        if lowered in (e.name.lower(), e.stem.lower(), e.path.name.lower()):
+            return e.path
+    if _looks_like_hash(q):
+        cache = hash_cache(home)
+        for e in entries:
+            if len(q) == 8 and legacy_model_hash(e.path) == q.lower():
+                return e.path
+            if len(q) >= 10 and cache.get_sha256(e.path).startswith(q.lower()):
+                return e.path
+    names = [e.name for e in entries]
+    close = difflib.get_close_matches(q, names, n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    where = f"Checkpoints found: {', '.join(names)}." if names else no_checkpoint_message(home)
+    raise CheckpointNotFound(f"No checkpoint called {query!r} (and no such file).{hint} {where}")
+
+
+def _looks_like_hash(q: str) -> bool:
+    return len(q) in (8, 10, 12, 64) and all(c in "0123456789abcdefABCDEF" for c in q)
+
+
+def _settings_path(home: DataHome) -> Path:
+    return home.root / "settings.json"
+
+
+def read_settings(home: DataHome) -> dict:
+    try:
+        return json.loads(_settings_path(home).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def remember_last_model(home: DataHome, path: Path) -> None:
+    """Store the last checkpoint used, so it becomes the default next time."""
+    settings = read_settings(home)
+    settings["last_checkpoint"] = str(path)
+    try:
+        home.root.mkdir(parents=True, exist_ok=True)
+        tmp = _settings_path(home).with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        tmp.replace(_settings_path(home))
+    except OSError:
+        pass  # a read-only home only loses this convenience
+
+
+def default_checkpoint(home: DataHome, entries: list[CheckpointEntry]) -> Path:
+    """The last checkpoint used if it is still there, else the first in name order."""
+    last = read_settings(home).get("last_checkpoint")
+    for e in entries:
+        if last and str(e.path) == last:
+            return e.path
+    return entries[0].path
+
+
+def inspect_checkpoint(path: Path) -> ModelSpec:
+    """Detect a checkpoint's family from its header (safetensors: no weights read)."""
+    if path.suffix.lower() == ".safetensors":
+        tensors, metadata, _ = read_safetensors_header(path)
+        shapes = {k: v.shape for k, v in tensors.items()}
+
+        def read(name: str):
+            with open_tensor_file(path) as tf:
+                return tf.get(name)
+
+        return detect(shapes, metadata, read, name=path.name)
+    with open_tensor_file(path) as tf:
+        return detect(tf.shapes(), tf.metadata, tf.get, name=path.name)
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    entry: CheckpointEntry
+    size_bytes: int
+    family: str  # label, or "unrecognised: ..." for files that cannot be used
+    model_hash: Optional[str]
+
+
+def summarize(home: DataHome, with_hash: bool = True) -> list[CheckpointSummary]:
+    cache = hash_cache(home)
+    out = []
+    for e in list_checkpoints(home):
+        try:
+            family = inspect_checkpoint(e.path).label
+        except ModelFileError as exc:
+            family = f"unusable: {str(exc).split(': ', 1)[-1][:80]}"
+        h = cache.get_sha256(e.path)[:10] if with_hash else None
+        out.append(CheckpointSummary(e, e.path.stat().st_size, family, h))
+    return out

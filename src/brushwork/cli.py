@@ -1,0 +1,254 @@
+"""The ``brushwork`` command: a thin client of :class:`brushwork.engine.Engine`.
+
+    brushwork generate "a lighthouse at dusk" --seed 42
+    brushwork generate --from outputs/2026-11-26/00003-42.png
+    brushwork models
+    brushwork info IMAGE
+    brushwork samplers
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="brushwork", description="Local Stable Diffusion image generation.")
+    p.add_argument("--version", action="version", version=f"brushwork {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--home", help="data folder (default: $BRUSHWORK_HOME or the platform's data folder)")
+
+    g = sub.add_parser("generate", help="make images from a prompt", description="Make images from a prompt. Settings left out use the model's defaults.")
+    g.add_argument("prompt", nargs="?", help="what to draw")
+    g.add_argument("--negative", "-n", help="what to avoid")
+    g.add_argument("--seed", type=int, help="-1 for random (default); image i of the run uses seed+i")
+    g.add_argument("--steps", type=int, help="sampling steps, 1-150 (more: more detail, more time)")
+    g.add_argument("--cfg", type=float, help="CFG scale: how closely to follow the prompt (typically 4-7)")
+    g.add_argument("--sampler", help='e.g. "DPM++ 2M", "Euler a", or "DPM++ 2M Karras" (see: brushwork samplers)')
+    g.add_argument("--schedule", help="Automatic, Uniform, Karras, Exponential, SGM Uniform or Simple")
+    g.add_argument("--width", "-W", type=int, help="width in pixels, a multiple of 8")
+    g.add_argument("--height", "-H", type=int, help="height in pixels, a multiple of 8")
+    g.add_argument("--batch-size", type=int, default=None, help="images per batch (run together)")
+    g.add_argument("--batch-count", type=int, default=None, help="how many batches to run one after another")
+    g.add_argument("--clip-skip", type=int, default=None, help="use an earlier text-encoder layer (1 = last)")
+    g.add_argument("--model", "-m", help="checkpoint: name, file name, path or model hash (default: the last one used)")
+    g.add_argument("--out", "-o", help="output folder (default: HOME/outputs/DATE)")
+    g.add_argument("--from", dest="from_image", metavar="IMAGE", help="re-create an image from the parameters stored in it")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    g.add_argument("--ema", action="store_true", help="use the checkpoint's EMA UNet weights when it has both")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    common(g)
+
+    m = sub.add_parser("models", help="list the checkpoints found")
+    m.add_argument("--no-hash", action="store_true", help="skip computing file hashes (faster for big new files)")
+    common(m)
+
+    i = sub.add_parser("info", help="show the generation parameters stored in an image")
+    i.add_argument("image")
+
+    sub.add_parser("samplers", help="list sampler and schedule names")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.command is None:
+        _parser().print_help()
+        return EXIT_USAGE
+    handler = {"generate": cmd_generate, "models": cmd_models, "info": cmd_info, "samplers": cmd_samplers}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; images already saved are kept.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - turn the errors we raise for users into messages
+        if not _is_user_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _is_user_error(exc: Exception) -> bool:
+    from .devices import DeviceError
+    from .engine import RequestError
+    from .infotext import InfotextError
+    from .models.errors import ModelFileError
+    from .outputs import NotAnImageError, OutputError
+    from .sampling.registry import UnknownSamplerError
+
+    return isinstance(exc, (DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
+
+
+# ------------------------------------------------------------------ generate
+
+
+def _request_from_image(path: str):
+    from .engine import GenerationRequest
+    from .infotext import InfotextError, params_from_infotext
+    from .outputs import read_infotext
+
+    text = read_infotext(path)
+    if not text:
+        raise InfotextError(f"{path} carries no generation parameters (no 'parameters' text in the file), so it cannot be re-created.")
+    p = params_from_infotext(text)
+    req = GenerationRequest(
+        prompt=p.prompt,
+        negative_prompt=p.negative_prompt,
+        seed=p.seed,
+        steps=p.steps,
+        cfg_scale=p.cfg_scale,
+        sampler=p.sampler,
+        schedule=p.schedule,
+        width=p.width,
+        height=p.height,
+        clip_skip=p.clip_skip,
+    )
+    return req, p
+
+
+def _model_for_image(home, params) -> str:
+    """The checkpoint an infotext names: by hash first, then by name."""
+    from .catalog import find_checkpoint
+    from .models.errors import CheckpointNotFound
+
+    for query in (params.model_hash, params.model_name):
+        if query:
+            try:
+                return str(find_checkpoint(home, query))
+            except CheckpointNotFound:
+                continue
+    named = params.model_name or "an unnamed model"
+    raise CheckpointNotFound(
+        f"the image was made with {named}" + (f" [{params.model_hash}]" if params.model_hash else "")
+        + ", which is not among your checkpoints. Add it to the checkpoints folder, or pass --model to re-create it with another one."
+    )
+
+
+def cmd_generate(args) -> int:
+    from dataclasses import replace
+
+    from .engine import Engine, GenerationRequest
+    from .outputs import ensure_writable_folder, save_png
+    from .paths import DataHome
+
+    home = DataHome.resolve(args.home)
+    model = args.model
+    if args.from_image:
+        req, params = _request_from_image(args.from_image)
+        if model is None:
+            model = _model_for_image(home, params)
+    else:
+        if args.prompt is None:
+            print("error: give a prompt, e.g. brushwork generate \"a lighthouse at dusk\" (or --from IMAGE)", file=sys.stderr)
+            return EXIT_USAGE
+        req = GenerationRequest()
+    overrides = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative,
+        "seed": args.seed,
+        "steps": args.steps,
+        "cfg_scale": args.cfg,
+        "sampler": args.sampler,
+        "schedule": args.schedule,
+        "width": args.width,
+        "height": args.height,
+        "batch_size": args.batch_size,
+        "batch_count": args.batch_count,
+        "clip_skip": args.clip_skip,
+    }
+    req = replace(req, **{k: v for k, v in overrides.items() if v is not None})
+    if args.sampler is not None and args.schedule is None and args.from_image:
+        req = replace(req, schedule=None)
+
+    out_dir = Path(args.out) if args.out else home.outputs / _dt.date.today().isoformat()
+    out_dir = ensure_writable_folder(out_dir)  # fail before any compute
+    engine = Engine(home, device=args.device, use_ema=args.ema)
+    loaded = engine.load(model)
+    req = engine.complete(req)
+    if not args.quiet:
+        print(f"{loaded.path.name} ({loaded.spec.label}) on {engine.placement.label}: {req.width}x{req.height}, {req.steps} steps, {req.sampler}, CFG {req.cfg_scale}", file=sys.stderr)
+
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=req.steps * req.batch_count, unit="it", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(p) -> None:
+        if bar is not None:
+            bar.update(p.step - bar.n)
+
+    try:
+        images = engine.txt2img(req, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    for img in images:
+        path = save_png(img.image, out_dir, img.seed, img.infotext)
+        print(f"{path}  seed {img.seed}")
+    return 0
+
+
+# ------------------------------------------------------------------ other commands
+
+
+def cmd_models(args) -> int:
+    from .catalog import no_checkpoint_message, summarize
+    from .paths import DataHome
+
+    home = DataHome.resolve(args.home)
+    rows = summarize(home, with_hash=not args.no_hash)
+    if not rows:
+        print(no_checkpoint_message(home))
+        return 0
+    name_w = max(len(r.entry.name) for r in rows)
+    print(f"{'NAME':<{name_w}}  {'FAMILY':<24}  {'SIZE':>9}  HASH")
+    for r in rows:
+        size = f"{r.size_bytes / 2**20:.1f} MB" if r.size_bytes < 2**30 else f"{r.size_bytes / 2**30:.2f} GB"
+        print(f"{r.entry.name:<{name_w}}  {r.family:<24}  {size:>9}  {r.model_hash or '-'}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .infotext import parse_infotext
+    from .outputs import read_infotext
+
+    text = read_infotext(args.image)
+    if not text:
+        print(f"{args.image} has no generation parameters.", file=sys.stderr)
+        return 1
+    data = parse_infotext(text)
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        if key.endswith(("-1", "-2")) and key[:-2] in data:
+            continue
+        print(f"{key + ':':<{width + 1}} {value}")
+    return 0
+
+
+def cmd_samplers(args) -> int:
+    from .sampling.registry import SAMPLERS
+    from .sampling.schedules import SCHEDULE_LABELS
+
+    print("Samplers:")
+    for info in SAMPLERS.values():
+        auto = "own grid" if info.fixed_grid else SCHEDULE_LABELS[info.default_schedule]
+        print(f"  {info.label:<14} (Automatic schedule: {auto})")
+    print("Schedules: " + ", ".join(SCHEDULE_LABELS.values()))
+    print('A schedule can also be appended to the sampler name, e.g. "DPM++ 2M Karras".')
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

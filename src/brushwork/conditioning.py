@@ -1,0 +1,92 @@
+"""Text conditioning: prompt text -> the tensors the UNet attends to.
+
+Prompts are tokenized with OpenAI CLIP's BPE (shipped in ``assets/``), split into
+chunks of 75 tokens, each wrapped as [BOS] + tokens + [EOS] + padding to 77 and
+encoded separately; the chunk encodings are concatenated, so long prompts are
+never truncated (AUTOMATIC1111's scheme).  Which hidden layer is used follows the
+family: SD 1.x the last layer after the final norm, SD 2.x the penultimate layer
+after the final norm, SDXL the penultimate layers of both encoders concatenated,
+plus the second encoder's pooled, projected output.  ``clip_skip`` > 1 steps
+further back, as in AUTOMATIC1111.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Optional
+
+import torch
+
+from .models.detect import ModelSpec
+
+CHUNK = 75
+BOS, EOS = 49406, 49407
+
+
+@lru_cache(maxsize=1)
+def tokenizer():
+    """The CLIP tokenizer, from files inside the package (never the network)."""
+    from transformers import CLIPTokenizer
+
+    folder = resources.files("brushwork") / "assets" / "clip_tokenizer"
+    return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def tokenize(text: str) -> list[int]:
+    """Token ids of ``text`` without BOS/EOS."""
+    return tokenizer()(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+
+
+def chunk_ids(ids: list[int], pad_id: int) -> list[list[int]]:
+    """Split token ids into 77-token windows: BOS, up to 75 tokens, EOS, padding."""
+    pieces = [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]
+    return [[BOS] + p + [EOS] + [pad_id] * (CHUNK - len(p)) for p in pieces]
+
+
+@dataclass
+class TextConditioning:
+    """Encoded prompt: context (batch, 77*k, width) and, for SDXL, the pooled vector."""
+
+    context: torch.Tensor
+    pooled: Optional[torch.Tensor] = None
+
+
+def _encode_chunk(encoder, ids: torch.Tensor, layer_from_end: int, final_norm: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    out = encoder(input_ids=ids, output_hidden_states=True)
+    hidden = out.hidden_states[-layer_from_end]
+    if final_norm:
+        hidden = getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
+    pooled = getattr(out, "text_embeds", None)
+    return hidden, pooled
+
+
+@torch.no_grad()
+def encode_prompt(spec: ModelSpec, encoders: list, text: str, clip_skip: int, device: torch.device) -> TextConditioning:
+    """Encode one prompt for one image."""
+    ids = tokenize(text)
+    per_encoder = []
+    pooled = None
+    for cfg, encoder in zip(spec.text_encoders, encoders):
+        chunks = torch.tensor(chunk_ids(ids, cfg.pad_token_id), device=device)
+        if spec.family == "sd1":
+            layer, norm = clip_skip, True
+        elif spec.family == "sd2":
+            layer, norm = 1 + clip_skip, True
+        else:
+            layer, norm = 1 + clip_skip, False
+        hidden, pool = _encode_chunk(encoder, chunks, layer, norm)
+        per_encoder.append(hidden.reshape(1, -1, hidden.shape[-1]))
+        if pool is not None:
+            pooled = pool[:1]  # the first chunk's pooled output, as AUTOMATIC1111 does
+    return TextConditioning(torch.cat(per_encoder, dim=-1), pooled)
+
+
+def pad_to_same_length(a: torch.Tensor, b: torch.Tensor, filler: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make two contexts the same token length by appending copies of ``filler``
+    (the encoding of an empty chunk), so cond and uncond run in one batch."""
+    def grow(x: torch.Tensor, n: int) -> torch.Tensor:
+        return x if n == x.shape[1] else torch.cat([x] + [filler] * ((n - x.shape[1]) // filler.shape[1]), dim=1)
+
+    n = max(a.shape[1], b.shape[1])
+    return grow(a, n), grow(b, n)

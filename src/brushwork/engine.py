@@ -1,0 +1,367 @@
+"""The engine: one object that loads a checkpoint and turns requests into images.
+
+It knows nothing about the command line or the web; the CLI (and later the HTTP
+server) are thin clients of :class:`Engine`.  A generation is::
+
+    prompt --(conditioning)--> text features
+    seed   --(per-image CPU generator)--> initial noise
+    noise, features --(sampler over sigmas, denoiser with CFG)--> latents
+    latents --(VAE)--> pixels --(infotext)--> GeneratedImage
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import __version__
+from .catalog import find_checkpoint, hash_cache, remember_last_model
+from .conditioning import TextConditioning, encode_prompt, pad_to_same_length
+from .devices import Placement, choose_placement, free_memory_bytes
+from .infotext import GenerationParams, format_infotext
+from .models.detect import ModelSpec, detect
+from .models.files import open_tensor_file
+from .models.load import Networks, build_networks
+from .paths import DataHome
+from .sampling.denoiser import Conditioning, make_denoiser
+from .sampling.registry import SamplerInfo, resolve_sampler, sampling_sigmas, schedule_label
+from .sampling.schedules import ModelSchedule, scaled_linear_schedule
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+MIN_SIDE, MAX_SIDE = 64, 4096
+MAX_STEPS = 150
+
+
+class RequestError(ValueError):
+    """A generation request with a value out of range; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    width: int
+    height: int
+    steps: int = 25
+    cfg_scale: float = 7.0
+    sampler: str = "DPM++ 2M"
+    schedule: str = "Karras"
+
+
+def family_defaults(spec: ModelSpec) -> FamilyDefaults:
+    return FamilyDefaults(spec.resolution, spec.resolution)
+
+
+@dataclass
+class GenerationRequest:
+    """What to generate.  ``None`` means the loaded model's default."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    steps: Optional[int] = None
+    cfg_scale: Optional[float] = None
+    sampler: Optional[str] = None
+    schedule: Optional[str] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    batch_size: int = 1
+    batch_count: int = 1
+    clip_skip: int = 1
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    params: GenerationParams
+    infotext: str
+
+
+@dataclass
+class Progress:
+    step: int  # steps done so far, over the whole request
+    total: int
+    elapsed: float
+    latents: Optional[torch.Tensor] = None
+
+    @property
+    def eta(self) -> float:
+        return self.elapsed / self.step * (self.total - self.step) if self.step else float("nan")
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    mtime: float
+    spec: ModelSpec
+    networks: Networks
+    sha256: str
+    schedule: ModelSchedule = field(default_factory=scaled_linear_schedule)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:10]
+
+
+def resolve_seed(seed: Optional[int], rng: Optional[random.Random] = None) -> int:
+    """-1 or None means a random seed (0 .. 2**32 - 2, AUTOMATIC1111's range)."""
+    if seed is None or seed == -1:
+        return (rng or random.SystemRandom()).randint(0, MAX_SEED - 1)
+    if not 0 <= seed <= MAX_SEED:
+        raise RequestError(f"seed must be -1 (random) or between 0 and {MAX_SEED}; got {seed}.")
+    return seed
+
+
+def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """One CPU generator per image, seeded with its seed, and each image's noise drawn
+    from it: the same seed gives the same noise on any device and in any batch."""
+    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    noise = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
+    return noise, gens
+
+
+def noise_source(gens: list[torch.Generator], shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    """Fresh per-step noise for stochastic samplers, from the same per-image generators."""
+    def draw() -> torch.Tensor:
+        return torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens]).to(device, dtype)
+
+    return draw
+
+
+def estimate_activation_bytes(spec: ModelSpec, width: int, height: int, batch: int, cfg_scale: float, dtype_bytes: int) -> int:
+    """A deliberately generous estimate of the working memory of one generation.
+
+    UNet: every skip activation is kept until the decoder uses it; summed over the
+    levels that is about 4x the level-0 activation, and a block's working set adds
+    as much again; times 2 passes for CFG.  VAE: decoding (one image at a time)
+    keeps about five full-resolution tensors of the decoder's widest level.
+    """
+    tokens = (width // 8) * (height // 8)
+    passes = batch * (1 if cfg_scale == 1.0 else 2)
+    unet = passes * tokens * spec.unet.widths[0] * dtype_bytes * 16
+    vae = width * height * spec.vae.widths[0] * 4 * 5
+    return unet + vae
+
+
+class Engine:
+    """Loads checkpoints and generates images.  Not thread-safe: one job at a time."""
+
+    def __init__(self, home: DataHome | str | None = None, device: str | None = None, use_ema: bool = False):
+        self.home = home if isinstance(home, DataHome) else DataHome.resolve(home)
+        self.placement: Placement = choose_placement(device)
+        self.use_ema = use_ema
+        self.model: Optional[LoadedModel] = None
+        self._vae_fp32 = False
+
+    # ------------------------------------------------------------- models
+
+    def load(self, model: str | Path | None = None) -> LoadedModel:
+        """Load a checkpoint by name, stem, path or hash; keep it if already loaded."""
+        path = find_checkpoint(self.home, None if model is None else str(model))
+        mtime = path.stat().st_mtime
+        if self.model and self.model.path == path and self.model.mtime == mtime:
+            return self.model
+        self.model = None  # release the old weights before reading the new ones
+        t0 = time.perf_counter()
+        with open_tensor_file(path) as tf:
+            spec = detect(tf.shapes(), tf.metadata, tf.get, name=path.name)
+            p = self.placement
+            vae_dtype = torch.float32 if self._vae_fp32 else p.dtype
+            networks = build_networks(spec, tf, p.dtype, p.device, vae_dtype=vae_dtype, use_ema=self.use_ema)
+        sha = hash_cache(self.home).get_sha256(path)
+        self.model = LoadedModel(path, mtime, spec, networks, sha)
+        remember_last_model(self.home, path)
+        log.info("loaded %s (%s) in %.1fs on %s", path.name, spec.label, time.perf_counter() - t0, p.label)
+        return self.model
+
+    # ------------------------------------------------------------- requests
+
+    def complete(self, request: GenerationRequest) -> GenerationRequest:
+        """Fill defaults from the loaded model and validate every field."""
+        m = self._require_model()
+        d = family_defaults(m.spec)
+        req = replace(
+            request,
+            steps=d.steps if request.steps is None else request.steps,
+            cfg_scale=d.cfg_scale if request.cfg_scale is None else request.cfg_scale,
+            width=d.width if request.width is None else request.width,
+            height=d.height if request.height is None else request.height,
+        )
+        if request.sampler is None:
+            req = replace(req, sampler=d.sampler, schedule=request.schedule or d.schedule)
+        validate_request(req)
+        resolve_sampler(req.sampler, req.schedule)  # raises with the valid names
+        needed = estimate_activation_bytes(m.spec, req.width, req.height, req.batch_size, req.cfg_scale, torch.finfo(self.placement.dtype).bits // 8)
+        free = free_memory_bytes(self.placement.device)
+        if needed > free * 0.9:
+            raise RequestError(
+                f"{req.width}x{req.height} with batch size {req.batch_size} needs about {needed / 2**30:.1f} GiB of working memory, "
+                f"but only {free / 2**30:.1f} GiB is free on {self.placement.device.type}. Use a smaller size or batch size."
+            )
+        return req
+
+    def txt2img(self, request: GenerationRequest, progress: Optional[Callable[[Progress], None]] = None) -> list[GeneratedImage]:
+        """Generate ``batch_count`` batches of ``batch_size`` images."""
+        req = self.complete(request)
+        m = self._require_model()
+        sampler, schedule = resolve_sampler(req.sampler, req.schedule)
+        base_seed = resolve_seed(req.seed)
+        total = req.steps * req.batch_count
+        t0 = time.perf_counter()
+        cond, uncond = self._encode(req)
+        images: list[GeneratedImage] = []
+        for batch_index in range(req.batch_count):
+            seeds = [base_seed + batch_index * req.batch_size + i for i in range(req.batch_size)]
+            done_before = batch_index * req.steps
+
+            def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor, _done=done_before) -> None:
+                if progress is not None:
+                    progress(Progress(_done + i + 1, total, time.perf_counter() - t0, denoised))
+
+            latents = self.sample(req, sampler, schedule, seeds, cond, uncond, on_step)
+            pixels = self.decode(latents)
+            for seed, img in zip(seeds, pixels):
+                params = self._params(req, sampler, schedule, seed)
+                images.append(GeneratedImage(img, seed, params, format_infotext(params)))
+        return images
+
+    # ------------------------------------------------------------- stages
+
+    def _require_model(self) -> LoadedModel:
+        if self.model is None:
+            self.load()
+        assert self.model is not None
+        return self.model
+
+    def _encode(self, req: GenerationRequest) -> tuple[TextConditioning, TextConditioning]:
+        m = self._require_model()
+        device = self.placement.device
+        enc = m.networks.text_encoders
+        cond = encode_prompt(m.spec, enc, req.prompt, req.clip_skip, device)
+        uncond = encode_prompt(m.spec, enc, req.negative_prompt, req.clip_skip, device)
+        if cond.context.shape[1] != uncond.context.shape[1]:
+            empty = encode_prompt(m.spec, enc, "", req.clip_skip, device).context
+            c, u = pad_to_same_length(cond.context, uncond.context, empty)
+            cond, uncond = replace(cond, context=c), replace(uncond, context=u)
+        return cond, uncond
+
+    def _net_conditioning(self, text: TextConditioning, batch: int, width: int, height: int) -> dict:
+        ctx = text.context.to(self.placement.dtype).expand(batch, -1, -1)
+        out = {"context": ctx}
+        if self._require_model().spec.family == "sdxl":
+            time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.placement.dtype, device=self.placement.device)
+            out["added"] = {"text_embeds": text.pooled.to(self.placement.dtype).expand(batch, -1), "time_ids": time_ids.expand(batch, -1)}
+        return out
+
+    def sample(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seeds: list[int], cond: TextConditioning, uncond: TextConditioning, on_step=None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Run the sampler for one batch; returns final latents (float32, on the device)."""
+        m = self._require_model()
+        p = self.placement
+        channels = m.spec.unet.in_channels
+        shape = (channels, req.height // 8, req.width // 8)
+        start, gens = initial_noise(seeds, shape)
+        if noise is not None:
+            start = noise
+        sigmas = sampling_sigmas(sampler, schedule, req.steps, m.schedule)
+        unet = m.networks.unet
+        batch = len(seeds)
+
+        def join(a: dict, b: dict) -> dict:
+            out = {"context": torch.cat([a["context"], b["context"]])}
+            if "added" in a:
+                out["added"] = {k: torch.cat([a["added"][k], b["added"][k]]) for k in a["added"]}
+            return out
+
+        def net(x_in: torch.Tensor, t: torch.Tensor, c: dict) -> torch.Tensor:
+            return unet(x_in.to(p.dtype), t.to(p.device), encoder_hidden_states=c["context"], added_cond_kwargs=c.get("added")).sample
+
+        conditioning = Conditioning(
+            self._net_conditioning(cond, batch, req.width, req.height),
+            self._net_conditioning(uncond, batch, req.width, req.height),
+            join,
+        )
+        denoise = make_denoiser(net, m.schedule, m.spec.prediction, conditioning, float(req.cfg_scale))
+        # sigmas stay float64 on the CPU: as 0-d tensors they act as scalars on any device
+        x = start.to(p.device, torch.float32) * float(sigmas[0])
+        noise_fn = noise_source(gens, shape, p.device, torch.float32) if sampler.stochastic else None
+        with torch.inference_mode():
+            return sampler.fn(denoise, x, sigmas, noise=noise_fn, callback=on_step)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Latents -> RGB images, one at a time; retry the VAE in fp32 if fp16 overflows."""
+        m = self._require_model()
+        vae = m.networks.vae
+        images = []
+        for lat in latents:
+            pixels = self._decode_one(vae, lat[None])
+            if not torch.isfinite(pixels).all() and next(vae.parameters()).dtype != torch.float32:
+                log.warning("the VAE produced NaNs in half precision; switching it to float32")
+                vae.to(torch.float32)
+                self._vae_fp32 = True
+                pixels = self._decode_one(vae, lat[None])
+            arr = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            images.append(Image.fromarray(np.ascontiguousarray(arr), "RGB"))
+        return images
+
+    @staticmethod
+    def _decode_one(vae, latent: torch.Tensor) -> torch.Tensor:
+        dtype = next(vae.parameters()).dtype
+        scaled = (latent / vae.config.scaling_factor).to(dtype)
+        return vae.decode(scaled).sample
+
+    def _params(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seed: int) -> GenerationParams:
+        m = self._require_model()
+        return GenerationParams(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            steps=req.steps,
+            sampler=sampler.label,
+            schedule=schedule_label(sampler, schedule),
+            cfg_scale=float(req.cfg_scale),
+            seed=seed,
+            width=req.width,
+            height=req.height,
+            model_name=m.name,
+            model_hash=m.short_hash,
+            clip_skip=req.clip_skip,
+            # noise is drawn on the CPU: this tells AUTOMATIC1111 to do the same when it re-creates the image
+            extra={"RNG": "CPU"},
+            version=f"brushwork {__version__}",
+        )
+
+
+def validate_request(req: GenerationRequest) -> None:
+    """Range checks with messages that say what to change."""
+    for name in ("width", "height"):
+        v = getattr(req, name)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise RequestError(f"{name} must be a whole number of pixels; got {v!r}.")
+        if v % 8:
+            lo, hi = v // 8 * 8, v // 8 * 8 + 8
+            raise RequestError(f"{name} must be a multiple of 8 (the VAE works on 8x8 pixel blocks); got {v}. Try {lo} or {hi}.")
+        if not MIN_SIDE <= v <= MAX_SIDE:
+            raise RequestError(f"{name} must be between {MIN_SIDE} and {MAX_SIDE} pixels; got {v}.")
+    if not isinstance(req.steps, int) or not 1 <= req.steps <= MAX_STEPS:
+        raise RequestError(f"steps must be a whole number from 1 to {MAX_STEPS}; got {req.steps!r}. 20-30 is typical.")
+    if not 0 <= float(req.cfg_scale) <= 30:
+        raise RequestError(f"CFG scale must be between 0 and 30; got {req.cfg_scale}. 4-7 is typical.")
+    if not 1 <= req.batch_size <= 16:
+        raise RequestError(f"batch size must be from 1 to 16; got {req.batch_size}. Use batch count for more images.")
+    if not 1 <= req.batch_count <= 1000:
+        raise RequestError(f"batch count must be from 1 to 1000; got {req.batch_count}.")
+    if not 1 <= req.clip_skip <= 12:
+        raise RequestError(f"clip skip must be from 1 to 12; got {req.clip_skip}.")
+    resolve_seed(req.seed if req.seed != -1 else 0)

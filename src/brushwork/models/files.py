@@ -1,0 +1,254 @@
+"""Reading checkpoint files: names, shapes and tensors, without trusting the file.
+
+* ``.safetensors``: the header is parsed and validated by us (so a truncated or
+  damaged file gets a clear message instead of a crash deep in a library), then the
+  tensors are read lazily, one at a time, from a memory map.  Loading a model never
+  holds the whole file in RAM as a second copy.
+* ``.ckpt`` / ``.pt``: PyTorch zip pickles, read with ``weights_only`` unpickling,
+  and, for old files that pickled training-framework objects, with our own
+  unpickler that only builds tensors and plain containers and replaces every other
+  class with an inert placeholder.  No code from a pickle ever runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import torch
+
+from .errors import CorruptCheckpoint, ModelFileError, UnsafePickle
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class TensorFile:
+    """A lazily readable checkpoint: names and shapes up front, tensors on demand."""
+
+    path: Path
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str] = field(default_factory=dict)
+    _read: Callable[[str], torch.Tensor] | None = None
+    _close: Callable[[], None] | None = None
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: v.shape for k, v in self.tensors.items()}
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.tensors:
+            raise KeyError(name)
+        assert self._read is not None
+        return self._read(name)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+    def __enter__(self) -> "TensorFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    """(tensors, metadata, data_start) from a safetensors file, fully validated."""
+    size = path.stat().st_size
+    name = path.name
+    if size < 8:
+        raise CorruptCheckpoint(f"{name} is only {size} bytes: it is empty or truncated. Download it again.")
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+            raise CorruptCheckpoint(
+                f"{name} is not a valid .safetensors file (its header claims {header_len} bytes but the file has {size}). "
+                "It is probably truncated or not a safetensors file; download it again."
+            )
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCheckpoint(f"{name} has a damaged header ({exc}). Download it again.") from None
+    if not isinstance(header, dict):
+        raise CorruptCheckpoint(f"{name} has a damaged header (not a JSON object). Download it again.")
+    metadata = header.pop("__metadata__", None) or {}
+    data_len = size - 8 - header_len
+    tensors: dict[str, TensorInfo] = {}
+    for key, entry in header.items():
+        try:
+            dtype, shape, (start, end) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CorruptCheckpoint(f"{name}: the header entry for tensor {key!r} is malformed. Download the file again.") from None
+        if end > data_len or start > end:
+            raise CorruptCheckpoint(
+                f"{name} is truncated: tensor {key!r} ends at byte {end} of the data but the file holds only {data_len} bytes "
+                "of data. The download was probably interrupted; download it again."
+            )
+        tensors[key] = TensorInfo(dtype, shape)
+    return tensors, {str(k): str(v) for k, v in metadata.items()}, 8 + header_len
+
+
+def open_safetensors(path: Path) -> TensorFile:
+    from safetensors import safe_open
+
+    tensors, metadata, _ = read_safetensors_header(path)
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except Exception as exc:  # the library's own checks, e.g. overlapping offsets
+        raise CorruptCheckpoint(f"{path.name} could not be opened as safetensors: {exc}. Download it again.") from None
+
+    def read(name: str) -> torch.Tensor:
+        return handle.get_tensor(name)
+
+    return TensorFile(path, tensors, metadata, read, lambda: None)
+
+
+class _Inert:
+    """Stands in for any class a legacy pickle names that is not a tensor or a plain
+    container (e.g. a training callback).  It accepts and ignores everything."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("builtins", "bytearray"),
+    ("builtins", "complex"),
+}
+_ALLOWED_STORAGES = {"FloatStorage", "HalfStorage", "BFloat16Storage", "DoubleStorage", "LongStorage", "IntStorage", "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage"}
+_DANGEROUS_MODULES = ("os", "posix", "nt", "subprocess", "builtins", "sys", "shutil", "socket", "importlib", "runpy", "pty", "webbrowser", "ctypes")
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Builds tensors and plain containers only.  A global that could run code
+    (``os.system``, ``builtins.eval`` ...) stops the load with :class:`UnsafePickle`;
+    any other class becomes :class:`_Inert`."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        if module == "torch" and name in _ALLOWED_STORAGES:
+            return super().find_class(module, name)
+        if module.split(".")[0] in _DANGEROUS_MODULES or module.startswith("torch"):
+            raise UnsafePickle(
+                f"this file asks to call {module}.{name} while loading, which a model checkpoint never needs. "
+                "It may be malicious; it was not loaded. Prefer .safetensors files."
+            )
+        return _Inert
+
+
+class _SafePickleModule:
+    """A stand-in for the ``pickle`` module, for ``torch.load(pickle_module=...)``."""
+
+    Unpickler = _SafeUnpickler
+    load = staticmethod(lambda f, **kw: _SafeUnpickler(f, **kw).load())
+    __name__ = "brushwork_safe_pickle"
+
+
+def _torch_load(path: Path, weights_only: bool):
+    kwargs = dict(map_location="cpu", mmap=True)
+    if weights_only:
+        return torch.load(str(path), weights_only=True, **kwargs)
+    return torch.load(str(path), weights_only=False, pickle_module=_SafePickleModule, **kwargs)
+
+
+def _flatten_tensors(obj) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        inner = obj.get("state_dict")
+        if isinstance(inner, Mapping):
+            obj = inner
+        return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    raise CorruptCheckpoint("the file does not contain a dictionary of tensors")
+
+
+def open_pickle(path: Path) -> TensorFile:
+    """Read a .ckpt/.pt file without running code from it."""
+    if path.stat().st_size == 0:
+        raise CorruptCheckpoint(f"{path.name} is empty (0 bytes). Download it again.")
+    try:
+        try:
+            obj = _torch_load(path, weights_only=True)
+        except pickle.UnpicklingError:
+            # weights_only refused a class (typically a Lightning callback); retry with
+            # our unpickler, which builds tensors and ignores everything else.
+            obj = _torch_load(path, weights_only=False)
+    except UnsafePickle as exc:
+        raise UnsafePickle(f"{path.name}: {exc}") from None
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, OSError) as exc:
+        raise CorruptCheckpoint(
+            f"{path.name} could not be read as a PyTorch checkpoint ({str(exc).splitlines()[0][:200]}). "
+            "It is probably truncated or damaged; download it again."
+        ) from None
+    try:
+        tensors = _flatten_tensors(obj)
+    except CorruptCheckpoint as exc:
+        raise CorruptCheckpoint(f"{path.name}: {exc}") from None
+    infos = {k: TensorInfo(str(v.dtype).replace("torch.", ""), tuple(v.shape)) for k, v in tensors.items()}
+    return TensorFile(path, infos, {}, tensors.__getitem__, tensors.clear)
+
+
+def open_tensor_file(path: str | os.PathLike) -> TensorFile:
+    """Open a checkpoint-like file by its suffix, with clear errors for everything else."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path} does not exist.")
+    if path.is_dir():
+        raise ModelFileError(
+            f"{path} is a folder. Brushwork loads single-file checkpoints (.safetensors or .ckpt); "
+            "pass the file inside it."
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return open_safetensors(path)
+    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        return open_pickle(path)
+    raise ModelFileError(f"{path.name} is not a checkpoint file: expected .safetensors or .ckpt, got {suffix or 'no suffix'}.")
+
+
+def iter_checkpoint_files(folder: Path) -> Iterator[Path]:
+    """Checkpoint files below ``folder`` (recursive), skipping VAE side files."""
+    if not folder.is_dir():
+        return
+    for p in sorted(folder.rglob("*")):
+        name = p.name.lower()
+        if p.is_file() and name.endswith((".safetensors", ".ckpt")) and not name.endswith((".vae.safetensors", ".vae.ckpt")):
+            yield p

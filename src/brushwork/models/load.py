@@ -1,0 +1,131 @@
+"""Build the networks for a detected checkpoint and load its weights strictly.
+
+The networks are diffusers' ``UNet2DConditionModel`` and ``AutoencoderKL`` and
+transformers' CLIP text models, created on the ``meta`` device (no memory, no
+random init) and then filled tensor by tensor straight from the file: each tensor
+is read, cast to the target dtype and placed, so peak memory is the model plus one
+tensor.  Loading is strict both ways: every parameter must come from the file with
+the right shape, and every file tensor of a component must be used.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from .convert import Source, ema_key, hf_clip_source, is_ignored, openclip_source, unet_source, vae_source
+from .detect import UNET, VAE, ModelSpec, TextEncoderConfig
+from .errors import CorruptCheckpoint
+from .files import TensorFile
+
+log = logging.getLogger(__name__)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in Brushwork ever downloads
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+@dataclass
+class Networks:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoders: list[torch.nn.Module]
+
+
+def _fill(module: torch.nn.Module, what: str, source_of: Callable[[str], Source], tf: TensorFile, dtype: torch.dtype, device: torch.device, prefixes: Iterable[str]) -> None:
+    """Load every parameter and persistent buffer of ``module`` from ``tf``."""
+    used: set[str] = set()
+    state: dict[str, torch.Tensor] = {}
+    targets = dict(module.named_parameters())
+    targets.update({n: b for n, b in module.named_buffers() if n in module.state_dict()})
+    for name, target in targets.items():
+        try:
+            src = source_of(name)
+        except KeyError as exc:
+            raise CorruptCheckpoint(f"internal key map has no entry for {what} parameter {name!r}: {exc}") from None
+        if src.key not in tf.tensors:
+            raise CorruptCheckpoint(f"the {what} is incomplete: tensor {src.key!r} (for {name}) is missing from {tf.path.name}. The file is damaged or not in the original layout.")
+        tensor = tf.get(src.key)
+        if src.transform is not None:
+            tensor = src.transform(tensor)
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise CorruptCheckpoint(f"{tf.path.name}: tensor {src.key!r} has shape {tuple(tensor.shape)} but the {what} needs {tuple(target.shape)}; the file mixes parts of different models.")
+        state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype, copy=False)
+        used.add(src.key)
+    leftovers = [k for k in tf.tensors if k.startswith(tuple(prefixes)) and k not in used and not is_ignored(k)]
+    if leftovers:
+        raise CorruptCheckpoint(
+            f"{tf.path.name} has {len(leftovers)} {what} tensor(s) that do not fit the detected architecture, e.g. {leftovers[:3]}; "
+            "the model is of a kind Brushwork does not support, or the file is damaged."
+        )
+    module.load_state_dict(state, strict=True, assign=True)
+    _materialise_meta_buffers(module, device)
+
+
+def _materialise_meta_buffers(module: torch.nn.Module, device: torch.device) -> None:
+    """Non-persistent buffers are not in checkpoints; rebuild those left on ``meta``."""
+    for mod_name, mod in module.named_modules():
+        for buf_name, buf in list(mod.named_buffers(recurse=False)):
+            if buf.device.type != "meta":
+                continue
+            if buf_name == "position_ids":
+                mod.register_buffer(buf_name, torch.arange(buf.shape[-1], device=device).expand(1, -1), persistent=False)
+            else:
+                raise CorruptCheckpoint(f"internal: buffer {mod_name}.{buf_name} was not initialised")
+
+
+def build_unet(spec: ModelSpec, tf: TensorFile, dtype: torch.dtype, device: torch.device, use_ema: bool = False) -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    kwargs = spec.unet.diffusers_kwargs(spec.resolution // 8, upcast_attention=spec.family == "sd2")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**kwargs)
+
+    def source(name: str) -> Source:
+        src = unet_source(name, spec.unet)
+        if use_ema:
+            return Source(ema_key(src.key), src.transform)
+        return src
+
+    prefixes = ["model_ema."] if use_ema else [UNET]
+    _fill(unet, "UNet", source, tf, dtype, device, prefixes)
+    return unet.eval().requires_grad_(False)
+
+
+def build_vae(spec: ModelSpec, tf: TensorFile, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(**spec.vae.diffusers_kwargs(spec.resolution))
+    levels = len(spec.vae.widths)
+    _fill(vae, "VAE", lambda n: vae_source(n, levels), tf, dtype, device, [VAE])
+    return vae.eval().requires_grad_(False)
+
+
+def build_text_encoder(cfg: TextEncoderConfig, tf: TensorFile, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(**cfg.transformers_kwargs())
+    config._attn_implementation = "sdpa"
+    cls = CLIPTextModelWithProjection if cfg.projection_dim is not None else CLIPTextModel
+    with torch.device("meta"):
+        model = cls(config)
+    if cfg.layout == "hf":
+        has_text_model = any(k.startswith(cfg.prefix + "text_model.") for k in tf.tensors)
+        source = lambda n: hf_clip_source(n, cfg.prefix, has_text_model)  # noqa: E731
+    else:
+        source = lambda n: openclip_source(n, cfg.prefix)  # noqa: E731
+    _fill(model, "text encoder", source, tf, dtype, device, [cfg.prefix])
+    return model.eval().requires_grad_(False)
+
+
+def build_networks(spec: ModelSpec, tf: TensorFile, dtype: torch.dtype, device: torch.device, vae_dtype: torch.dtype | None = None, use_ema: bool = False) -> Networks:
+    if use_ema and not spec.ema:
+        raise CorruptCheckpoint(f"{tf.path.name} has no EMA weights ('model_ema.' tensors); load it without the EMA option.")
+    unet = build_unet(spec, tf, dtype, device, use_ema)
+    vae = build_vae(spec, tf, vae_dtype or dtype, device)
+    encoders = [build_text_encoder(cfg, tf, dtype, device) for cfg in spec.text_encoders]
+    return Networks(unet, vae, encoders)

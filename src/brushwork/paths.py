@@ -1,0 +1,71 @@
+"""The data home: where models are found and images are written.
+
+Layout (AUTOMATIC1111's folder names are accepted as well)::
+
+    HOME/models/checkpoints   (or models/Stable-diffusion)
+    HOME/models/loras         (or models/Lora)
+    HOME/models/vae           (or models/VAE)
+    HOME/models/embeddings    (or embeddings)
+    HOME/outputs
+    HOME/cache
+
+HOME is ``--home``, else ``$BRUSHWORK_HOME``, else the platform's data folder.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def platform_home() -> Path:
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+        return base / "Brushwork"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "Brushwork"
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "brushwork"
+
+
+@dataclass(frozen=True)
+class DataHome:
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike | None = None) -> "DataHome":
+        chosen = home or os.environ.get("BRUSHWORK_HOME") or platform_home()
+        return cls(Path(chosen).expanduser().resolve())
+
+    def _dirs(self, *names: str) -> list[Path]:
+        return [self.root / n for n in names]
+
+    @property
+    def checkpoint_dirs(self) -> list[Path]:
+        return self._dirs("models/checkpoints", "models/Stable-diffusion")
+
+    @property
+    def lora_dirs(self) -> list[Path]:
+        return self._dirs("models/loras", "models/Lora")
+
+    @property
+    def vae_dirs(self) -> list[Path]:
+        return self._dirs("models/vae", "models/VAE")
+
+    @property
+    def embedding_dirs(self) -> list[Path]:
+        return self._dirs("models/embeddings", "embeddings")
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def create(self) -> None:
+        """Create the main folders (never touching anything already there)."""
+        for d in (self.checkpoint_dirs[0], self.lora_dirs[0], self.vae_dirs[0], self.embedding_dirs[0], self.outputs, self.cache):
+            d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,310 @@
+"""Samplers: small pure functions that integrate the diffusion ODE/SDE.
+
+Every sampler has one signature::
+
+    sampler(denoise, x, sigmas, *, noise=None, callback=None) -> x_final
+
+* ``denoise(x, sigma) -> x0`` is the model: it maps a noisy latent at noise level
+  ``sigma`` (a 0-d tensor) to its estimate of the clean latent.  Whether the
+  network predicts eps or v, and classifier-free guidance, are hidden inside it
+  (see :mod:`brushwork.sampling.denoiser`).
+* ``x`` is the starting latent, already scaled to ``sigmas[0]``; it is never
+  modified in place.
+* ``sigmas`` is a decreasing 1-D tensor ending in 0 (:mod:`.schedules`).
+* ``noise()`` returns fresh standard-normal noise shaped like ``x``; only
+  ancestral/SDE samplers call it.  It is injected so that every image of a batch
+  draws from its own seeded generator.
+* ``callback(i, x, denoised)`` is called once per step for progress and previews.
+
+The update rules follow the papers named in each docstring, in the notation of
+Karras et al. (2022): the probability-flow ODE is dx/dsigma = (x - D(x, sigma)) / sigma.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+NoiseSource = Callable[[], torch.Tensor]
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """The ODE derivative dx/dsigma = (x - D(x, sigma)) / sigma."""
+    return (x - denoised) / sigma
+
+
+def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a step to ``sigma_next`` into a deterministic part down to
+    ``sigma_down`` and fresh noise of size ``sigma_up`` (sigma_down² + sigma_up² = sigma_next²)."""
+    if not eta or sigma_next == 0:
+        return sigma_next, torch.zeros_like(sigma_next)
+    sigma_up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
+
+
+def _require_noise(noise: Optional[NoiseSource], name: str) -> NoiseSource:
+    if noise is None:
+        raise ValueError(f"the {name} sampler is stochastic and needs a noise source; pass noise=...")
+    return noise
+
+
+def _report(callback: Optional[StepCallback], i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+    if callback is not None:
+        callback(i, x, denoised)
+
+
+def _log_sigma_t(sigma: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver's time variable t = -log(sigma)."""
+    return -sigma.log()
+
+
+def _sigma_of_t(t: torch.Tensor) -> torch.Tensor:
+    return (-t).exp()
+
+
+@torch.no_grad()
+def sample_euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, noise=None, callback=None) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without churn)."""
+    for i in range(len(sigmas) - 1):
+        denoised = denoise(x, sigmas[i])
+        x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+        _report(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_euler_ancestral(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
+    """Euler steps with ancestral sampling: step down to sigma_down, then add fresh noise."""
+    noise = _require_noise(noise, "Euler a")
+    for i in range(len(sigmas) - 1):
+        denoised = denoise(x, sigmas[i])
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
+        if sigmas[i + 1] > 0:
+            x = x + noise() * sigma_up
+        _report(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
+    """Heun's second-order method (Karras et al. 2022, Algorithm 1); Euler for the final step to 0."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, sigma)
+        d = to_d(x, sigma, denoised)
+        dt = sigma_next - sigma
+        if sigma_next == 0:
+            x = x + d * dt
+        else:
+            x_euler = x + d * dt
+            d_next = to_d(x_euler, sigma_next, denoise(x_euler, sigma_next))
+            x = x + (d + d_next) / 2 * dt
+        _report(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpm_2(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
+    """DPM-Solver-2 in Karras' form: the derivative taken at the log-space midpoint."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, sigma)
+        d = to_d(x, sigma, denoised)
+        if sigma_next == 0:
+            x = x + d * (sigma_next - sigma)
+        else:
+            sigma_mid = (sigma.log().lerp(sigma_next.log(), 0.5)).exp()
+            x_mid = x + d * (sigma_mid - sigma)
+            d_mid = to_d(x_mid, sigma_mid, denoise(x_mid, sigma_mid))
+            x = x + d_mid * (sigma_next - sigma)
+        _report(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpm_2_ancestral(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
+    """DPM-Solver-2 down to sigma_down, then fresh noise (ancestral)."""
+    noise = _require_noise(noise, "DPM2 a")
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        denoised = denoise(x, sigma)
+        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
+        d = to_d(x, sigma, denoised)
+        if sigma_down == 0:
+            x = x + d * (sigma_down - sigma)
+        else:
+            sigma_mid = (sigma.log().lerp(sigma_down.log(), 0.5)).exp()
+            x_mid = x + d * (sigma_mid - sigma)
+            d_mid = to_d(x_mid, sigma_mid, denoise(x_mid, sigma_mid))
+            x = x + d_mid * (sigma_down - sigma)
+        if sigmas[i + 1] > 0:
+            x = x + noise() * sigma_up
+        _report(callback, i, x, denoised)
+    return x
+
+
+def lms_coefficient(order: int, sigmas: np.ndarray, i: int, j: int) -> float:
+    """Integral over [sigma_i, sigma_{i+1}] of the Lagrange basis polynomial that is
+    1 at sigma_{i-j} and 0 at the other ``order - 1`` most recent sigmas."""
+    nodes = [sigmas[i - k] for k in range(order)]
+    poly = np.polynomial.Polynomial([1.0])
+    for k, node in enumerate(nodes):
+        if k != j:
+            poly = poly * np.polynomial.Polynomial([-node, 1.0]) / (nodes[j] - node)
+    antiderivative = poly.integ()
+    return float(antiderivative(sigmas[i + 1]) - antiderivative(sigmas[i]))
+
+
+@torch.no_grad()
+def sample_lms(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, order: int = 4) -> torch.Tensor:
+    """Linear multistep (Adams-Bashforth in sigma) of up to ``order``, using the last derivatives."""
+    sigmas_np = sigmas.detach().cpu().double().numpy()
+    derivatives: list[torch.Tensor] = []
+    for i in range(len(sigmas) - 1):
+        denoised = denoise(x, sigmas[i])
+        derivatives.append(to_d(x, sigmas[i], denoised))
+        derivatives = derivatives[-order:]
+        cur_order = len(derivatives)
+        coeffs = [lms_coefficient(cur_order, sigmas_np, i, j) for j in range(cur_order)]
+        x = x + sum(c * d for c, d in zip(coeffs, reversed(derivatives)))
+        _report(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second-order multistep in log-sigma,
+    first order for the first step and for the final step to sigma 0."""
+    old_denoised = None
+    h_last = None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, sigma)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            h = _log_sigma_t(sigma_next) - _log_sigma_t(sigma)
+            if old_denoised is None:
+                d = denoised
+            else:
+                r = h_last / h
+                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (sigma_next / sigma) * x - torch.expm1(-h) * d
+            h_last = h
+        old_denoised = denoised
+        _report(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE, midpoint variant: the multistep update of the SDE whose
+    noise share is set by ``eta`` (eta = 0 reduces to the ODE solver)."""
+    noise = _require_noise(noise, "DPM++ 2M SDE")
+    old_denoised = None
+    h_last = None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, sigma)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            h = _log_sigma_t(sigma_next) - _log_sigma_t(sigma)
+            eta_h = eta * h
+            x = (sigma_next / sigma) * (-eta_h).exp() * x - torch.expm1(-h - eta_h) * denoised
+            if old_denoised is not None:
+                r = h_last / h
+                x = x - 0.5 * torch.expm1(-h - eta_h) * (1 / r) * (denoised - old_denoised)
+            if eta:
+                x = x + noise() * sigma_next * (-torch.expm1(-2 * eta_h)) ** 0.5
+            h_last = h
+        old_denoised = denoised
+        _report(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0, r: float = 0.5) -> torch.Tensor:
+    """DPM-Solver++ SDE, single-step second order: an ancestral half step to the
+    log-space point ``r`` of the way, then an ancestral full step with the blended
+    denoised estimate.  Fresh Gaussian noise is used for each sub-step."""
+    noise = _require_noise(noise, "DPM++ SDE")
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, sigma)
+        if sigma_next == 0:
+            x = x + to_d(x, sigma, denoised) * (sigma_next - sigma)
+        else:
+            t, t_next = _log_sigma_t(sigma), _log_sigma_t(sigma_next)
+            h = t_next - t
+            s = t + h * r
+            fac = 1 / (2 * r)
+            sd, su = ancestral_step(_sigma_of_t(t), _sigma_of_t(s), eta)
+            s_ = _log_sigma_t(sd)
+            x_2 = (_sigma_of_t(s_) / _sigma_of_t(t)) * x - torch.expm1(t - s_) * denoised
+            x_2 = x_2 + noise() * su
+            denoised_2 = denoise(x_2, _sigma_of_t(s))
+            sd, su = ancestral_step(_sigma_of_t(t), _sigma_of_t(t_next), eta)
+            t_next_ = _log_sigma_t(sd)
+            blended = (1 - fac) * denoised + fac * denoised_2
+            x = (_sigma_of_t(t_next_) / _sigma_of_t(t)) * x - torch.expm1(t - t_next_) * blended
+            x = x + noise() * su
+        _report(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(2S) single-step second order down to sigma_down, then fresh noise."""
+    noise = _require_noise(noise, "DPM++ 2S a")
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        denoised = denoise(x, sigma)
+        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
+        if sigma_down == 0:
+            x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
+        else:
+            t, t_next = _log_sigma_t(sigma), _log_sigma_t(sigma_down)
+            h = t_next - t
+            s = t + 0.5 * h
+            x_2 = (_sigma_of_t(s) / _sigma_of_t(t)) * x - torch.expm1(-h * 0.5) * denoised
+            denoised_2 = denoise(x_2, _sigma_of_t(s))
+            x = (_sigma_of_t(t_next) / _sigma_of_t(t)) * x - torch.expm1(-h) * denoised_2
+        if sigmas[i + 1] > 0:
+            x = x + noise() * sigma_up
+        _report(callback, i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_lcm(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
+    """Latent Consistency Model sampling (Luo et al. 2023): jump to the denoised
+    estimate, then re-noise to the next level with fresh noise."""
+    noise = _require_noise(noise, "LCM")
+    for i in range(len(sigmas) - 1):
+        denoised = denoise(x, sigmas[i])
+        x = denoised
+        if sigmas[i + 1] > 0:
+            x = x + noise() * sigmas[i + 1]
+        _report(callback, i, x, denoised)
+    return x
+
+
+def sample_ddim(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0, Song et al. 2021).  In sigma form its update
+    x_next = x0 + sigma_next * eps is exactly an Euler step, so DDIM is Euler run on
+    DDIM's own timestep grid (the registry pairs it with that grid)."""
+    return sample_euler(denoise, x, sigmas, noise=noise, callback=callback)
+
+
+def model_calls_per_step(name: str) -> float:
+    """How many denoiser calls a step costs (for time estimates)."""
+    return 2.0 if name in {"heun", "dpm_2", "dpm_2_ancestral", "dpmpp_sde", "dpmpp_2s_ancestral"} else 1.0
+
+
+__all__ = [name for name in dir() if name.startswith("sample_")] + ["to_d", "ancestral_step", "lms_coefficient"]
