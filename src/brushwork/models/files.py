@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import struct
@@ -21,6 +20,8 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
+from ..hashing import SafetensorsHeaderError
+from ..hashing import read_safetensors_header as read_raw_header
 from .errors import CorruptCheckpoint, ModelFileError, UnsafePickle
 
 SAFETENSORS_DTYPES = {
@@ -38,7 +39,6 @@ SAFETENSORS_DTYPES = {
     "F8_E5M2": torch.float8_e5m2,
 }
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -79,25 +79,18 @@ class TensorFile:
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
-    """(tensors, metadata, data_start) from a safetensors file, fully validated."""
+    """(tensors, metadata, data_start) from a safetensors file, with every tensor's
+    byte range checked against the file size (a truncated download fails here)."""
     size = path.stat().st_size
     name = path.name
     if size < 8:
         raise CorruptCheckpoint(f"{name} is only {size} bytes: it is empty or truncated. Download it again.")
+    try:
+        header = read_raw_header(path)
+    except SafetensorsHeaderError as exc:
+        raise CorruptCheckpoint(f"{name} is damaged or truncated: {exc}.") from None
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
-        if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
-            raise CorruptCheckpoint(
-                f"{name} is not a valid .safetensors file (its header claims {header_len} bytes but the file has {size}). "
-                "It is probably truncated or not a safetensors file; download it again."
-            )
-        raw = f.read(header_len)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptCheckpoint(f"{name} has a damaged header ({exc}). Download it again.") from None
-    if not isinstance(header, dict):
-        raise CorruptCheckpoint(f"{name} has a damaged header (not a JSON object). Download it again.")
     metadata = header.pop("__metadata__", None) or {}
     data_len = size - 8 - header_len
     tensors: dict[str, TensorInfo] = {}

@@ -66,86 +66,82 @@ def _sigma_of_t(t: torch.Tensor) -> torch.Tensor:
     return (-t).exp()
 
 
-@torch.no_grad()
-def sample_euler(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, noise=None, callback=None) -> torch.Tensor:
-    """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without churn)."""
-    for i in range(len(sigmas) - 1):
-        denoised = denoise(x, sigmas[i])
-        x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
-        _report(callback, i, x, denoised)
-    return x
+# ----------------------------------------------------------------- one-step solvers
+# Each moves x from ``sigma`` to ``sigma_to`` given the denoised estimate at sigma;
+# the second-order ones call the denoiser once more.  A step to sigma 0 is an Euler
+# step (the derivative at 0 is undefined).
 
 
-@torch.no_grad()
-def sample_euler_ancestral(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
-    """Euler steps with ancestral sampling: step down to sigma_down, then add fresh noise."""
-    noise = _require_noise(noise, "Euler a")
-    for i in range(len(sigmas) - 1):
-        denoised = denoise(x, sigmas[i])
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0:
-            x = x + noise() * sigma_up
-        _report(callback, i, x, denoised)
-    return x
+def euler_step(denoise: Denoiser, x, sigma, sigma_to, denoised):
+    return x + to_d(x, sigma, denoised) * (sigma_to - sigma)
 
 
-@torch.no_grad()
-def sample_heun(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
-    """Heun's second-order method (Karras et al. 2022, Algorithm 1); Euler for the final step to 0."""
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise(x, sigma)
-        d = to_d(x, sigma, denoised)
-        dt = sigma_next - sigma
-        if sigma_next == 0:
-            x = x + d * dt
-        else:
-            x_euler = x + d * dt
-            d_next = to_d(x_euler, sigma_next, denoise(x_euler, sigma_next))
-            x = x + (d + d_next) / 2 * dt
-        _report(callback, i, x, denoised)
-    return x
+def heun_step(denoise: Denoiser, x, sigma, sigma_to, denoised):
+    """Heun's trapezoid rule (Karras et al. 2022, Algorithm 1)."""
+    if sigma_to == 0:
+        return euler_step(denoise, x, sigma, sigma_to, denoised)
+    d = to_d(x, sigma, denoised)
+    x_euler = x + d * (sigma_to - sigma)
+    d_to = to_d(x_euler, sigma_to, denoise(x_euler, sigma_to))
+    return x + (d + d_to) / 2 * (sigma_to - sigma)
 
 
-@torch.no_grad()
-def sample_dpm_2(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
+def dpm2_step(denoise: Denoiser, x, sigma, sigma_to, denoised):
     """DPM-Solver-2 in Karras' form: the derivative taken at the log-space midpoint."""
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise(x, sigma)
-        d = to_d(x, sigma, denoised)
-        if sigma_next == 0:
-            x = x + d * (sigma_next - sigma)
-        else:
-            sigma_mid = (sigma.log().lerp(sigma_next.log(), 0.5)).exp()
-            x_mid = x + d * (sigma_mid - sigma)
-            d_mid = to_d(x_mid, sigma_mid, denoise(x_mid, sigma_mid))
-            x = x + d_mid * (sigma_next - sigma)
-        _report(callback, i, x, denoised)
-    return x
+    if sigma_to == 0:
+        return euler_step(denoise, x, sigma, sigma_to, denoised)
+    sigma_mid = sigma.log().lerp(sigma_to.log(), 0.5).exp()
+    x_mid = x + to_d(x, sigma, denoised) * (sigma_mid - sigma)
+    return x + to_d(x_mid, sigma_mid, denoise(x_mid, sigma_mid)) * (sigma_to - sigma)
 
 
-@torch.no_grad()
-def sample_dpm_2_ancestral(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
-    """DPM-Solver-2 down to sigma_down, then fresh noise (ancestral)."""
-    noise = _require_noise(noise, "DPM2 a")
-    for i in range(len(sigmas) - 1):
-        sigma = sigmas[i]
-        denoised = denoise(x, sigma)
-        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
-        d = to_d(x, sigma, denoised)
-        if sigma_down == 0:
-            x = x + d * (sigma_down - sigma)
-        else:
-            sigma_mid = (sigma.log().lerp(sigma_down.log(), 0.5)).exp()
-            x_mid = x + d * (sigma_mid - sigma)
-            d_mid = to_d(x_mid, sigma_mid, denoise(x_mid, sigma_mid))
-            x = x + d_mid * (sigma_down - sigma)
-        if sigmas[i + 1] > 0:
-            x = x + noise() * sigma_up
-        _report(callback, i, x, denoised)
-    return x
+def dpmpp_2s_step(denoise: Denoiser, x, sigma, sigma_to, denoised):
+    """DPM-Solver++(2S): a half step in log-sigma, then the full step with the denoised estimate there."""
+    if sigma_to == 0:
+        return euler_step(denoise, x, sigma, sigma_to, denoised)
+    t, t_to = _log_sigma_t(sigma), _log_sigma_t(sigma_to)
+    h = t_to - t
+    s = t + 0.5 * h
+    x_2 = (_sigma_of_t(s) / sigma) * x - torch.expm1(-0.5 * h) * denoised
+    return (sigma_to / sigma) * x - torch.expm1(-h) * denoise(x_2, _sigma_of_t(s))
+
+
+def _deterministic(step, doc: str):
+    @torch.no_grad()
+    def sampler(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
+        for i in range(len(sigmas) - 1):
+            denoised = denoise(x, sigmas[i])
+            x = step(denoise, x, sigmas[i], sigmas[i + 1], denoised)
+            _report(callback, i, x, denoised)
+        return x
+
+    sampler.__doc__ = doc
+    return sampler
+
+
+def _ancestral(step, name: str, doc: str):
+    @torch.no_grad()
+    def sampler(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
+        noise = _require_noise(noise, name)
+        for i in range(len(sigmas) - 1):
+            denoised = denoise(x, sigmas[i])
+            sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+            x = step(denoise, x, sigmas[i], sigma_down, denoised)
+            if sigmas[i + 1] > 0:
+                x = x + noise() * sigma_up
+            _report(callback, i, x, denoised)
+        return x
+
+    sampler.__doc__ = doc
+    return sampler
+
+
+sample_euler = _deterministic(euler_step, "Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without churn).")
+sample_heun = _deterministic(heun_step, "Heun's second-order method; Euler for the final step to 0.")
+sample_dpm_2 = _deterministic(dpm2_step, "DPM-Solver-2 (Karras' form), second order.")
+sample_euler_ancestral = _ancestral(euler_step, "Euler a", "Euler down to sigma_down, then fresh noise of size sigma_up (ancestral sampling).")
+sample_dpm_2_ancestral = _ancestral(dpm2_step, "DPM2 a", "DPM-Solver-2 down to sigma_down, then fresh noise.")
+sample_dpmpp_2s_ancestral = _ancestral(dpmpp_2s_step, "DPM++ 2S a", "DPM-Solver++(2S) down to sigma_down, then fresh noise.")
 
 
 def lms_coefficient(order: int, sigmas: np.ndarray, i: int, j: int) -> float:
@@ -177,35 +173,13 @@ def sample_lms(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, order
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second-order multistep in log-sigma,
-    first order for the first step and for the final step to sigma 0."""
-    old_denoised = None
-    h_last = None
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoise(x, sigma)
-        if sigma_next == 0:
-            x = denoised
-        else:
-            h = _log_sigma_t(sigma_next) - _log_sigma_t(sigma)
-            if old_denoised is None:
-                d = denoised
-            else:
-                r = h_last / h
-                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-            x = (sigma_next / sigma) * x - torch.expm1(-h) * d
-            h_last = h
-        old_denoised = denoised
-        _report(callback, i, x, denoised)
-    return x
-
-
-@torch.no_grad()
 def sample_dpmpp_2m_sde(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
-    """DPM-Solver++(2M) SDE, midpoint variant: the multistep update of the SDE whose
-    noise share is set by ``eta`` (eta = 0 reduces to the ODE solver)."""
-    noise = _require_noise(noise, "DPM++ 2M SDE")
+    """DPM-Solver++(2M) SDE, midpoint form (Lu et al. 2022): the second-order multistep
+    update in log-sigma, with a share ``eta`` of each step taken as fresh noise.
+    First order for the first step; the final step to sigma 0 returns the denoised
+    estimate.  With eta = 0 this is exactly DPM-Solver++(2M)."""
+    if eta:
+        noise = _require_noise(noise, "DPM++ 2M SDE")
     old_denoised = None
     h_last = None
     for i in range(len(sigmas) - 1):
@@ -226,6 +200,11 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x, sigmas, *, noise=None, callback=No
         old_denoised = denoised
         _report(callback, i, x, denoised)
     return x
+
+
+def sample_dpmpp_2m(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): the noise-free case of the above."""
+    return sample_dpmpp_2m_sde(denoise, x, sigmas, callback=callback, eta=0.0)
 
 
 @torch.no_grad()
@@ -259,29 +238,6 @@ def sample_dpmpp_sde(denoise: Denoiser, x, sigmas, *, noise=None, callback=None,
 
 
 @torch.no_grad()
-def sample_dpmpp_2s_ancestral(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
-    """DPM-Solver++(2S) single-step second order down to sigma_down, then fresh noise."""
-    noise = _require_noise(noise, "DPM++ 2S a")
-    for i in range(len(sigmas) - 1):
-        sigma = sigmas[i]
-        denoised = denoise(x, sigma)
-        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
-        if sigma_down == 0:
-            x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
-        else:
-            t, t_next = _log_sigma_t(sigma), _log_sigma_t(sigma_down)
-            h = t_next - t
-            s = t + 0.5 * h
-            x_2 = (_sigma_of_t(s) / _sigma_of_t(t)) * x - torch.expm1(-h * 0.5) * denoised
-            denoised_2 = denoise(x_2, _sigma_of_t(s))
-            x = (_sigma_of_t(t_next) / _sigma_of_t(t)) * x - torch.expm1(-h) * denoised_2
-        if sigmas[i + 1] > 0:
-            x = x + noise() * sigma_up
-        _report(callback, i, x, denoised)
-    return x
-
-
-@torch.no_grad()
 def sample_lcm(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
     """Latent Consistency Model sampling (Luo et al. 2023): jump to the denoised
     estimate, then re-noise to the next level with fresh noise."""
@@ -302,9 +258,4 @@ def sample_ddim(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> t
     return sample_euler(denoise, x, sigmas, noise=noise, callback=callback)
 
 
-def model_calls_per_step(name: str) -> float:
-    """How many denoiser calls a step costs (for time estimates)."""
-    return 2.0 if name in {"heun", "dpm_2", "dpm_2_ancestral", "dpmpp_sde", "dpmpp_2s_ancestral"} else 1.0
-
-
-__all__ = [name for name in dir() if name.startswith("sample_")] + ["to_d", "ancestral_step", "lms_coefficient"]
+__all__ = [name for name in dir() if name.startswith("sample_")] + ["to_d", "ancestral_step", "lms_coefficient", "euler_step", "heun_step", "dpm2_step", "dpmpp_2s_step"]
