@@ -83,7 +83,7 @@ def test_safetensors_is_read_lazily_from_a_memory_map(tmp_path, nets, monkeypatc
     def counting_open(p):
         tf = real_open(p)
         inner = tf._read
-        tf._read = lambda name: reads.append(name) or inner(name)
+        tf._read = lambda name, dtype: reads.append(name) or inner(name, dtype)
         return tf
 
     monkeypatch.setattr(files, "open_safetensors", counting_open)

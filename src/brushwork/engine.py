@@ -30,6 +30,7 @@ from .models.detect import ModelSpec, detect
 from .models.files import open_tensor_file
 from .models.load import Networks, build_networks
 from .paths import DataHome
+from .runtime import tune_cpu_allocator
 from .sampling.denoiser import Conditioning, make_denoiser
 from .sampling.registry import SamplerInfo, resolve_sampler, sampling_sigmas, schedule_label
 from .sampling.schedules import ModelSchedule, scaled_linear_schedule
@@ -216,6 +217,10 @@ class Engine:
         """Generate ``batch_count`` batches of ``batch_size`` images."""
         req = self.complete(request)
         m = self._require_model()
+        if self.placement.device.type == "cpu":
+            # after loading: weights keep their fast mmap-backed allocations, while the
+            # sampler's scratch buffers are kept for reuse (see runtime.py)
+            tune_cpu_allocator()
         sampler, schedule = resolve_sampler(req.sampler, req.schedule)
         base_seed = resolve_seed(req.seed)
         total = req.steps * req.batch_count

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import struct
@@ -45,6 +46,8 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 class TensorInfo:
     dtype: str
     shape: tuple[int, ...]
+    start: int = 0  # byte range inside the data section (safetensors only)
+    end: int = 0
 
 
 @dataclass
@@ -54,17 +57,18 @@ class TensorFile:
     path: Path
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str] = field(default_factory=dict)
-    _read: Callable[[str], torch.Tensor] | None = None
+    _read: Callable[[str, torch.dtype | None], torch.Tensor] | None = None
     _close: Callable[[], None] | None = None
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self.tensors.items()}
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A tensor that owns its memory, cast to ``dtype`` if it is floating point."""
         if name not in self.tensors:
             raise KeyError(name)
         assert self._read is not None
-        return self._read(name)
+        return self._read(name, dtype)
 
     def close(self) -> None:
         if self._close is not None:
@@ -104,23 +108,52 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
                 f"{name} is truncated: tensor {key!r} ends at byte {end} of the data but the file holds only {data_len} bytes "
                 "of data. The download was probably interrupted; download it again."
             )
-        tensors[key] = TensorInfo(dtype, shape)
+        tensors[key] = TensorInfo(dtype, shape, start, end)
     return tensors, {str(k): str(v) for k, v in metadata.items()}, 8 + header_len
 
 
+def _cast_copy(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    target = dtype if dtype is not None and t.is_floating_point() else t.dtype
+    return t.to(target, copy=True)
+
+
 def open_safetensors(path: Path) -> TensorFile:
-    from safetensors import safe_open
+    """Memory-map the file and hand out tensors one by one.
 
-    tensors, metadata, _ = read_safetensors_header(path)
-    try:
-        handle = safe_open(str(path), framework="pt", device="cpu")
-    except Exception as exc:  # the library's own checks, e.g. overlapping offsets
-        raise CorruptCheckpoint(f"{path.name} could not be opened as safetensors: {exc}. Download it again.") from None
+    Each tensor is copied (and cast) out of the map, then its pages are released
+    with ``madvise(DONTNEED)``: the file's pages never pile up in the process's
+    resident memory next to the model being built from them.
+    """
+    tensors, metadata, data_start = read_safetensors_header(path)
+    for key, info in tensors.items():
+        if info.dtype not in SAFETENSORS_DTYPES:
+            raise CorruptCheckpoint(f"{path.name}: tensor {key!r} has dtype {info.dtype}, which Brushwork cannot read.")
+    handle = open(path, "rb")
+    size = path.stat().st_size
+    mm = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+    page = mmap.PAGESIZE
 
-    def read(name: str) -> torch.Tensor:
-        return handle.get_tensor(name)
+    def read(name: str, dtype: torch.dtype | None) -> torch.Tensor:
+        info = tensors[name]
+        torch_dtype = SAFETENSORS_DTYPES[info.dtype]
+        count = info.end - info.start
+        if count == 0 or mm is None:
+            return torch.empty(info.shape, dtype=dtype if dtype is not None and torch_dtype.is_floating_point else torch_dtype)
+        offset = data_start + info.start
+        view = torch.frombuffer(mm, dtype=torch.uint8, count=count, offset=offset)
+        out = _cast_copy(view.view(torch_dtype).reshape(info.shape), dtype)
+        del view
+        lo = offset // page * page
+        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED, lo, offset + count - lo)
+        return out
 
-    return TensorFile(path, tensors, metadata, read, lambda: None)
+    def close() -> None:
+        if mm is not None:
+            mm.close()
+        handle.close()
+
+    return TensorFile(path, tensors, metadata, read, close)
 
 
 class _Inert:
@@ -216,7 +249,7 @@ def open_pickle(path: Path) -> TensorFile:
     except CorruptCheckpoint as exc:
         raise CorruptCheckpoint(f"{path.name}: {exc}") from None
     infos = {k: TensorInfo(str(v.dtype).replace("torch.", ""), tuple(v.shape)) for k, v in tensors.items()}
-    return TensorFile(path, infos, {}, tensors.__getitem__, tensors.clear)
+    return TensorFile(path, infos, {}, lambda name, dtype: _cast_copy(tensors[name], dtype), tensors.clear)
 
 
 def open_tensor_file(path: str | os.PathLike) -> TensorFile:

@@ -48,12 +48,12 @@ def _fill(module: torch.nn.Module, what: str, source_of: Callable[[str], Source]
             raise CorruptCheckpoint(f"internal key map has no entry for {what} parameter {name!r}: {exc}") from None
         if src.key not in tf.tensors:
             raise CorruptCheckpoint(f"the {what} is incomplete: tensor {src.key!r} (for {name}) is missing from {tf.path.name}. The file is damaged or not in the original layout.")
-        tensor = tf.get(src.key)
+        tensor = tf.get(src.key, dtype)
         if src.transform is not None:
-            tensor = src.transform(tensor)
+            tensor = src.transform(tensor).contiguous()
         if tuple(tensor.shape) != tuple(target.shape):
             raise CorruptCheckpoint(f"{tf.path.name}: tensor {src.key!r} has shape {tuple(tensor.shape)} but the {what} needs {tuple(target.shape)}; the file mixes parts of different models.")
-        state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype, copy=False)
+        state[name] = tensor.to(device)
         used.add(src.key)
     leftovers = [k for k in tf.tensors if k.startswith(tuple(prefixes)) and k not in used and not is_ignored(k)]
     if leftovers:
