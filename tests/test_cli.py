@@ -106,7 +106,10 @@ def test_models_with_an_unusable_file_still_lists_the_rest(home, capsys):
     assert "tiny-sd1" in out
 
 
-def test_no_model_anywhere_explains_how_to_add_one(tmp_path, capsys):
+def test_no_model_anywhere_explains_how_to_add_one(tmp_path, capsys, monkeypatch):
+    import brushwork.catalog
+
+    monkeypatch.setattr(brushwork.catalog, "PACKAGED_DEMO", tmp_path / "no-demo.safetensors")
     code, _, err = run(capsys, "generate", "a cat", "--home", str(tmp_path / "empty"))
     assert code == 2
     assert "No checkpoint found" in err and "models/checkpoints" in err and "--model" in err

@@ -204,7 +204,10 @@ def test_a1111_folder_name_is_accepted(tmp_path, nets):
     assert find_checkpoint(DataHome(tmp_path), "sub/mine").name == "mine.safetensors"
 
 
-def test_no_checkpoint_at_all_says_how_to_add_one(tmp_path):
+def test_no_checkpoint_at_all_says_how_to_add_one(tmp_path, monkeypatch):
+    import brushwork.catalog
+
+    monkeypatch.setattr(brushwork.catalog, "PACKAGED_DEMO", tmp_path / "no-demo.safetensors")
     with pytest.raises(CheckpointNotFound, match="Put one into .*models/checkpoints"):
         Engine(tmp_path, device="cpu").txt2img(GenerationRequest("x"))
 

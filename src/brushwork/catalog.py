@@ -29,7 +29,20 @@ class CheckpointEntry:
         return self.path.stem
 
 
+#: the demo model that ships inside the package (trained by brushwork.demo.train)
+PACKAGED_DEMO = Path(__file__).resolve().parent / "assets" / "demo" / "demo.safetensors"
+DEMO_NAME = "demo"
+
+
 def list_checkpoints(home: DataHome) -> list[CheckpointEntry]:
+    """The user's checkpoints in name order, then the built-in demo model."""
+    entries = user_checkpoints(home)
+    if PACKAGED_DEMO.is_file() and not any(e.name == DEMO_NAME for e in entries):
+        entries.append(CheckpointEntry(PACKAGED_DEMO, DEMO_NAME))
+    return entries
+
+
+def user_checkpoints(home: DataHome) -> list[CheckpointEntry]:
     entries: list[CheckpointEntry] = []
     seen: set[Path] = set()
     for folder in home.checkpoint_dirs:
@@ -120,7 +133,8 @@ def remember_last_model(home: DataHome, path: Path) -> None:
 
 
 def default_checkpoint(home: DataHome, entries: list[CheckpointEntry]) -> Path:
-    """The last checkpoint used if it is still there, else the first in name order."""
+    """The last checkpoint used if it is still there, else the first of the user's
+    in name order, else the built-in demo model (listed last)."""
     last = read_settings(home).get("last_checkpoint")
     for e in entries:
         if last and str(e.path) == last:

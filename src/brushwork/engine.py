@@ -57,7 +57,8 @@ class FamilyDefaults:
 
 
 def family_defaults(spec: ModelSpec) -> FamilyDefaults:
-    return FamilyDefaults(spec.resolution, spec.resolution)
+    """The family's defaults, overridden by what the checkpoint's own metadata asks for."""
+    return replace(FamilyDefaults(spec.resolution, spec.resolution), **spec.defaults)
 
 
 @dataclass

@@ -168,6 +168,8 @@ class ModelSpec:
     text_encoders: tuple[TextEncoderConfig, ...]
     ema: bool = False  # the file also holds EMA UNet weights
     notes: tuple[str, ...] = field(default_factory=tuple, compare=False)
+    #: generation defaults the model's author chose (metadata ``brushwork.defaults``)
+    defaults: dict = field(default_factory=dict, compare=False)
 
     @property
     def label(self) -> str:
@@ -409,7 +411,30 @@ def _detect_family(shapes: Shapes, metadata: Mapping[str, str], read_tensor: Opt
     if factor != 8:
         raise UnsupportedModel(f"its VAE downscales by {factor}, not 8 as Stable Diffusion does.")
     ema = any(k.startswith("model_ema.") and k != "model_ema.decay" and k != "model_ema.num_updates" for k in shapes)
-    return ModelSpec(family, prediction, resolution, unet, vae, encoders, ema, (f"prediction type from {why}",))
+    return ModelSpec(family, prediction, resolution, unet, vae, encoders, ema, (f"prediction type from {why}",), _metadata_defaults(metadata))
+
+
+DEFAULT_KEYS = {"width": int, "height": int, "steps": int, "cfg_scale": float, "sampler": str, "schedule": str}
+
+
+def _metadata_defaults(metadata: Mapping[str, str]) -> dict:
+    """Generation defaults stored by the model's author; unknown or malformed entries are ignored."""
+    import json
+
+    try:
+        raw = json.loads(metadata.get("brushwork.defaults", "{}"))
+    except ValueError:
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    out = {}
+    for key, kind in DEFAULT_KEYS.items():
+        if key in raw:
+            try:
+                out[key] = kind(raw[key])
+            except (TypeError, ValueError):
+                continue
+    return out
 
 
 def _metadata_resolution(metadata: Mapping[str, str], default: int) -> int:

@@ -1,0 +1,1 @@
+"""Procedural demo dataset for Brushwork's tiny text-to-image model."""
