@@ -156,3 +156,31 @@ def test_info_on_a_plain_image(tmp_path, capsys):
     Image.new("RGB", (4, 4)).save(p)
     code, _, err = run(capsys, "info", str(p))
     assert code == 1 and "no generation parameters" in err
+
+
+@pytest.fixture
+def packaged_demo(tiny_home, tmp_path, monkeypatch):
+    """A stand-in for the packaged demo model (a tiny checkpoint named demo.safetensors)."""
+    import brushwork.catalog
+
+    demo = tmp_path / "pkg" / "demo.safetensors"
+    demo.parent.mkdir()
+    shutil.copy(tiny_home / "models/checkpoints/tiny-sd1.safetensors", demo)
+    monkeypatch.setattr(brushwork.catalog, "PACKAGED_DEMO", demo)
+    return demo
+
+
+def test_the_packaged_demo_is_listed_and_used_when_nothing_else_is_there(packaged_demo, tmp_path, capsys):
+    empty = tmp_path / "fresh-home"
+    code, out, _ = run(capsys, "models", "--home", str(empty))
+    assert code == 0 and out.splitlines()[1].startswith("demo ")
+    code, out, _ = run(capsys, "generate", "a cat", "--seed", "1", "--home", str(empty), *FAST)
+    assert code == 0 and "Model: demo," in Image.open(saved_paths(out)[0]).text["parameters"]
+    assert saved_paths(out)[0].startswith(str(empty / "outputs"))
+
+
+def test_a_users_own_checkpoint_wins_over_the_demo(packaged_demo, home, capsys):
+    code, out, _ = run(capsys, "generate", "a cat", "--home", str(home), *FAST)
+    assert "Model: tiny-sd1," in Image.open(saved_paths(out)[0]).text["parameters"]
+    code, out, _ = run(capsys, "generate", "a cat", "--model", "demo", "--home", str(home), *FAST)
+    assert "Model: demo," in Image.open(saved_paths(out)[0]).text["parameters"]

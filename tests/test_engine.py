@@ -178,3 +178,23 @@ def test_vae_nan_in_half_precision_falls_back_to_float32(engines, monkeypatch):
         eng._vae_fp32 = False
     assert calls == [torch.float16, torch.float32]
     assert pixels(img).std() > 1
+
+
+def test_a_checkpoint_can_carry_its_own_defaults(tmp_path):
+    import json
+
+    from brushwork import Engine
+    from brushwork.models import families, save
+
+    spec = families.tiny("sd1")
+    nets = save.random_networks(spec, seed=0)
+    own = {"width": 128, "height": 96, "steps": 12, "cfg_scale": 4.5, "sampler": "Euler a", "schedule": "Automatic"}
+    save.save_checkpoint(tmp_path / "own.safetensors", spec, nets, metadata={"brushwork.defaults": json.dumps(own)})
+    save.save_checkpoint(tmp_path / "bad.safetensors", spec, nets, metadata={"brushwork.defaults": '{"steps": "many", "width": 96'})
+    eng = Engine(tmp_path, device="cpu")
+    eng.load(str(tmp_path / "own.safetensors"))
+    req = eng.complete(GenerationRequest("x"))
+    assert (req.width, req.height, req.steps, req.cfg_scale, req.sampler, req.schedule) == (128, 96, 12, 4.5, "Euler a", "Automatic")
+    assert eng.complete(GenerationRequest("x", sampler="Euler", steps=3)).steps == 3
+    eng.load(str(tmp_path / "bad.safetensors"))  # malformed metadata: the family defaults
+    assert eng.complete(GenerationRequest("x")).steps == 25

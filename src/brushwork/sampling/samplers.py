@@ -106,7 +106,7 @@ def dpmpp_2s_step(denoise: Denoiser, x, sigma, sigma_to, denoised):
     return (sigma_to / sigma) * x - torch.expm1(-h) * denoise(x_2, _sigma_of_t(s))
 
 
-def _deterministic(step, doc: str):
+def _deterministic(step, name: str, doc: str):
     @torch.no_grad()
     def sampler(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
         for i in range(len(sigmas) - 1):
@@ -116,13 +116,14 @@ def _deterministic(step, doc: str):
         return x
 
     sampler.__doc__ = doc
+    sampler.__name__ = sampler.__qualname__ = name
     return sampler
 
 
-def _ancestral(step, name: str, doc: str):
+def _ancestral(step, label: str, name: str, doc: str):
     @torch.no_grad()
     def sampler(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
-        noise = _require_noise(noise, name)
+        noise = _require_noise(noise, label)
         for i in range(len(sigmas) - 1):
             denoised = denoise(x, sigmas[i])
             sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
@@ -133,15 +134,16 @@ def _ancestral(step, name: str, doc: str):
         return x
 
     sampler.__doc__ = doc
+    sampler.__name__ = sampler.__qualname__ = name
     return sampler
 
 
-sample_euler = _deterministic(euler_step, "Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without churn).")
-sample_heun = _deterministic(heun_step, "Heun's second-order method; Euler for the final step to 0.")
-sample_dpm_2 = _deterministic(dpm2_step, "DPM-Solver-2 (Karras' form), second order.")
-sample_euler_ancestral = _ancestral(euler_step, "Euler a", "Euler down to sigma_down, then fresh noise of size sigma_up (ancestral sampling).")
-sample_dpm_2_ancestral = _ancestral(dpm2_step, "DPM2 a", "DPM-Solver-2 down to sigma_down, then fresh noise.")
-sample_dpmpp_2s_ancestral = _ancestral(dpmpp_2s_step, "DPM++ 2S a", "DPM-Solver++(2S) down to sigma_down, then fresh noise.")
+sample_euler = _deterministic(euler_step, "sample_euler", "Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without churn).")
+sample_heun = _deterministic(heun_step, "sample_heun", "Heun's second-order method; Euler for the final step to 0.")
+sample_dpm_2 = _deterministic(dpm2_step, "sample_dpm_2", "DPM-Solver-2 (Karras' form), second order.")
+sample_euler_ancestral = _ancestral(euler_step, "Euler a", "sample_euler_ancestral", "Euler down to sigma_down, then fresh noise of size sigma_up (ancestral sampling).")
+sample_dpm_2_ancestral = _ancestral(dpm2_step, "DPM2 a", "sample_dpm_2_ancestral", "DPM-Solver-2 down to sigma_down, then fresh noise.")
+sample_dpmpp_2s_ancestral = _ancestral(dpmpp_2s_step, "DPM++ 2S a", "sample_dpmpp_2s_ancestral", "DPM-Solver++(2S) down to sigma_down, then fresh noise.")
 
 
 def lms_coefficient(order: int, sigmas: np.ndarray, i: int, j: int) -> float:
