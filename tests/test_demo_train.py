@@ -17,7 +17,7 @@ def same_weights(a, b) -> bool:
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
-TINY = train.TrainConfig(images=24, vae_steps=3, unet_steps=3, warmup=1, vae_batch=4, unet_batch=4)
+TINY = train.TrainConfig(images=24, vae_steps=3, unet_steps=3, decoder_steps=2, warmup=1, vae_batch=4, unet_batch=4, decoder_batch=2)
 
 
 def test_training_writes_an_original_layout_checkpoint_that_loads(tmp_path):
