@@ -209,6 +209,24 @@ class Trainer:
         if time.monotonic() - self.last_save > self.cfg.save_every_s:
             self.save_state()
 
+    def _optimise(self, opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, clip: list | None = None) -> None:
+        """One optimiser step at learning rate ``lr`` (gradients clipped to norm 1 if ``clip``)."""
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(clip, 1.0)
+        opt.step()
+
+    def _count(self, stage: str, total: int, loss: torch.Tensor, t0: float) -> None:
+        """Bookkeeping after each step of a stage: count, time, log, periodic save."""
+        self.step += 1
+        self.elapsed[stage] = time.monotonic() - t0
+        if self.step % 100 == 0:
+            log.info("%s step %d/%d loss %.4f (%.0fs)", stage, self.step, total, loss.item(), self.elapsed[stage])
+        self._tick()
+
     # -- stages
     def train_vae(self, pixels: torch.Tensor) -> None:
         cfg, vae = self.cfg, self.nets.vae.to(self.device).train()
@@ -220,19 +238,11 @@ class Trainer:
             xs = torch.randint(0, cfg.size - crop + 1, (cfg.vae_batch,), generator=self.gen)
             batch = torch.stack([pixels[i, :, y : y + crop, x : x + crop] for i, y, x in zip(idx.tolist(), ys.tolist(), xs.tolist())])
             img = to_unit(batch).to(self.device)
-            for g in self.vae_opt.param_groups:
-                g["lr"] = lr_at(self.step, cfg.vae_steps, cfg.vae_lr, cfg.warmup)
             post = vae.encode(img).latent_dist
             rec = vae.decode(post.sample(generator=None)).sample
             loss = F.l1_loss(rec, img) + F.mse_loss(rec, img) + 1e-6 * post.kl().mean()
-            self.vae_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.vae_opt.step()
-            self.step += 1
-            self.elapsed["vae"] = time.monotonic() - t0
-            if self.step % 100 == 0:
-                log.info("vae step %d/%d loss %.4f (%.0fs)", self.step, cfg.vae_steps, loss.item(), self.elapsed["vae"])
-            self._tick()
+            self._optimise(self.vae_opt, loss, lr_at(self.step, cfg.vae_steps, cfg.vae_lr, cfg.warmup))
+            self._count("vae", cfg.vae_steps, loss, t0)
         self.stage, self.step = "encode", 0
         self.save_state()
 
@@ -269,24 +279,16 @@ class Trainer:
             eps = eps + cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=self.gen).to(self.device)
             a = abar[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-            for g in self.unet_opt.param_groups:
-                g["lr"] = lr_at(self.step, cfg.unet_steps, cfg.unet_lr, cfg.warmup)
             ctx = te(input_ids=ids[idx].to(self.device)).last_hidden_state
             pred = unet(xt, t, encoder_hidden_states=ctx).sample
             loss = F.mse_loss(pred, eps)
-            self.unet_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(te.parameters()), 1.0)
-            self.unet_opt.step()
+            lr = lr_at(self.step, cfg.unet_steps, cfg.unet_lr, cfg.warmup)
+            self._optimise(self.unet_opt, loss, lr, clip=list(unet.parameters()) + list(te.parameters()))
             with torch.no_grad():
                 decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
                 for pe, p in zip(self.ema.parameters(), unet.parameters()):
                     pe.lerp_(p, 1 - decay)
-            self.step += 1
-            self.elapsed["unet"] = time.monotonic() - t0
-            if self.step % 100 == 0:
-                log.info("unet step %d/%d loss %.4f (%.0fs)", self.step, cfg.unet_steps, loss.item(), self.elapsed["unet"])
-            self._tick()
+            self._count("unet", cfg.unet_steps, loss, t0)
         self.stage, self.step = "decoder", 0
         self.save_state()
 
@@ -297,20 +299,12 @@ class Trainer:
         while self.step < cfg.decoder_steps:
             idx = torch.randint(0, n, (cfg.decoder_batch,), generator=self.gen)
             img = to_unit(pixels[idx]).to(self.device)
-            for g in self.decoder_opt.param_groups:
-                g["lr"] = lr_at(self.step, cfg.decoder_steps, cfg.decoder_lr, 50)
             with torch.no_grad():
                 z = vae.encode(img).latent_dist.mean
             rec = vae.decode(z).sample
             loss = F.l1_loss(rec, img) + F.mse_loss(rec, img)
-            self.decoder_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.decoder_opt.step()
-            self.step += 1
-            self.elapsed["decoder"] = time.monotonic() - t0
-            if self.step % 100 == 0:
-                log.info("decoder step %d/%d loss %.4f (%.0fs)", self.step, cfg.decoder_steps, loss.item(), self.elapsed["decoder"])
-            self._tick()
+            self._optimise(self.decoder_opt, loss, lr_at(self.step, cfg.decoder_steps, cfg.decoder_lr, 50))
+            self._count("decoder", cfg.decoder_steps, loss, t0)
         self.stage = "done"
         self.save_state()
 
