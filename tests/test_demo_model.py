@@ -4,8 +4,6 @@ Each relation is measured over SEEDS seeds with a colour-statistics checker
 (brushwork.demo.colour); the issue asks that each holds in at least 90% of seeds.
 The measured rates are printed (pytest -s) and recorded in docs/demo-model.md.
 """
-from dataclasses import replace
-
 import numpy as np
 import pytest
 

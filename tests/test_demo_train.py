@@ -1,6 +1,5 @@
 """The demo-model training command, on a few steps (the real run takes minutes to hours)."""
 import json
-import shutil
 
 import pytest
 import torch

@@ -5,7 +5,6 @@ diffusers is only a reference here; it is not in Brushwork's generation path.
 from dataclasses import replace
 
 import pytest
-import torch
 
 from brushwork.engine import GenerationRequest, initial_noise
 from brushwork.sampling.registry import resolve_sampler

@@ -217,7 +217,6 @@ class Engine:
     def txt2img(self, request: GenerationRequest, progress: Optional[Callable[[Progress], None]] = None) -> list[GeneratedImage]:
         """Generate ``batch_count`` batches of ``batch_size`` images."""
         req = self.complete(request)
-        m = self._require_model()
         if self.placement.device.type == "cpu":
             # after loading: weights keep their fast mmap-backed allocations, while the
             # sampler's scratch buffers are kept for reuse (see runtime.py)
