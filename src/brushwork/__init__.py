@@ -7,9 +7,18 @@ The Python API::
     engine.load("v1-5-pruned-emaonly")      # name, file name, path or model hash
     images = engine.txt2img(GenerationRequest("a lighthouse at dusk", seed=42))
     images[0].image.save("out.png")         # or brushwork.outputs.save_png(...) to keep the infotext
+
+The engine (and with it torch) is imported on first use, so torch-free parts such
+as ``brushwork.prompts`` and ``brushwork.infotext`` stay light.
 """
 __version__ = "0.1.0"
 
-from .engine import Engine, GeneratedImage, GenerationRequest, RequestError  # noqa: E402
-
 __all__ = ["Engine", "GenerationRequest", "GeneratedImage", "RequestError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("Engine", "GenerationRequest", "GeneratedImage", "RequestError"):
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'brushwork' has no attribute {name!r}")
