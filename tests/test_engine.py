@@ -198,3 +198,62 @@ def test_a_checkpoint_can_carry_its_own_defaults(tmp_path):
     assert eng.complete(GenerationRequest("x", sampler="Euler", steps=3)).steps == 3
     eng.load(str(tmp_path / "bad.safetensors"))  # malformed metadata: the family defaults
     assert eng.complete(GenerationRequest("x")).steps == 25
+
+
+def encode(eng, text):
+    from brushwork.conditioning import encode_prompt
+
+    m = eng.model
+    return encode_prompt(m.spec, m.networks.text_encoders, text, 1, eng.placement.device).context
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_weight_one_is_exactly_the_unweighted_prompt(engines, family):
+    eng = engines(family)
+    assert torch.equal(encode(eng, "a red barn, sunset"), encode(eng, "(a red barn:1.0), sunset"))
+
+
+def test_emphasis_scales_only_its_tokens_and_keeps_the_mean(tiny_home):
+    from brushwork import Engine
+
+    eng = Engine(tiny_home, device="cpu")
+    eng.load("tiny-sd1")
+    with torch.no_grad():  # random init leaves the output mean at ~0; real encoders are not centred
+        eng.model.networks.text_encoders[0].final_layer_norm.bias.add_(0.5)
+    plain, weighted = encode(eng, "a red barn"), encode(eng, "a (red:1.5) barn")
+    assert plain.shape == weighted.shape == (1, 77, 32)
+    assert weighted.mean().item() == pytest.approx(plain.mean().item(), rel=1e-5)
+    w = torch.ones(77)
+    w[2] = 1.5  # BOS, "a", "red", ...
+    scaled = plain * w[None, :, None]
+    expected = scaled * (plain.mean() / scaled.mean())
+    assert torch.allclose(weighted, expected, atol=1e-6)
+    assert not torch.allclose(weighted, plain, atol=1e-3)
+
+
+def test_break_starts_a_new_chunk(engines):
+    eng = engines("sdxl")
+    assert encode(eng, "a red barn").shape[1] == 77
+    both = encode(eng, "a red barn BREAK sunset")
+    assert both.shape == (1, 154, 64)
+    assert torch.equal(both[:, 77:], encode(eng, "sunset"))
+
+
+def test_comma_backtrack_keeps_the_last_phrase_together():
+    from brushwork.conditioning import weighted_chunks
+    from brushwork.prompts import parse_attention
+
+    chunks = weighted_chunks(parse_attention("word " * 70 + ", " + "tail " * 10))
+    assert [len(c.tokens) for c in chunks] == [71, 10]
+    assert chunks[0].tokens[-1] == 267 and set(chunks[1].tokens) == {set(chunks[1].tokens).pop()}
+    no_backtrack = weighted_chunks(parse_attention("word " * 70 + ", " + "tail " * 10), backtrack=0)
+    assert [len(c.tokens) for c in no_backtrack] == [75, 6]
+
+
+def test_lora_tags_are_not_encoded_as_text(engines, caplog):
+    eng = engines("sd1")
+    (a,) = eng.txt2img(replace(BASE, prompt="a lighthouse at dusk <lora:nope:0.8>"))
+    (b,) = eng.txt2img(BASE)
+    assert np.array_equal(pixels(a), pixels(b))
+    assert "<lora:nope:0.8>" in a.infotext  # the prompt is recorded as typed
+    assert "not supported yet" in caplog.text

@@ -38,6 +38,77 @@ def tokenize(text: str) -> list[int]:
     return tokenizer()(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
 
 
+COMMA = 267  # ",</w>"
+COMMA_BACKTRACK = 20  # AUTOMATIC1111's comma_padding_backtrack default
+
+
+@dataclass
+class Chunk:
+    """Up to 75 content tokens with their emphasis weights."""
+
+    tokens: list[int]
+    weights: list[float]
+
+
+def weighted_chunks(runs: list[tuple[str, float]], backtrack: int = COMMA_BACKTRACK) -> list[Chunk]:
+    """Split emphasis runs (from :func:`brushwork.prompts.parse_attention`) into chunks
+    of at most 75 tokens, as AUTOMATIC1111 does: ``BREAK`` starts a new chunk, and
+    when a chunk fills up while its last comma is within ``backtrack`` tokens of the
+    end, the words after that comma move to the next chunk so they stay together."""
+    from .prompts import BREAK_WEIGHT
+
+    chunks: list[Chunk] = []
+    cur = Chunk([], [])
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal cur, last_comma
+        chunks.append(cur)
+        cur = Chunk([], [])
+        last_comma = -1
+
+    for text, weight in runs:
+        if text == "BREAK" and weight == BREAK_WEIGHT:
+            close()
+            continue
+        for token in tokenize(text):
+            if token == COMMA:
+                last_comma = len(cur.tokens)
+            elif backtrack and len(cur.tokens) == CHUNK and last_comma != -1 and len(cur.tokens) - last_comma <= backtrack:
+                cut = last_comma + 1
+                moved = Chunk(cur.tokens[cut:], cur.weights[cut:])
+                cur = Chunk(cur.tokens[:cut], cur.weights[:cut])
+                close()
+                cur = moved
+            if len(cur.tokens) == CHUNK:
+                close()
+            cur.tokens.append(token)
+            cur.weights.append(weight)
+    if cur.tokens or not chunks:
+        close()
+    return chunks
+
+
+def framed(chunk: Chunk, pad_id: int) -> tuple[list[int], list[float]]:
+    """77 ids (BOS, tokens, EOS, padding) and their weights (1.0 outside the text)."""
+    n = len(chunk.tokens)
+    ids = [BOS] + chunk.tokens + [EOS] + [pad_id] * (CHUNK - n)
+    return ids, [1.0] + chunk.weights + [1.0] * (CHUNK - n + 1)
+
+
+def apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Scale each token's features by its weight, then restore the chunk's mean
+    (AUTOMATIC1111's "Original" emphasis).  All-1.0 weights return ``hidden`` itself."""
+    if bool((weights == 1.0).all()):
+        return hidden
+    before = hidden.mean()
+    scaled = hidden * weights.to(hidden.dtype)[..., None]
+    after = scaled.mean()
+    if after.abs() <= 1e-6 * scaled.abs().mean():
+        return scaled  # a mean of ~0 cannot be restored by scaling (nothing to restore)
+    return scaled * (before / after)
+
+
 def chunk_ids(ids: list[int], pad_id: int) -> list[list[int]]:
     """Split token ids into 77-token windows: BOS, up to 75 tokens, EOS, padding."""
     pieces = [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]
@@ -63,19 +134,24 @@ def _encode_chunk(encoder, ids: torch.Tensor, layer_from_end: int, final_norm: b
 
 @torch.no_grad()
 def encode_prompt(spec: ModelSpec, encoders: list, text: str, clip_skip: int, device: torch.device) -> TextConditioning:
-    """Encode one prompt for one image."""
-    ids = tokenize(text)
+    """Encode one prompt (with AUTOMATIC1111 emphasis and BREAK) for one image."""
+    from .prompts import parse_attention
+
+    chunks = weighted_chunks(parse_attention(text))
     per_encoder = []
     pooled = None
     for cfg, encoder in zip(spec.text_encoders, encoders):
-        chunks = torch.tensor(chunk_ids(ids, cfg.pad_token_id), device=device)
+        frames = [framed(c, cfg.pad_token_id) for c in chunks]
+        ids = torch.tensor([f[0] for f in frames], device=device)
+        weights = torch.tensor([f[1] for f in frames], device=device)
         if spec.family == "sd1":
             layer, norm = clip_skip, True
         elif spec.family == "sd2":
             layer, norm = 1 + clip_skip, True
         else:
             layer, norm = 1 + clip_skip, False
-        hidden, pool = _encode_chunk(encoder, chunks, layer, norm)
+        hidden, pool = _encode_chunk(encoder, ids, layer, norm)
+        hidden = torch.stack([apply_weights(h, w) for h, w in zip(hidden, weights)])
         per_encoder.append(hidden.reshape(1, -1, hidden.shape[-1]))
         if pool is not None:
             pooled = pool[:1]  # the first chunk's pooled output, as AUTOMATIC1111 does

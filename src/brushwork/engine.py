@@ -30,6 +30,7 @@ from .models.detect import ModelSpec, detect
 from .models.files import open_tensor_file
 from .models.load import Networks, build_networks
 from .paths import DataHome
+from .prompts import extract_extra_networks
 from .runtime import tune_cpu_allocator
 from .sampling.denoiser import Conditioning, make_denoiser
 from .sampling.registry import SamplerInfo, resolve_sampler, sampling_sigmas, schedule_label
@@ -254,7 +255,13 @@ class Engine:
         m = self._require_model()
         device = self.placement.device
         enc = m.networks.text_encoders
-        cond = encode_prompt(m.spec, enc, req.prompt, req.clip_skip, device)
+        tags = extract_extra_networks(req.prompt)
+        for warning in tags.warnings:
+            log.warning(warning)
+        if tags.networks:
+            names = ", ".join(n.raw for n in tags.networks)
+            log.warning("extra networks are not supported yet; ignored %s (the image is made without them)", names)
+        cond = encode_prompt(m.spec, enc, tags.text, req.clip_skip, device)
         uncond = encode_prompt(m.spec, enc, req.negative_prompt, req.clip_skip, device)
         if cond.context.shape[1] != uncond.context.shape[1]:
             empty = encode_prompt(m.spec, enc, "", req.clip_skip, device).context
