@@ -257,3 +257,49 @@ def test_lora_tags_are_not_encoded_as_text(engines, caplog):
     assert np.array_equal(pixels(a), pixels(b))
     assert "<lora:nope:0.8>" in a.infotext  # the prompt is recorded as typed
     assert "not supported yet" in caplog.text
+
+
+def contexts_per_call(eng, req):
+    seen = []
+    unet = eng.model.networks.unet
+    handle = unet.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
+    try:
+        eng.txt2img(req)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_prompt_editing_switches_the_conditioning_at_the_right_step(engines):
+    eng = engines("sd1")
+    cat, dog, neg = encode(eng, "a cat"), encode(eng, "a dog"), encode(eng, "blurry")
+    calls = contexts_per_call(eng, replace(BASE, prompt="a [cat:dog:0.5]", sampler="Euler", steps=4))
+    assert len(calls) == 4
+    for i, ctx in enumerate(calls):
+        assert torch.equal(ctx[0], neg[0])  # the negative prompt comes first in the batch
+        assert torch.equal(ctx[1], (cat if i < 2 else dog)[0])
+
+
+def test_alternation_changes_every_step(engines):
+    eng = engines("sd1")
+    cat, dog = encode(eng, "a cat"), encode(eng, "a dog")
+    calls = contexts_per_call(eng, replace(BASE, prompt="a [cat|dog]", sampler="Euler", steps=4))
+    assert [torch.equal(c[1], cat[0]) for c in calls] == [True, False, True, False]
+    assert [torch.equal(c[1], dog[0]) for c in calls] == [False, True, False, True]
+
+
+def test_and_batches_every_sub_prompt_and_weights_them(engines):
+    eng = engines("sd1")
+    assert count_unet_batches(eng, replace(BASE, prompt="a cat AND a dog", sampler="Euler")) == [3] * 4
+    halves = pixels(eng.txt2img(replace(BASE, prompt="a cat :0.5 AND a cat :0.5", sampler="Euler"))[0])
+    whole = pixels(eng.txt2img(replace(BASE, prompt="a cat", sampler="Euler"))[0])
+    assert np.abs(halves - whole).max() <= 1  # same guidance, up to batched-kernel rounding
+    other = pixels(eng.txt2img(replace(BASE, prompt="a cat :0.5 AND a dog :0.5", sampler="Euler"))[0])
+    assert np.abs(other - whole).mean() > 0.5
+
+
+def test_step_locator():
+    from brushwork.sampling.denoiser import step_locator
+
+    step_of = step_locator(torch.tensor([10.0, 5.0, 1.0, 0.0], dtype=torch.float64))
+    assert [step_of(torch.tensor(s)) for s in (10.0, 7.0, 5.0, 2.0, 1.0, 0.5)] == [1, 1, 2, 2, 3, 3]

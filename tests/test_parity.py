@@ -33,8 +33,7 @@ def setup(engines):
 
 def ours(eng, req, sampler_name, noise):
     info, sched = resolve_sampler(sampler_name)
-    cond, uncond = eng._encode(req)
-    return eng.sample(replace(req, sampler=sampler_name, schedule=None), info, sched, [SEED], cond, uncond, noise=noise)
+    return eng.sample(replace(req, sampler=sampler_name, schedule=None), info, sched, [SEED], eng._encode(req), noise=noise)
 
 
 def theirs(pipe, latents):

@@ -30,9 +30,9 @@ from .models.detect import ModelSpec, detect
 from .models.files import open_tensor_file
 from .models.load import Networks, build_networks
 from .paths import DataHome
-from .prompts import extract_extra_networks
+from .prompts import extract_extra_networks, schedule_prompt, split_and
 from .runtime import tune_cpu_allocator
-from .sampling.denoiser import Conditioning, make_denoiser
+from .sampling.denoiser import make_denoiser, step_locator
 from .sampling.registry import SamplerInfo, resolve_sampler, sampling_sigmas, schedule_label
 from .sampling.schedules import ModelSchedule, scaled_linear_schedule
 
@@ -158,6 +158,38 @@ def estimate_activation_bytes(spec: ModelSpec, width: int, height: int, batch: i
     return unet + vae
 
 
+@dataclass
+class PromptPlan:
+    """Encoded prompts over the steps: each positive sub-prompt (split on AND, with
+    its weight) and the negative prompt as (end_step, encoding) timelines."""
+
+    positive: list[tuple[list[tuple[int, TextConditioning]], float]]
+    negative: list[tuple[int, TextConditioning]]
+    empty: TextConditioning  # the encoding of "", for padding
+
+    @staticmethod
+    def _pick(timeline: list[tuple[int, TextConditioning]], step: int) -> TextConditioning:
+        for end, enc in timeline:
+            if step <= end:
+                return enc
+        return timeline[-1][1]
+
+    def at(self, step: int) -> tuple[list[TextConditioning], list[float], TextConditioning]:
+        conds = [self._pick(tl, step) for tl, _ in self.positive]
+        return conds, [w for _, w in self.positive], self._pick(self.negative, step)
+
+    def padded(self, texts: list[TextConditioning]) -> list[TextConditioning]:
+        """Same token length for all, by appending empty-prompt chunks, so they batch."""
+        longest = max(t.context.shape[1] for t in texts)
+        out = []
+        for t in texts:
+            ctx = t.context
+            if ctx.shape[1] < longest:
+                ctx, _ = pad_to_same_length(ctx, torch.empty(1, longest, ctx.shape[2]), self.empty.context)
+            out.append(replace(t, context=ctx))
+        return out
+
+
 class Engine:
     """Loads checkpoints and generates images.  Not thread-safe: one job at a time."""
 
@@ -226,7 +258,7 @@ class Engine:
         base_seed = resolve_seed(req.seed)
         total = req.steps * req.batch_count
         t0 = time.perf_counter()
-        cond, uncond = self._encode(req)
+        plan = self._encode(req)
         images: list[GeneratedImage] = []
         for batch_index in range(req.batch_count):
             seeds = [base_seed + batch_index * req.batch_size + i for i in range(req.batch_size)]
@@ -236,7 +268,7 @@ class Engine:
                 if progress is not None:
                     progress(Progress(_done + i + 1, total, time.perf_counter() - t0, denoised))
 
-            latents = self.sample(req, sampler, schedule, seeds, cond, uncond, on_step)
+            latents = self.sample(req, sampler, schedule, seeds, plan, on_step)
             pixels = self.decode(latents)
             for seed, img in zip(seeds, pixels):
                 params = self._params(req, sampler, schedule, seed)
@@ -251,7 +283,8 @@ class Engine:
         assert self.model is not None
         return self.model
 
-    def _encode(self, req: GenerationRequest) -> tuple[TextConditioning, TextConditioning]:
+    def _encode(self, req: GenerationRequest) -> "PromptPlan":
+        """Parse and encode the prompts: extra-network tags, AND, prompt editing, emphasis."""
         m = self._require_model()
         device = self.placement.device
         enc = m.networks.text_encoders
@@ -261,23 +294,30 @@ class Engine:
         if tags.networks:
             names = ", ".join(n.raw for n in tags.networks)
             log.warning("extra networks are not supported yet; ignored %s (the image is made without them)", names)
-        cond = encode_prompt(m.spec, enc, tags.text, req.clip_skip, device)
-        uncond = encode_prompt(m.spec, enc, req.negative_prompt, req.clip_skip, device)
-        if cond.context.shape[1] != uncond.context.shape[1]:
-            empty = encode_prompt(m.spec, enc, "", req.clip_skip, device).context
-            c, u = pad_to_same_length(cond.context, uncond.context, empty)
-            cond, uncond = replace(cond, context=c), replace(uncond, context=u)
-        return cond, uncond
+        cache: dict[str, TextConditioning] = {}
 
-    def _net_conditioning(self, text: TextConditioning, batch: int, width: int, height: int) -> dict:
-        ctx = text.context.to(self.placement.dtype).expand(batch, -1, -1)
+        def encoded(text: str) -> TextConditioning:
+            if text not in cache:
+                cache[text] = encode_prompt(m.spec, enc, text, req.clip_skip, device)
+            return cache[text]
+
+        def timeline(text: str) -> list[tuple[int, TextConditioning]]:
+            return [(end, encoded(t)) for end, t in schedule_prompt(text, req.steps)]
+
+        positive = [(timeline(text), weight) for text, weight in split_and(tags.text)]
+        return PromptPlan(positive, timeline(req.negative_prompt), encoded(""))
+
+    def _net_conditioning(self, texts: list[TextConditioning], batch: int, width: int, height: int) -> dict:
+        """The UNet's conditioning for [text_0 x batch, text_1 x batch, ...]."""
+        ctx = torch.cat([t.context.to(self.placement.dtype).expand(batch, -1, -1) for t in texts])
         out = {"context": ctx}
         if self._require_model().spec.family == "sdxl":
+            pooled = torch.cat([t.pooled.to(self.placement.dtype).expand(batch, -1) for t in texts])
             time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.placement.dtype, device=self.placement.device)
-            out["added"] = {"text_embeds": text.pooled.to(self.placement.dtype).expand(batch, -1), "time_ids": time_ids.expand(batch, -1)}
+            out["added"] = {"text_embeds": pooled, "time_ids": time_ids.expand(len(texts) * batch, -1)}
         return out
 
-    def sample(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seeds: list[int], cond: TextConditioning, uncond: TextConditioning, on_step=None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def sample(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seeds: list[int], plan: "PromptPlan", on_step=None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Run the sampler for one batch; returns final latents (float32, on the device)."""
         m = self._require_model()
         p = self.placement
@@ -289,22 +329,20 @@ class Engine:
         sigmas = sampling_sigmas(sampler, schedule, req.steps, m.schedule)
         unet = m.networks.unet
         batch = len(seeds)
+        joined: dict[tuple, tuple[dict, list[float]]] = {}
 
-        def join(a: dict, b: dict) -> dict:
-            out = {"context": torch.cat([a["context"], b["context"]])}
-            if "added" in a:
-                out["added"] = {k: torch.cat([a["added"][k], b["added"][k]]) for k in a["added"]}
-            return out
+        def batch_at(step: int, with_negative: bool) -> tuple[dict, list[float]]:
+            conds, weights, uncond = plan.at(step)
+            key = (tuple(id(c) for c in conds), id(uncond) if with_negative else None)
+            if key not in joined:
+                texts = ([uncond] if with_negative else []) + conds
+                joined[key] = (self._net_conditioning(plan.padded(texts), batch, req.width, req.height), weights)
+            return joined[key]
 
         def net(x_in: torch.Tensor, t: torch.Tensor, c: dict) -> torch.Tensor:
             return unet(x_in.to(p.dtype), t.to(p.device), encoder_hidden_states=c["context"], added_cond_kwargs=c.get("added")).sample
 
-        conditioning = Conditioning(
-            self._net_conditioning(cond, batch, req.width, req.height),
-            self._net_conditioning(uncond, batch, req.width, req.height),
-            join,
-        )
-        denoise = make_denoiser(net, m.schedule, m.spec.prediction, conditioning, float(req.cfg_scale))
+        denoise = make_denoiser(net, m.schedule, m.spec.prediction, batch_at, float(req.cfg_scale), step_locator(sigmas))
         # sigmas stay float64 on the CPU: as 0-d tensors they act as scalars on any device
         x = start.to(p.device, torch.float32) * float(sigmas[0])
         noise_fn = noise_source(gens, shape, p.device, torch.float32) if sampler.stochastic else None

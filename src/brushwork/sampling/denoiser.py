@@ -5,12 +5,15 @@
 * scales the input by c_in = 1 / sqrt(sigma² + 1) (the variance-preserving input
   the UNet was trained on) and converts sigma to a fractional training timestep;
 * turns the output into x0 for eps- or v-prediction;
-* applies classifier-free guidance: the unconditional and conditional passes run
-  as one batch, and at CFG 1 the unconditional pass is skipped entirely.
+* applies classifier-free guidance over one batched network call: the negative
+  prompt first, then each positive sub-prompt (``AND``) with its weight,
+  x0 = uncond + sum_i w_i * cfg * (cond_i - uncond).  With a single sub-prompt of
+  weight 1 at CFG 1 the negative pass is skipped entirely;
+* asks the caller for the conditioning of the current step, so prompts can
+  change during sampling (prompt editing).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -19,6 +22,8 @@ from .schedules import ModelSchedule
 
 #: net(x_in, timestep, conditioning) -> eps or v, same shape as x_in
 NetCall = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+#: (step, with_negative) -> (batched conditioning, weights of the positive sub-prompts)
+BatchAt = Callable[[int, bool], tuple[Any, list[float]]]
 
 
 def x0_from_output(x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor, prediction: str) -> torch.Tensor:
@@ -31,40 +36,47 @@ def x0_from_output(x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor, pred
     raise ValueError(f"unknown prediction type {prediction!r}; expected 'epsilon' or 'v_prediction'")
 
 
-def cfg_combine(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance: move from the unconditional towards the conditional estimate."""
-    return uncond + (cond - uncond) * scale
+def cfg_combine(uncond: torch.Tensor, conds: list[torch.Tensor], weights: list[float], scale: float) -> torch.Tensor:
+    """Classifier-free guidance, composable form: move from the unconditional estimate
+    towards each conditional one by its weight times the guidance scale."""
+    out = uncond
+    for cond, w in zip(conds, weights):
+        out = out + (cond - uncond) * (w * scale)
+    return out
 
 
-@dataclass
-class Conditioning:
-    """What the network needs besides x and t, for the positive and negative prompt.
+def step_locator(sigmas: torch.Tensor) -> Callable[[torch.Tensor], int]:
+    """Maps a noise level to the 1-based sampling step it belongs to (second-order
+    samplers evaluate between two sigmas; those calls belong to the earlier step)."""
+    levels = [float(s) for s in sigmas]
 
-    ``cond``/``uncond`` are whatever the network call understands (a tensor of
-    text embeddings, or a dict for SDXL); ``join`` batches them as [uncond, cond].
-    """
+    def step_of(sigma) -> int:
+        s = float(sigma)
+        for i in range(len(levels) - 1):
+            if s > levels[i + 1]:
+                return i + 1
+        return len(levels) - 1
 
-    cond: Any
-    uncond: Any
-    join: Callable[[Any, Any], Any]
+    return step_of
 
 
-def make_denoiser(net: NetCall, schedule: ModelSchedule, prediction: str, conditioning: Conditioning, cfg_scale: float):
+def make_denoiser(net: NetCall, schedule: ModelSchedule, prediction: str, batch_at: BatchAt, cfg_scale: float, step_of: Callable[[torch.Tensor], int]):
     """Build ``denoise(x, sigma) -> x0`` for one generation."""
-    skip_uncond = cfg_scale == 1.0
-    both = None if skip_uncond else conditioning.join(conditioning.uncond, conditioning.cond)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        step = step_of(sigma)
+        _, weights = batch_at(step, False)
+        with_negative = not (cfg_scale == 1.0 and weights == [1.0])
+        conditioning, weights = batch_at(step, with_negative)
+        k = len(weights) + int(with_negative)
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         t = schedule.sigma_to_t(sigma).to(torch.float32)
         s = sigma.to(x.dtype)
-        c_in = 1 / (s**2 + 1) ** 0.5
-        if skip_uncond:
-            out = net(x * c_in, t, conditioning.cond)
-            return x0_from_output(x, s, out.to(x.dtype), prediction)
-        x_in = torch.cat([x, x]) * c_in
-        out = net(x_in, t, both).to(x.dtype)
-        uncond, cond = x0_from_output(torch.cat([x, x]), s, out, prediction).chunk(2)
-        return cfg_combine(uncond, cond, cfg_scale)
+        x_rep = torch.cat([x] * k) if k > 1 else x
+        out = net(x_rep / (s**2 + 1) ** 0.5, t, conditioning).to(x.dtype)
+        x0 = x0_from_output(x_rep, s, out, prediction).chunk(k)
+        if not with_negative:
+            return x0[0]
+        return cfg_combine(x0[0], list(x0[1:]), weights, cfg_scale)
 
     return denoise
