@@ -303,3 +303,10 @@ def test_step_locator():
 
     step_of = step_locator(torch.tensor([10.0, 5.0, 1.0, 0.0], dtype=torch.float64))
     assert [step_of(torch.tensor(s)) for s in (10.0, 7.0, 5.0, 2.0, 1.0, 0.5)] == [1, 1, 2, 2, 3, 3]
+
+
+def test_a_prompt_of_thousands_of_tokens_still_generates(engines):
+    eng = engines("sd1")
+    huge = ", ".join(f"(word{i % 50}:1.1)" for i in range(1500))
+    (img,) = eng.txt2img(replace(BASE, prompt=huge, steps=2))
+    assert img.image.size == (64, 64) and pixels(img).std() > 1
