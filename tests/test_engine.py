@@ -250,13 +250,47 @@ def test_comma_backtrack_keeps_the_last_phrase_together():
     assert [len(c.tokens) for c in no_backtrack] == [75, 6]
 
 
-def test_lora_tags_are_not_encoded_as_text(engines, caplog):
+def test_a_missing_lora_warns_with_the_closest_names_and_the_image_is_still_made(engines, caplog):
     eng = engines("sd1")
     (a,) = eng.txt2img(replace(BASE, prompt="a lighthouse at dusk <lora:nope:0.8>"))
     (b,) = eng.txt2img(BASE)
-    assert np.array_equal(pixels(a), pixels(b))
-    assert "<lora:nope:0.8>" in a.infotext  # the prompt is recorded as typed
-    assert "not supported yet" in caplog.text
+    assert np.array_equal(pixels(a), pixels(b))  # the tag is not encoded as text
+    assert "<lora:nope:0.8>" in a.infotext and "Missing LoRAs: nope" in a.infotext
+    assert "LoRA 'nope' not found" in caplog.text
+
+
+def test_loras_from_the_home_folder_apply_switch_and_come_off_exactly(tiny_home, tmp_path, caplog):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from brushwork import Engine
+    from brushwork.hashing import addnet_hash
+
+    home = tmp_path / "home"
+    shutil.copytree(tiny_home / "models", home / "models")
+    g = torch.Generator().manual_seed(1)
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_v"
+    lora = home / "models" / "loras" / "Shiny.safetensors"
+    lora.parent.mkdir(parents=True)
+    save_file({f"{key}.lora_down.weight": torch.randn(4, 32, generator=g), f"{key}.lora_up.weight": torch.randn(32, 4, generator=g)}, str(lora), metadata={"ss_base_model_version": "sd_v1"})
+    eng = Engine(home, device="cpu")
+    eng.load("tiny-sd1")
+    original = {k: v.clone() for k, v in eng.model.networks.unet.state_dict().items()}
+    plain = pixels(eng.txt2img(BASE)[0])
+    shiny = eng.txt2img(replace(BASE, prompt=BASE.prompt + " <lora:shiny:1>"))[0]
+    assert np.abs(pixels(shiny) - plain).mean() > 0.5
+    assert f"Lora hashes: \"shiny: {addnet_hash(lora)}\"" in shiny.infotext
+    zero = pixels(eng.txt2img(replace(BASE, prompt=BASE.prompt + " <lora:shiny:0>"))[0])
+    assert np.array_equal(zero, plain)
+    again = pixels(eng.txt2img(BASE)[0])  # taking the LoRA off restores the weights bit for bit
+    assert np.array_equal(again, plain)
+    assert all(torch.equal(v, original[k]) for k, v in eng.model.networks.unet.state_dict().items())
+    bad = home / "models" / "loras" / "xl.safetensors"
+    save_file({f"{key}.lora_down.weight": torch.zeros(4, 32), f"{key}.lora_up.weight": torch.zeros(32, 4)}, str(bad), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    (img,) = eng.txt2img(replace(BASE, prompt=BASE.prompt + " <lora:xl:1>"))
+    assert np.array_equal(pixels(img), plain) and "Missing LoRAs: xl" in img.infotext
+    assert "trained for SDXL, but the loaded checkpoint is SD 1.x" in caplog.text
 
 
 def contexts_per_call(eng, req):

@@ -10,6 +10,7 @@ server) are thin clients of :class:`Engine`.  A generation is::
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import random
 import time
@@ -29,6 +30,7 @@ from .infotext import GenerationParams, format_infotext
 from .models.detect import ModelSpec, detect
 from .models.files import open_tensor_file
 from .models.load import Networks, build_networks
+from .lora import LoraError, LoraStack, lora_files
 from .paths import DataHome
 from .prompts import extract_extra_networks, schedule_prompt, split_and
 from .runtime import tune_cpu_allocator
@@ -199,6 +201,7 @@ class Engine:
         self.use_ema = use_ema
         self.model: Optional[LoadedModel] = None
         self._vae_fp32 = False
+        self.loras = LoraStack()
 
     # ------------------------------------------------------------- models
 
@@ -209,6 +212,7 @@ class Engine:
         if self.model and self.model.path == path and self.model.mtime == mtime:
             return self.model
         self.model = None  # release the old weights before reading the new ones
+        self.loras = LoraStack()
         t0 = time.perf_counter()
         with open_tensor_file(path) as tf:
             spec = detect(tf.shapes(), tf.metadata, tf.get, name=path.name)
@@ -258,7 +262,9 @@ class Engine:
         base_seed = resolve_seed(req.seed)
         total = req.steps * req.batch_count
         t0 = time.perf_counter()
-        plan = self._encode(req)
+        tags = extract_extra_networks(req.prompt)
+        extra = self._apply_loras(tags)
+        plan = self._encode(req, tags.text)
         images: list[GeneratedImage] = []
         for batch_index in range(req.batch_count):
             seeds = [base_seed + batch_index * req.batch_size + i for i in range(req.batch_size)]
@@ -271,7 +277,7 @@ class Engine:
             latents = self.sample(req, sampler, schedule, seeds, plan, on_step)
             pixels = self.decode(latents)
             for seed, img in zip(seeds, pixels):
-                params = self._params(req, sampler, schedule, seed)
+                params = self._params(req, sampler, schedule, seed, extra)
                 images.append(GeneratedImage(img, seed, params, format_infotext(params)))
         return images
 
@@ -283,17 +289,13 @@ class Engine:
         assert self.model is not None
         return self.model
 
-    def _encode(self, req: GenerationRequest) -> "PromptPlan":
-        """Parse and encode the prompts: extra-network tags, AND, prompt editing, emphasis."""
+    def _encode(self, req: GenerationRequest, text: Optional[str] = None) -> "PromptPlan":
+        """Encode the prompts (``text``: the positive prompt without its extra-network
+        tags): AND, prompt editing, emphasis."""
         m = self._require_model()
         device = self.placement.device
         enc = m.networks.text_encoders
-        tags = extract_extra_networks(req.prompt)
-        for warning in tags.warnings:
-            log.warning(warning)
-        if tags.networks:
-            names = ", ".join(n.raw for n in tags.networks)
-            log.warning("extra networks are not supported yet; ignored %s (the image is made without them)", names)
+        text = extract_extra_networks(req.prompt).text if text is None else text
         cache: dict[str, TextConditioning] = {}
 
         def encoded(text: str) -> TextConditioning:
@@ -304,8 +306,48 @@ class Engine:
         def timeline(text: str) -> list[tuple[int, TextConditioning]]:
             return [(end, encoded(t)) for end, t in schedule_prompt(text, req.steps)]
 
-        positive = [(timeline(text), weight) for text, weight in split_and(tags.text)]
+        positive = [(timeline(part), weight) for part, weight in split_and(text)]
         return PromptPlan(positive, timeline(req.negative_prompt), encoded(""))
+
+    def _apply_loras(self, tags) -> dict[str, str]:
+        """Merge the prompt's LoRAs (only when the set changed); returns infotext entries.
+        Missing names and unusable files are warnings: the image is still made."""
+        m = self._require_model()
+        for warning in tags.warnings:
+            log.warning(warning)
+        wanted, hashes, missing = [], [], []
+        available = lora_files(self.home)
+        for net in tags.networks:
+            if net.kind != "lora":
+                log.warning("%s: only LoRA tags are supported; this tag was ignored", net.raw)
+                continue
+            path = available.get(net.name.lower())
+            if path is None:
+                close = difflib.get_close_matches(net.name.lower(), list(available), n=3, cutoff=0.5)
+                hint = f"; closest: {', '.join(available[c].stem for c in close)}" if close else ""
+                log.warning("LoRA %r not found in %s%s. The image is made without it.", net.name, self.home.lora_dirs[0], hint)
+                missing.append(net.name)
+                continue
+            wanted.append((path, net.te, net.unet, net.name))
+        key = [(str(p), te, un) for p, te, un, _ in wanted]
+        if key != self.loras.applied:
+            self.loras.restore()
+            for path, te, un, name in list(wanted):
+                try:
+                    self.loras.apply(m.spec, m.networks.unet, m.networks.text_encoders, path, te, un)
+                except LoraError as exc:
+                    log.warning("%s The image is made without it.", exc)
+                    wanted.remove((path, te, un, name))
+                    missing.append(name)
+        cache = hash_cache(self.home)
+        for path, _, _, name in wanted:
+            hashes.append(f"{name.replace(':', '').replace(',', '')}: {cache.get_addnet_hash(path)}")
+        extra = {}
+        if hashes:
+            extra["Lora hashes"] = ", ".join(hashes)
+        if missing:
+            extra["Missing LoRAs"] = ", ".join(missing)
+        return extra
 
     def _net_conditioning(self, texts: list[TextConditioning], batch: int, width: int, height: int) -> dict:
         """The UNet's conditioning for [text_0 x batch, text_1 x batch, ...]."""
@@ -372,7 +414,7 @@ class Engine:
         scaled = (latent / vae.config.scaling_factor).to(dtype)
         return vae.decode(scaled).sample
 
-    def _params(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seed: int) -> GenerationParams:
+    def _params(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seed: int, extra: Optional[dict] = None) -> GenerationParams:
         m = self._require_model()
         return GenerationParams(
             prompt=req.prompt,
@@ -388,7 +430,7 @@ class Engine:
             model_hash=m.short_hash,
             clip_skip=req.clip_skip,
             # noise is drawn on the CPU: this tells AUTOMATIC1111 to do the same when it re-creates the image
-            extra={"RNG": "CPU"},
+            extra={"RNG": "CPU", **(extra or {})},
             version=f"brushwork {__version__}",
         )
 
