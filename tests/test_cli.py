@@ -184,3 +184,29 @@ def test_a_users_own_checkpoint_wins_over_the_demo(packaged_demo, home, capsys):
     assert "Model: tiny-sd1," in Image.open(saved_paths(out)[0]).text["parameters"]
     code, out, _ = run(capsys, "generate", "a cat", "--model", "demo", "--home", str(home), *FAST)
     assert "Model: demo," in Image.open(saved_paths(out)[0]).text["parameters"]
+
+
+def test_loras_lists_family_hash_and_trigger_words(home, capsys):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from brushwork.hashing import addnet_hash
+
+    folder = home / "models" / "Lora"  # A1111's folder name works too
+    folder.mkdir(parents=True)
+    meta = {"ss_base_model_version": "sdxl_base_v1-0", "ss_tag_frequency": json.dumps({"10_car": {"porsche 911": 20, "red car": 5, "road": 2}})}
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 4), "lora_unet_x.lora_up.weight": torch.zeros(4, 2)}, str(folder / "porsche_911.safetensors"), metadata=meta)
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 4)}, str(folder / "plain.safetensors"))
+    code, out, _ = run(capsys, "loras", "--home", str(home))
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.strip().splitlines()[1:]}
+    assert "SDXL" in rows["porsche_911"] and addnet_hash(folder / "porsche_911.safetensors") in rows["porsche_911"]
+    assert rows["porsche_911"].endswith("porsche 911, red car, road")
+    assert "unknown" in rows["plain"] and rows["plain"].endswith("-")
+
+
+def test_loras_with_none_says_where_to_put_them(tmp_path, capsys):
+    code, out, _ = run(capsys, "loras", "--home", str(tmp_path))
+    assert code == 0 and "Put .safetensors LoRA files into" in out

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--no-hash", action="store_true", help="skip computing file hashes (faster for big new files)")
     common(m)
 
+    lo = sub.add_parser("loras", help="list the LoRAs found, with family, hash and trigger words")
+    common(lo)
+
     i = sub.add_parser("info", help="show the generation parameters stored in an image")
     i.add_argument("image")
 
@@ -66,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE
-    handler = {"generate": cmd_generate, "models": cmd_models, "info": cmd_info, "samplers": cmd_samplers}[args.command]
+    handler = {"generate": cmd_generate, "models": cmd_models, "loras": cmd_loras, "info": cmd_info, "samplers": cmd_samplers}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -217,6 +220,22 @@ def cmd_models(args) -> int:
     for r in rows:
         size = f"{r.size_bytes / 2**20:.1f} MB" if r.size_bytes < 2**30 else f"{r.size_bytes / 2**30:.2f} GB"
         print(f"{r.entry.name:<{name_w}}  {r.family:<24}  {size:>9}  {r.model_hash or '-'}")
+    return 0
+
+
+def cmd_loras(args) -> int:
+    from .lora import summarize_loras
+    from .paths import DataHome
+
+    home = DataHome.resolve(args.home)
+    rows = summarize_loras(home)
+    if not rows:
+        print(f"No LoRAs found. Put .safetensors LoRA files into {home.lora_dirs[0]} and use them as <lora:NAME:0.8> in a prompt.")
+        return 0
+    name_w = max(len(r.name) for r in rows)
+    print(f"{'NAME':<{name_w}}  {'FAMILY':<10}  {'HASH':<12}  TRIGGER WORDS")
+    for r in rows:
+        print(f"{r.name:<{name_w}}  {r.family:<10}  {r.addnet_hash:<12}  {', '.join(r.triggers) or '-'}")
     return 0
 
 

@@ -143,6 +143,55 @@ def lora_files(home) -> dict[str, Path]:
     return found
 
 
+def trigger_words(metadata: dict[str, str], limit: int = 5) -> list[str]:
+    """The most frequent caption tags kohya recorded (``ss_tag_frequency``), or the
+    modelspec trigger phrase."""
+    import json
+
+    phrase = metadata.get("modelspec.trigger_phrase")
+    if phrase:
+        return [phrase]
+    try:
+        freq = json.loads(metadata.get("ss_tag_frequency", "{}"))
+    except ValueError:
+        return []
+    counts: dict[str, int] = {}
+    for tags in freq.values() if isinstance(freq, dict) else []:
+        if isinstance(tags, dict):
+            for tag, n in tags.items():
+                counts[tag.strip()] = counts.get(tag.strip(), 0) + int(n)
+    return [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
+
+
+@dataclass(frozen=True)
+class LoraSummary:
+    name: str
+    path: Path
+    family: str
+    addnet_hash: str
+    triggers: list[str]
+
+
+def summarize_loras(home) -> list[LoraSummary]:
+    from .catalog import hash_cache
+    from .hashing import SafetensorsHeaderError, read_safetensors_header
+
+    cache = hash_cache(home)
+    out = []
+    labels = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+    for _, path in sorted(lora_files(home).items()):
+        metadata: dict[str, str] = {}
+        if path.suffix.lower() == ".safetensors":
+            try:
+                metadata = {str(k): str(v) for k, v in (read_safetensors_header(path).get("__metadata__") or {}).items()}
+            except SafetensorsHeaderError as exc:
+                out.append(LoraSummary(path.stem, path, f"unreadable: {exc}"[:60], "-", []))
+                continue
+        fam = lora_family(metadata)
+        out.append(LoraSummary(path.stem, path, labels.get(fam or "", "unknown"), cache.get_addnet_hash(path)[:12], trigger_words(metadata)))
+    return out
+
+
 @dataclass
 class LoraStack:
     """The LoRAs currently merged into a model's weights."""
