@@ -50,11 +50,41 @@ class Chunk:
     weights: list[float]
 
 
-def weighted_chunks(runs: list[tuple[str, float]], backtrack: int = COMMA_BACKTRACK) -> list[Chunk]:
+@dataclass(frozen=True)
+class Slot:
+    """Stands in a chunk for vector ``index`` of the embedding ``name``."""
+
+    name: str
+    index: int
+
+
+def _with_slots(tokens: list[int], triggers: dict[tuple[int, ...], tuple[str, int]]) -> list:
+    """Replace each embedding's trigger tokens by its vector slots (longest trigger first)."""
+    if not triggers:
+        return tokens
+    ordered = sorted(triggers, key=len, reverse=True)
+    out: list = []
+    i = 0
+    while i < len(tokens):
+        for seq in ordered:
+            if tuple(tokens[i : i + len(seq)]) == seq:
+                name, n = triggers[seq]
+                out.append([Slot(name, j) for j in range(n)])
+                i += len(seq)
+                break
+        else:
+            out.append(tokens[i])
+            i += 1
+    return out
+
+
+def weighted_chunks(runs: list[tuple[str, float]], backtrack: int = COMMA_BACKTRACK, triggers: dict | None = None) -> list[Chunk]:
     """Split emphasis runs (from :func:`brushwork.prompts.parse_attention`) into chunks
     of at most 75 tokens, as AUTOMATIC1111 does: ``BREAK`` starts a new chunk, and
     when a chunk fills up while its last comma is within ``backtrack`` tokens of the
-    end, the words after that comma move to the next chunk so they stay together."""
+    end, the words after that comma move to the next chunk so they stay together.
+    ``triggers`` maps an embedding name's token ids to (name, vector count); its
+    vectors take that many places and are never split across chunks."""
     from .prompts import BREAK_WEIGHT
 
     chunks: list[Chunk] = []
@@ -71,7 +101,13 @@ def weighted_chunks(runs: list[tuple[str, float]], backtrack: int = COMMA_BACKTR
         if text == "BREAK" and weight == BREAK_WEIGHT:
             close()
             continue
-        for token in tokenize(text):
+        for token in _with_slots(tokenize(text), triggers or {}):
+            if isinstance(token, list):  # an embedding's vectors stay in one chunk
+                if len(cur.tokens) + len(token) > CHUNK:
+                    close()
+                cur.tokens.extend(token)
+                cur.weights.extend([weight] * len(token))
+                continue
             if token == COMMA:
                 last_comma = len(cur.tokens)
             elif backtrack and len(cur.tokens) == CHUNK and last_comma != -1 and len(cur.tokens) - last_comma <= backtrack:
@@ -92,7 +128,7 @@ def weighted_chunks(runs: list[tuple[str, float]], backtrack: int = COMMA_BACKTR
 def framed(chunk: Chunk, pad_id: int) -> tuple[list[int], list[float]]:
     """77 ids (BOS, tokens, EOS, padding) and their weights (1.0 outside the text)."""
     n = len(chunk.tokens)
-    ids = [BOS] + chunk.tokens + [EOS] + [pad_id] * (CHUNK - n)
+    ids = [BOS] + [0 if isinstance(t, Slot) else t for t in chunk.tokens] + [EOS] + [pad_id] * (CHUNK - n)
     return ids, [1.0] + chunk.weights + [1.0] * (CHUNK - n + 1)
 
 
@@ -133,14 +169,17 @@ def _encode_chunk(encoder, ids: torch.Tensor, layer_from_end: int, final_norm: b
 
 
 @torch.no_grad()
-def encode_prompt(spec: ModelSpec, encoders: list, text: str, clip_skip: int, device: torch.device) -> TextConditioning:
-    """Encode one prompt (with AUTOMATIC1111 emphasis and BREAK) for one image."""
+def encode_prompt(spec: ModelSpec, encoders: list, text: str, clip_skip: int, device: torch.device, embeddings: dict | None = None) -> TextConditioning:
+    """Encode one prompt (with AUTOMATIC1111 emphasis, BREAK and textual-inversion
+    embeddings, given as {name: Embedding}) for one image."""
     from .prompts import parse_attention
 
-    chunks = weighted_chunks(parse_attention(text))
+    embeddings = embeddings or {}
+    triggers = {tuple(tokenize(name)): (name, emb.length) for name, emb in embeddings.items()}
+    chunks = weighted_chunks(parse_attention(text), triggers=triggers)
     per_encoder = []
     pooled = None
-    for cfg, encoder in zip(spec.text_encoders, encoders):
+    for index, (cfg, encoder) in enumerate(zip(spec.text_encoders, encoders)):
         frames = [framed(c, cfg.pad_token_id) for c in chunks]
         ids = torch.tensor([f[0] for f in frames], device=device)
         weights = torch.tensor([f[1] for f in frames], device=device)
@@ -150,7 +189,25 @@ def encode_prompt(spec: ModelSpec, encoders: list, text: str, clip_skip: int, de
             layer, norm = 1 + clip_skip, True
         else:
             layer, norm = 1 + clip_skip, False
-        hidden, pool = _encode_chunk(encoder, ids, layer, norm)
+        slots = [(ci, 1 + pi, tok) for ci, c in enumerate(chunks) for pi, tok in enumerate(c.tokens) if isinstance(tok, Slot)]
+        hook = None
+        if slots:
+            table = getattr(encoder, "text_model", encoder).embeddings.token_embedding
+
+            def put_vectors(module, args, out, _slots=slots, _index=index):
+                out = out.clone()
+                for ci, pos, slot in _slots:
+                    vec = embeddings[slot.name].for_encoder(_index, len(encoders), out.shape[-1])
+                    if vec is not None:
+                        out[ci, pos] = vec[slot.index].to(out.dtype)
+                return out
+
+            hook = table.register_forward_hook(put_vectors)
+        try:
+            hidden, pool = _encode_chunk(encoder, ids, layer, norm)
+        finally:
+            if hook is not None:
+                hook.remove()
         hidden = torch.stack([apply_weights(h, w) for h, w in zip(hidden, weights)])
         per_encoder.append(hidden.reshape(1, -1, hidden.shape[-1]))
         if pool is not None:

@@ -30,7 +30,10 @@ from .infotext import GenerationParams, format_infotext
 from .models.detect import ModelSpec, detect
 from .models.files import open_tensor_file
 from .models.load import Networks, build_networks
+from .embeddings import embedding_files, load_embedding
+from .hashing import sha256_file
 from .lora import LoraError, LoraStack, lora_files
+from .models.errors import ModelFileError
 from .paths import DataHome
 from .prompts import extract_extra_networks, schedule_prompt, split_and
 from .runtime import tune_cpu_allocator
@@ -168,6 +171,7 @@ class PromptPlan:
     positive: list[tuple[list[tuple[int, TextConditioning]], float]]
     negative: list[tuple[int, TextConditioning]]
     empty: TextConditioning  # the encoding of "", for padding
+    ti_hashes: dict[str, str] = field(default_factory=dict)  # embeddings named in the prompts
 
     @staticmethod
     def _pick(timeline: list[tuple[int, TextConditioning]], step: int) -> TextConditioning:
@@ -265,6 +269,8 @@ class Engine:
         tags = extract_extra_networks(req.prompt)
         extra = self._apply_loras(tags)
         plan = self._encode(req, tags.text)
+        if plan.ti_hashes:
+            extra["TI hashes"] = ", ".join(f"{n.replace(':', '').replace(',', '')}: {h}" for n, h in plan.ti_hashes.items())
         images: list[GeneratedImage] = []
         for batch_index in range(req.batch_count):
             seeds = [base_seed + batch_index * req.batch_size + i for i in range(req.batch_size)]
@@ -296,18 +302,39 @@ class Engine:
         device = self.placement.device
         enc = m.networks.text_encoders
         text = extract_extra_networks(req.prompt).text if text is None else text
+        embeddings = self._embeddings_for(text + "\n" + req.negative_prompt)
         cache: dict[str, TextConditioning] = {}
 
         def encoded(text: str) -> TextConditioning:
             if text not in cache:
-                cache[text] = encode_prompt(m.spec, enc, text, req.clip_skip, device)
+                cache[text] = encode_prompt(m.spec, enc, text, req.clip_skip, device, embeddings)
             return cache[text]
 
         def timeline(text: str) -> list[tuple[int, TextConditioning]]:
             return [(end, encoded(t)) for end, t in schedule_prompt(text, req.steps)]
 
         positive = [(timeline(part), weight) for part, weight in split_and(text)]
-        return PromptPlan(positive, timeline(req.negative_prompt), encoded(""))
+        ti = {name: sha256_file(e.path)[:12] for name, e in embeddings.items()}
+        return PromptPlan(positive, timeline(req.negative_prompt), encoded(""), ti)
+
+    def _embeddings_for(self, text: str) -> dict:
+        """The home's embeddings whose names occur in ``text`` and fit this model."""
+        m = self._require_model()
+        widths = [e.width for e in m.spec.text_encoders]
+        out = {}
+        for name, path in embedding_files(self.home).items():
+            if name not in text:
+                continue
+            try:
+                emb = load_embedding(path)
+            except ModelFileError as exc:
+                log.warning("%s The word is used as plain text.", exc)
+                continue
+            if any(emb.for_encoder(i, len(widths), w) is None for i, w in enumerate(widths)):
+                log.warning("embedding %r does not fit this %s checkpoint (its vectors are for another model family); the word is used as plain text.", name, m.spec.label)
+                continue
+            out[name] = emb
+        return out
 
     def _apply_loras(self, tags) -> dict[str, str]:
         """Merge the prompt's LoRAs (only when the set changed); returns infotext entries.

@@ -1,0 +1,80 @@
+"""Textual-inversion embeddings: extra word vectors used by writing their file name.
+
+AUTOMATIC1111's formats: ``.pt`` with ``string_to_param['*']`` (one or more vectors)
+and ``.safetensors`` with ``emb_params``; SDXL embeddings carry ``clip_l`` and
+``clip_g`` for the two text encoders.  Files live in ``models/embeddings`` (or
+``embeddings``); the file stem, as written in a prompt, is the trigger.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .models.errors import ModelFileError
+from .models.files import open_tensor_file
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".pt", ".safetensors", ".bin")
+
+
+@dataclass(frozen=True)
+class Embedding:
+    name: str
+    path: Path
+    vectors: dict[str, torch.Tensor]  # "single" (SD 1.x/2.x) or "clip_l" / "clip_g" (SDXL): (n, width)
+
+    @property
+    def length(self) -> int:
+        return next(iter(self.vectors.values())).shape[0]
+
+    def for_encoder(self, index: int, count: int, width: int) -> torch.Tensor | None:
+        """The vectors for text encoder ``index`` of ``count``, if their width fits."""
+        if count == 1:
+            vec = self.vectors.get("single")
+        else:
+            vec = self.vectors.get(("clip_l", "clip_g")[index]) if index < 2 else None
+        return vec if vec is not None and vec.shape[-1] == width else None
+
+
+def load_embedding(path: Path) -> Embedding:
+    """Read one embedding file; clear errors for anything else."""
+    if path.suffix.lower() == ".safetensors":
+        with open_tensor_file(path) as tf:
+            tensors = {k: tf.get(k, torch.float32) for k in tf.tensors}
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
+            raise ModelFileError(f"{path.name} could not be read as an embedding ({str(exc).splitlines()[0][:120]}).") from None
+        tensors = {}
+        if isinstance(obj, dict) and isinstance(obj.get("string_to_param"), dict):
+            tensors["emb_params"] = next(iter(obj["string_to_param"].values())).float()
+        elif isinstance(obj, dict):
+            tensors = {k: v.float() for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if "clip_l" in tensors and "clip_g" in tensors:
+        vectors = {"clip_l": tensors["clip_l"], "clip_g": tensors["clip_g"]}
+    elif "emb_params" in tensors:
+        vectors = {"single": tensors["emb_params"]}
+    elif len(tensors) == 1:
+        vectors = {"single": next(iter(tensors.values()))}
+    else:
+        raise ModelFileError(f"{path.name} is not a textual-inversion embedding (expected emb_params, string_to_param, or clip_l + clip_g).")
+    vectors = {k: (v[None] if v.ndim == 1 else v) for k, v in vectors.items()}
+    if any(v.ndim != 2 or v.shape[0] == 0 or v.shape[0] > 75 for v in vectors.values()):
+        raise ModelFileError(f"{path.name}: embedding vectors must have shape (n, width) with 1 <= n <= 75.")
+    return Embedding(path.stem, path, vectors)
+
+
+def embedding_files(home) -> dict[str, Path]:
+    """Embedding files in the data home by file stem (first folder wins)."""
+    found: dict[str, Path] = {}
+    for folder in home.embedding_dirs:
+        if folder.is_dir():
+            for p in sorted(folder.rglob("*")):
+                if p.is_file() and p.suffix.lower() in SUFFIXES:
+                    found.setdefault(p.stem, p)
+    return found
