@@ -53,6 +53,20 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--no-hash", action="store_true", help="skip computing file hashes (faster for big new files)")
     common(m)
 
+    t = sub.add_parser("train-lora", help="train a LoRA from a folder of images with .txt captions")
+    t.add_argument("dataset", help="folder of images, each with a same-named .txt caption")
+    t.add_argument("--model", "-m", help="checkpoint to train for (default: the last one used)")
+    t.add_argument("--out", "-o", help="LoRA file to write (default: HOME/models/loras/DATASET.safetensors)")
+    t.add_argument("--steps", type=int, default=400)
+    t.add_argument("--rank", type=int, default=4)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--size", type=int, help="training resolution (default: the checkpoint's)")
+    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    common(t)
+
     lo = sub.add_parser("loras", help="list the LoRAs found, with family, hash and trigger words")
     common(lo)
 
@@ -69,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE
-    handler = {"generate": cmd_generate, "models": cmd_models, "loras": cmd_loras, "info": cmd_info, "samplers": cmd_samplers}[args.command]
+    handler = {"generate": cmd_generate, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "info": cmd_info, "samplers": cmd_samplers}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -88,9 +102,11 @@ def _is_user_error(exc: Exception) -> bool:
     from .infotext import InfotextError
     from .models.errors import ModelFileError
     from .outputs import NotAnImageError, OutputError
+    from .lora import LoraError
+    from .lora_train import DatasetError
     from .sampling.registry import UnknownSamplerError
 
-    return isinstance(exc, (DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
+    return isinstance(exc, (LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
 
 
 # ------------------------------------------------------------------ generate
@@ -220,6 +236,32 @@ def cmd_models(args) -> int:
     for r in rows:
         size = f"{r.size_bytes / 2**20:.1f} MB" if r.size_bytes < 2**30 else f"{r.size_bytes / 2**30:.2f} GB"
         print(f"{r.entry.name:<{name_w}}  {r.family:<24}  {size:>9}  {r.model_hash or '-'}")
+    return 0
+
+
+def cmd_train_lora(args) -> int:
+    from tqdm import tqdm
+
+    from .engine import Engine
+    from .lora_train import LoraTrainConfig, train_lora
+    from .paths import DataHome
+
+    home = DataHome.resolve(args.home)
+    dataset = Path(args.dataset)
+    out = Path(args.out) if args.out else home.lora_dirs[0] / f"{dataset.resolve().name}.safetensors"
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite.")
+    engine = Engine(home, device=args.device)
+    loaded = engine.load(args.model)
+    cfg = LoraTrainConfig(steps=args.steps, rank=args.rank, lr=args.lr, batch=args.batch_size, seed=args.seed, size=args.size)
+    print(f"training a rank-{cfg.rank} LoRA for {loaded.path.name} ({loaded.spec.label}) on {engine.placement.label}", file=sys.stderr)
+    with tqdm(total=cfg.steps, unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+        path = train_lora(engine, dataset, out, cfg, progress, overwrite=args.overwrite)
+    print(f"{path}  (use it as <lora:{path.stem}:1>)")
     return 0
 
 

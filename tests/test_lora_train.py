@@ -1,0 +1,66 @@
+"""brushwork train-lora: a kohya-format LoRA from a folder of captioned images."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from brushwork.cli import main
+from brushwork.hashing import read_safetensors_header
+from brushwork.lora import LoraStack
+
+
+@pytest.fixture
+def home(tiny_home, tmp_path):
+    dst = tmp_path / "home"
+    shutil.copytree(tiny_home / "models", dst / "models")
+    return dst
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    folder = tmp_path / "balloon"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text("hot air balloon, sky" if i else "hot air balloon")
+    (folder / "notes.md").write_text("ignored")
+    return folder
+
+
+def test_train_lora_writes_a_kohya_file_that_loads_back(home, dataset, capsys):
+    code = main(["train-lora", str(dataset), "--model", "tiny-sd1", "--steps", "3", "--size", "64", "--home", str(home)])
+    assert code == 0
+    out = home / "models" / "loras" / "balloon.safetensors"
+    assert str(out) in capsys.readouterr().out
+    tensors = load_file(str(out))
+    assert any(k.startswith("lora_unet_") and k.endswith(".lora_down.weight") for k in tensors)
+    assert all(k.startswith("lora_unet_") for k in tensors)
+    meta = read_safetensors_header(out)["__metadata__"]
+    assert meta["ss_base_model_version"] == "sd_v1" and '"hot air balloon": 3' in meta["ss_tag_frequency"]
+    from brushwork import Engine
+
+    eng = Engine(home, device="cpu")
+    m = eng.load("tiny-sd1")
+    before = {k: v.clone() for k, v in m.networks.unet.state_dict().items()}
+    stack = LoraStack()
+    changed = stack.apply(m.spec, m.networks.unet, m.networks.text_encoders, out)
+    assert changed == len([k for k in tensors if k.endswith(".lora_down.weight")])
+    assert any(not torch.equal(v, before[k]) for k, v in m.networks.unet.state_dict().items())
+    stack.restore()
+    # training left the checkpoint's own weights untouched
+    assert all(torch.equal(v, before[k]) for k, v in m.networks.unet.state_dict().items())
+
+
+def test_train_lora_refuses_to_overwrite_and_explains_bad_datasets(home, dataset, tmp_path, capsys):
+    out = tmp_path / "mine.safetensors"
+    out.write_bytes(b"keep")
+    assert main(["train-lora", str(dataset), "--model", "tiny-sd1", "--out", str(out), "--home", str(home)]) == 2
+    assert out.read_bytes() == b"keep" and "already exists" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train-lora", str(empty), "--model", "tiny-sd1", "--home", str(home)]) == 2
+    assert "has no images" in capsys.readouterr().err
