@@ -15,6 +15,7 @@ import torch
 
 from .models.errors import ModelFileError
 from .models.files import open_tensor_file
+from .paths import files_by_stem
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,4 @@ def load_embedding(path: Path) -> Embedding:
 
 def embedding_files(home) -> dict[str, Path]:
     """Embedding files in the data home by file stem (first folder wins)."""
-    found: dict[str, Path] = {}
-    for folder in home.embedding_dirs:
-        if folder.is_dir():
-            for p in sorted(folder.rglob("*")):
-                if p.is_file() and p.suffix.lower() in SUFFIXES:
-                    found.setdefault(p.stem, p)
-    return found
+    return files_by_stem(home.embedding_dirs, SUFFIXES)

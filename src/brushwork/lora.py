@@ -20,6 +20,7 @@ from .models import convert
 from .models.detect import UNET, ModelSpec
 from .models.errors import ModelFileError
 from .models.files import open_tensor_file
+from .paths import files_by_stem
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +135,7 @@ LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 
 def lora_files(home) -> dict[str, Path]:
     """LoRA files in the data home by lower-case file stem (first folder wins)."""
-    found: dict[str, Path] = {}
-    for folder in home.lora_dirs:
-        if folder.is_dir():
-            for p in sorted(folder.rglob("*")):
-                if p.is_file() and p.suffix.lower() in LORA_SUFFIXES:
-                    found.setdefault(p.stem.lower(), p)
-    return found
+    return files_by_stem(home.lora_dirs, LORA_SUFFIXES, fold_case=True)
 
 
 def trigger_words(metadata: dict[str, str], limit: int = 5) -> list[str]:

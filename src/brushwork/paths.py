@@ -69,3 +69,15 @@ class DataHome:
         """Create the main folders (never touching anything already there)."""
         for d in (self.checkpoint_dirs[0], self.lora_dirs[0], self.vae_dirs[0], self.embedding_dirs[0], self.outputs, self.cache):
             d.mkdir(parents=True, exist_ok=True)
+
+
+def files_by_stem(folders: list[Path], suffixes: tuple[str, ...], fold_case: bool = False) -> dict[str, Path]:
+    """Files with one of ``suffixes`` below ``folders`` (recursive), keyed by file stem
+    (lower-cased if ``fold_case``); the first folder, then name order, wins a clash."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if folder.is_dir():
+            for p in sorted(folder.rglob("*")):
+                if p.is_file() and p.suffix.lower() in suffixes:
+                    found.setdefault(p.stem.lower() if fold_case else p.stem, p)
+    return found
