@@ -148,7 +148,7 @@ def apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def chunk_ids(ids: list[int], pad_id: int) -> list[list[int]]:
     """Split token ids into 77-token windows: BOS, up to 75 tokens, EOS, padding."""
     pieces = [ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]
-    return [[BOS] + p + [EOS] + [pad_id] * (CHUNK - len(p)) for p in pieces]
+    return [framed(Chunk(p, [1.0] * len(p)), pad_id)[0] for p in pieces]
 
 
 @dataclass
@@ -215,11 +215,8 @@ def encode_prompt(spec: ModelSpec, encoders: list, text: str, clip_skip: int, de
     return TextConditioning(torch.cat(per_encoder, dim=-1), pooled)
 
 
-def pad_to_same_length(a: torch.Tensor, b: torch.Tensor, filler: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Make two contexts the same token length by appending copies of ``filler``
-    (the encoding of an empty chunk), so cond and uncond run in one batch."""
-    def grow(x: torch.Tensor, n: int) -> torch.Tensor:
-        return x if n == x.shape[1] else torch.cat([x] + [filler] * ((n - x.shape[1]) // filler.shape[1]), dim=1)
-
-    n = max(a.shape[1], b.shape[1])
-    return grow(a, n), grow(b, n)
+def pad_context(ctx: torch.Tensor, length: int, filler: torch.Tensor) -> torch.Tensor:
+    """Extend a context to ``length`` tokens with copies of ``filler`` (the encoding of
+    an empty 77-token chunk), so contexts of different chunk counts can be batched."""
+    missing = (length - ctx.shape[1]) // filler.shape[1]
+    return ctx if missing <= 0 else torch.cat([ctx] + [filler] * missing, dim=1)

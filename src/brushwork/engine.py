@@ -24,7 +24,7 @@ from PIL import Image
 
 from . import __version__
 from .catalog import find_checkpoint, hash_cache, remember_last_model
-from .conditioning import TextConditioning, encode_prompt, pad_to_same_length
+from .conditioning import TextConditioning, encode_prompt, pad_context
 from .devices import Placement, choose_placement, free_memory_bytes
 from .infotext import GenerationParams, format_infotext
 from .models.detect import ModelSpec, detect
@@ -187,13 +187,7 @@ class PromptPlan:
     def padded(self, texts: list[TextConditioning]) -> list[TextConditioning]:
         """Same token length for all, by appending empty-prompt chunks, so they batch."""
         longest = max(t.context.shape[1] for t in texts)
-        out = []
-        for t in texts:
-            ctx = t.context
-            if ctx.shape[1] < longest:
-                ctx, _ = pad_to_same_length(ctx, torch.empty(1, longest, ctx.shape[2]), self.empty.context)
-            out.append(replace(t, context=ctx))
-        return out
+        return [replace(t, context=pad_context(t.context, longest, self.empty.context)) for t in texts]
 
 
 class Engine:
@@ -398,20 +392,21 @@ class Engine:
         sigmas = sampling_sigmas(sampler, schedule, req.steps, m.schedule)
         unet = m.networks.unet
         batch = len(seeds)
-        joined: dict[tuple, tuple[dict, list[float]]] = {}
+        joined: dict[tuple, dict] = {}
 
-        def batch_at(step: int, with_negative: bool) -> tuple[dict, list[float]]:
-            conds, weights, uncond = plan.at(step)
+        def batch_at(step: int, with_negative: bool) -> dict:
+            conds, _, uncond = plan.at(step)
             key = (tuple(id(c) for c in conds), id(uncond) if with_negative else None)
             if key not in joined:
                 texts = ([uncond] if with_negative else []) + conds
-                joined[key] = (self._net_conditioning(plan.padded(texts), batch, req.width, req.height), weights)
+                joined[key] = self._net_conditioning(plan.padded(texts), batch, req.width, req.height)
             return joined[key]
 
         def net(x_in: torch.Tensor, t: torch.Tensor, c: dict) -> torch.Tensor:
             return unet(x_in.to(p.dtype), t.to(p.device), encoder_hidden_states=c["context"], added_cond_kwargs=c.get("added")).sample
 
-        denoise = make_denoiser(net, m.schedule, m.spec.prediction, batch_at, float(req.cfg_scale), step_locator(sigmas))
+        weights = [w for _, w in plan.positive]
+        denoise = make_denoiser(net, m.schedule, m.spec.prediction, batch_at, weights, float(req.cfg_scale), step_locator(sigmas))
         # sigmas stay float64 on the CPU: as 0-d tensors they act as scalars on any device
         x = start.to(p.device, torch.float32) * float(sigmas[0])
         noise_fn = noise_source(gens, shape, p.device, torch.float32) if sampler.stochastic else None

@@ -106,7 +106,8 @@ def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress:
     """Train a LoRA for the engine's loaded checkpoint and write it to ``out``."""
     from safetensors.torch import save_file
 
-    from .conditioning import encode_prompt
+    from .conditioning import encode_prompt, pad_context
+    from .sampling.schedules import scaled_linear_alphas_cumprod
 
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite.")
@@ -124,7 +125,7 @@ def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress:
         encoded = [encode_prompt(m.spec, net.text_encoders, c, 1, device).context.float() for c in captions]
         empty = encode_prompt(m.spec, net.text_encoders, "", 1, device).context.float()
         longest = max(c.shape[1] for c in encoded)
-        contexts = torch.cat([torch.cat([c] + [empty] * ((longest - c.shape[1]) // 77), dim=1) for c in encoded])
+        contexts = torch.cat([pad_context(c, longest, empty) for c in encoded])
     unet = net.unet
     original_dtype = next(unet.parameters()).dtype
     unet.to(dtype)
@@ -134,7 +135,7 @@ def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress:
         w.down.data = w.down.data.to(device)
         w.up.data = w.up.data.to(device)
     opt = torch.optim.AdamW(params, lr=cfg.lr)
-    abar = (1 - torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2).cumprod(0).float().to(device)
+    abar = scaled_linear_alphas_cumprod().float().to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.monotonic()
     try:

@@ -47,6 +47,7 @@ from ..models import save
 from ..models.detect import TE_SD1, ModelSpec, UNetConfig, VAEConfig, norm_groups
 from ..models.families import _clip
 from ..models.load import Networks
+from ..sampling.schedules import scaled_linear_alphas_cumprod
 
 log = logging.getLogger("brushwork.demo.train")
 
@@ -120,11 +121,6 @@ def to_unit(pixels_u8: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ schedule
-
-
-def alphas_cumprod() -> torch.Tensor:
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, 0).float()
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -264,7 +260,7 @@ class Trainer:
         cfg = self.cfg
         unet, te = self.nets.unet.to(self.device).train(), self.nets.text_encoders[0].to(self.device).train()
         self.ema.to(self.device)
-        abar = alphas_cumprod().to(self.device)
+        abar = scaled_linear_alphas_cumprod().float().to(self.device)
         lat = self.latents
         n = lat.shape[0]
         t0 = time.monotonic() - self.elapsed["unet"]

@@ -22,8 +22,8 @@ from .schedules import ModelSchedule
 
 #: net(x_in, timestep, conditioning) -> eps or v, same shape as x_in
 NetCall = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
-#: (step, with_negative) -> (batched conditioning, weights of the positive sub-prompts)
-BatchAt = Callable[[int, bool], tuple[Any, list[float]]]
+#: (step, with_negative) -> the batched conditioning: [negative,] positive sub-prompts
+BatchAt = Callable[[int, bool], Any]
 
 
 def x0_from_output(x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor, prediction: str) -> torch.Tensor:
@@ -60,15 +60,14 @@ def step_locator(sigmas: torch.Tensor) -> Callable[[torch.Tensor], int]:
     return step_of
 
 
-def make_denoiser(net: NetCall, schedule: ModelSchedule, prediction: str, batch_at: BatchAt, cfg_scale: float, step_of: Callable[[torch.Tensor], int]):
-    """Build ``denoise(x, sigma) -> x0`` for one generation."""
+def make_denoiser(net: NetCall, schedule: ModelSchedule, prediction: str, batch_at: BatchAt, weights: list[float], cfg_scale: float, step_of: Callable[[torch.Tensor], int]):
+    """Build ``denoise(x, sigma) -> x0`` for one generation (``weights``: one per
+    positive sub-prompt)."""
+    with_negative = not (cfg_scale == 1.0 and weights == [1.0])
+    k = len(weights) + int(with_negative)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        step = step_of(sigma)
-        _, weights = batch_at(step, False)
-        with_negative = not (cfg_scale == 1.0 and weights == [1.0])
-        conditioning, weights = batch_at(step, with_negative)
-        k = len(weights) + int(with_negative)
+        conditioning = batch_at(step_of(sigma), with_negative)
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         t = schedule.sigma_to_t(sigma).to(torch.float32)
         s = sigma.to(x.dtype)

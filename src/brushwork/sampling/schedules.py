@@ -65,14 +65,17 @@ class ModelSchedule:
         return log_sigma.exp()
 
 
-def scaled_linear_schedule(beta_start: float = 0.00085, beta_end: float = 0.012, timesteps: int = 1000) -> ModelSchedule:
-    """The schedule every SD 1.x, 2.x and SDXL checkpoint was trained with.
-
-    Betas are linear in sqrt space; sigma_t = sqrt((1 - abar_t) / abar_t).
-    """
+def scaled_linear_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012, timesteps: int = 1000) -> torch.Tensor:
+    """abar_t of the schedule every SD 1.x, 2.x and SDXL checkpoint was trained with
+    (betas linear in sqrt space), float64."""
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-    return ModelSchedule(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def scaled_linear_schedule() -> ModelSchedule:
+    """The same schedule as noise levels: sigma_t = sqrt((1 - abar_t) / abar_t)."""
+    abar = scaled_linear_alphas_cumprod()
+    return ModelSchedule(((1 - abar) / abar) ** 0.5)
 
 
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
