@@ -16,11 +16,17 @@ class NetworkBlocked(RuntimeError):
 
 @pytest.fixture(autouse=True, scope="session")
 def no_network():
-    """No test may touch the network: any connection attempt fails loudly."""
+    """No test may touch the network: any connection beyond this machine fails loudly.
+    (Loopback stays open: the server tests talk to a real server on 127.0.0.1.)"""
     real_connect = socket.socket.connect
+    real_create = socket.create_connection
+
+    def loopback(address) -> bool:
+        host = address[0] if isinstance(address, tuple) else address
+        return host in ("127.0.0.1", "::1", "localhost")
 
     def refuse(self, address):
-        if self.family == socket.AF_UNIX:
+        if self.family == socket.AF_UNIX or loopback(address):
             return real_connect(self, address)
         raise NetworkBlocked(f"a test tried to connect to {address}")
 
@@ -28,6 +34,8 @@ def no_network():
     mp.setattr(socket.socket, "connect", refuse)
 
     def refuse_create(address, *args, **kwargs):
+        if loopback(address):
+            return real_create(address, *args, **kwargs)
         raise NetworkBlocked(f"a test tried to connect to {address}")
 
     mp.setattr(socket, "create_connection", refuse_create)

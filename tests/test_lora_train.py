@@ -55,6 +55,35 @@ def test_train_lora_writes_a_kohya_file_that_loads_back(home, dataset, capsys):
     assert all(torch.equal(v, before[k]) for k, v in m.networks.unet.state_dict().items())
 
 
+def test_locon_and_text_encoder_training_write_loadable_keys(home, dataset, tmp_path):
+    out = tmp_path / "locon.safetensors"
+    code = main(["train-lora", str(dataset), "--model", "tiny-sd1", "--steps", "2", "--size", "64", "--conv-rank", "2", "--train-text-encoder", "--flip", "--out", str(out), "--home", str(home)])
+    assert code == 0
+    tensors = load_file(str(out))
+    conv = [k for k in tensors if "_resnets_" in k and k.endswith("conv1.lora_down.weight")]
+    assert conv and all(tensors[k].shape[0] == 2 and tensors[k].dim() == 4 and tensors[k].shape[-1] == 3 for k in conv)
+    assert all(tensors[k.replace("lora_down", "lora_up")].shape[-2:] == (1, 1) for k in conv)
+    te = [k for k in tensors if k.startswith("lora_te_text_model_encoder_layers_") and k.endswith(".lora_down.weight")]
+    assert any("self_attn_q_proj" in k for k in te) and any("mlp_fc1" in k for k in te)
+    meta = read_safetensors_header(out)["__metadata__"]
+    assert '"conv_dim": "2"' in meta["ss_network_args"]
+    from brushwork import Engine
+
+    eng = Engine(home, device="cpu")
+    m = eng.load("tiny-sd1")
+    te_before = {k: v.clone() for k, v in m.networks.text_encoders[0].state_dict().items()}
+    unet_before = {k: v.clone() for k, v in m.networks.unet.state_dict().items()}
+    stack = LoraStack()
+    changed = stack.apply(m.spec, m.networks.unet, m.networks.text_encoders, out)
+    # every module in the file found its layer (up weights are non-zero after 2 Adam steps)
+    assert changed == len([k for k in tensors if k.endswith(".lora_down.weight")])
+    conv_key = next(k for k in unet_before if "resnets.0.conv1.weight" in k)
+    assert not torch.equal(m.networks.unet.state_dict()[conv_key], unet_before[conv_key])
+    assert any(not torch.equal(v, te_before[k]) for k, v in m.networks.text_encoders[0].state_dict().items())
+    stack.restore()
+    assert all(torch.equal(v, te_before[k]) for k, v in m.networks.text_encoders[0].state_dict().items())
+
+
 def test_train_lora_refuses_to_overwrite_and_explains_bad_datasets(home, dataset, tmp_path, capsys):
     out = tmp_path / "mine.safetensors"
     out.write_bytes(b"keep")

@@ -82,7 +82,19 @@ def find_checkpoint(home: DataHome, query: Optional[str]) -> Path:
             return as_path.resolve()
         if as_path.exists():
             raise CheckpointNotFound(f"{query} is a folder, not a checkpoint file.")
+    return find_listed_checkpoint(home, query, entries)
+
+
+def find_listed_checkpoint(home: DataHome, query: str, entries: Optional[list[CheckpointEntry]] = None) -> Path:
+    """Like :func:`find_checkpoint` but only among the listed checkpoints: never a path.
+
+    This is what requests from the network use, so no name can reach a file outside
+    the checkpoint folders.  Also accepts AUTOMATIC1111's titles, ``name.safetensors [hash]``.
+    """
+    entries = list_checkpoints(home) if entries is None else entries
     q = query.strip()
+    if q.endswith("]") and " [" in q:
+        q = q.rsplit(" [", 1)[0].strip()
     for e in entries:
         if q in (e.name, e.stem, e.path.name, f"{e.name}{e.path.suffix}"):
             return e.path

@@ -63,12 +63,28 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--size", type=int, help="training resolution (default: the checkpoint's)")
+    t.add_argument("--conv-rank", type=int, default=0, help="also train the UNet's 3x3 convs at this rank (LoCon; default 0: off)")
+    t.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (helps with words the model has never seen)")
+    t.add_argument("--flip", action="store_true", help="random horizontal flips (for subjects that read the same mirrored)")
     t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     common(t)
 
     lo = sub.add_parser("loras", help="list the LoRAs found, with family, hash and trigger words")
     common(lo)
+
+    sv = sub.add_parser("serve", help="run the web studio and HTTP API (AUTOMATIC1111-compatible too)", description="Serve the web studio at http://HOST:PORT/, the native API under /api/v1 and AUTOMATIC1111's API under /sdapi/v1.")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=7860)
+    sv.add_argument("--model", "-m", help="checkpoint to load at start (default: the last one used)")
+    sv.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    sv.add_argument("--auth", metavar="USER:PASSWORD", help="require HTTP Basic auth (needed to listen beyond this machine)")
+    sv.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (at least 16 characters)")
+    sv.add_argument("--insecure", action="store_true", help="allow listening beyond this machine without a password")
+    sv.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body accepted (default 32 MB)")
+    sv.add_argument("--cors", action="append", default=[], metavar="ORIGIN", help="allow browser pages from ORIGIN to call the API (repeatable; default: none)")
+    sv.add_argument("--preview-every", type=int, default=5, help="live preview every N steps (default 5)")
+    common(sv)
 
     i = sub.add_parser("info", help="show the generation parameters stored in an image")
     i.add_argument("image")
@@ -83,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE
-    handler = {"generate": cmd_generate, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "info": cmd_info, "samplers": cmd_samplers}[args.command]
+    handler = {"generate": cmd_generate, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -105,8 +121,11 @@ def _is_user_error(exc: Exception) -> bool:
     from .lora import LoraError
     from .lora_train import DatasetError
     from .sampling.registry import UnknownSamplerError
+    from .server.security import BindError
 
-    return isinstance(exc, (LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
+    if isinstance(exc, ValueError) and str(exc).startswith("--port"):
+        return True
+    return isinstance(exc, (BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
 
 
 # ------------------------------------------------------------------ generate
@@ -253,7 +272,7 @@ def cmd_train_lora(args) -> int:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite.")
     engine = Engine(home, device=args.device)
     loaded = engine.load(args.model)
-    cfg = LoraTrainConfig(steps=args.steps, rank=args.rank, lr=args.lr, batch=args.batch_size, seed=args.seed, size=args.size)
+    cfg = LoraTrainConfig(steps=args.steps, rank=args.rank, lr=args.lr, batch=args.batch_size, seed=args.seed, size=args.size, conv_rank=args.conv_rank, conv_alpha=float(args.conv_rank or 1), text_encoder=args.train_text_encoder, flip=args.flip)
     print(f"training a rank-{cfg.rank} LoRA for {loaded.path.name} ({loaded.spec.label}) on {engine.placement.label}", file=sys.stderr)
     with tqdm(total=cfg.steps, unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
         def progress(step: int, total: int, loss: float) -> None:
@@ -262,6 +281,15 @@ def cmd_train_lora(args) -> int:
 
         path = train_lora(engine, dataset, out, cfg, progress, overwrite=args.overwrite)
     print(f"{path}  (use it as <lora:{path.stem}:1>)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .server import ServeOptions, serve
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be from 1 to 65535; got {args.port}")
+    serve(ServeOptions(args.host, args.port, args.home, args.model, args.device, args.auth, args.token, args.insecure, args.max_body_mb, args.cors, args.preview_every))
     return 0
 
 

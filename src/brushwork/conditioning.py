@@ -168,10 +168,15 @@ def _encode_chunk(encoder, ids: torch.Tensor, layer_from_end: int, final_norm: b
     return hidden, pooled
 
 
-@torch.no_grad()
-def encode_prompt(spec: ModelSpec, encoders: list, text: str, clip_skip: int, device: torch.device, embeddings: dict | None = None) -> TextConditioning:
+def encode_prompt(spec: ModelSpec, encoders: list, text: str, clip_skip: int, device: torch.device, embeddings: dict | None = None, grad: bool = False) -> TextConditioning:
     """Encode one prompt (with AUTOMATIC1111 emphasis, BREAK and textual-inversion
-    embeddings, given as {name: Embedding}) for one image."""
+    embeddings, given as {name: Embedding}) for one image.  ``grad`` keeps the
+    autograd graph (for training the text encoder)."""
+    with torch.set_grad_enabled(grad):
+        return _encode_prompt(spec, encoders, text, clip_skip, device, embeddings)
+
+
+def _encode_prompt(spec: ModelSpec, encoders: list, text: str, clip_skip: int, device: torch.device, embeddings: dict | None) -> TextConditioning:
     from .prompts import parse_attention
 
     embeddings = embeddings or {}

@@ -35,6 +35,7 @@ from .hashing import sha256_file
 from .lora import LoraError, LoraStack, lora_files
 from .models.errors import ModelFileError
 from .paths import DataHome
+from .previews import PreviewMap, fit_preview_map, preview_image
 from .prompts import extract_extra_networks, schedule_prompt, split_and
 from .runtime import tune_cpu_allocator
 from .sampling.denoiser import make_denoiser, step_locator
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 MAX_SEED = 2**32 - 1
 MIN_SIDE, MAX_SIDE = 64, 4096
 MAX_STEPS = 150
+SMALL_PREVIEW_LATENT = 24 * 24
 
 
 class RequestError(ValueError):
@@ -91,6 +93,32 @@ class GeneratedImage:
     seed: int
     params: GenerationParams
     infotext: str
+    complete: bool = True  # False: interrupted or skipped part-way (partly denoised)
+
+
+class JobControl:
+    """Lets another thread stop a running generation, the way AUTOMATIC1111's buttons do.
+
+    ``interrupt()``: the current batch stops at the next step, its latest denoised
+    latents are decoded and returned, and the remaining batches are skipped.
+    ``skip()``: the same for the current batch only; the next batch still runs.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self.skipped = False
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+
+    def skip(self) -> None:
+        self.skipped = True
+
+
+class _Stopped(Exception):
+    def __init__(self, latents: torch.Tensor):
+        super().__init__("stopped")
+        self.latents = latents
 
 
 @dataclass
@@ -113,6 +141,7 @@ class LoadedModel:
     networks: Networks
     sha256: str
     schedule: ModelSchedule = field(default_factory=scaled_linear_schedule)
+    preview_map: Optional[PreviewMap] = None  # fitted on first use
 
     @property
     def name(self) -> str:
@@ -249,8 +278,11 @@ class Engine:
             )
         return req
 
-    def txt2img(self, request: GenerationRequest, progress: Optional[Callable[[Progress], None]] = None) -> list[GeneratedImage]:
-        """Generate ``batch_count`` batches of ``batch_size`` images."""
+    def txt2img(self, request: GenerationRequest, progress: Optional[Callable[[Progress], None]] = None, control: Optional[JobControl] = None) -> list[GeneratedImage]:
+        """Generate ``batch_count`` batches of ``batch_size`` images.
+
+        With ``control``, another thread may interrupt or skip (see :class:`JobControl`);
+        a stopped batch still returns its partly denoised images."""
         req = self.complete(request)
         if self.placement.device.type == "cpu":
             # after loading: weights keep their fast mmap-backed allocations, while the
@@ -273,12 +305,21 @@ class Engine:
             def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor, _done=done_before) -> None:
                 if progress is not None:
                     progress(Progress(_done + i + 1, total, time.perf_counter() - t0, denoised))
+                if control is not None and (control.interrupted or control.skipped):
+                    raise _Stopped(denoised)
 
-            latents = self.sample(req, sampler, schedule, seeds, plan, on_step)
+            if control is not None and control.interrupted:
+                break
+            complete = True
+            try:
+                latents = self.sample(req, sampler, schedule, seeds, plan, on_step)
+            except _Stopped as stop:
+                latents, complete = stop.latents, False
+                control.skipped = False
             pixels = self.decode(latents)
             for seed, img in zip(seeds, pixels):
                 params = self._params(req, sampler, schedule, seed, extra)
-                images.append(GeneratedImage(img, seed, params, format_infotext(params)))
+                images.append(GeneratedImage(img, seed, params, format_infotext(params), complete))
         return images
 
     # ------------------------------------------------------------- stages
@@ -412,6 +453,22 @@ class Engine:
         noise_fn = noise_source(gens, shape, p.device, torch.float32) if sampler.stochastic else None
         with torch.inference_mode():
             return sampler.fn(denoise, x, sigmas, noise=noise_fn, callback=on_step)
+
+    def preview(self, latents: torch.Tensor, index: int = 0) -> Image.Image:
+        """A cheap picture of one latent of a batch (for live progress), see previews.py.
+
+        Small latents (pictures up to 192 px, such as the demo model's) are decoded by
+        the VAE itself, which costs little there and is exact; larger ones go through
+        the fitted linear map."""
+        m = self._require_model()
+        if latents.shape[-1] * latents.shape[-2] <= SMALL_PREVIEW_LATENT:
+            with torch.inference_mode():
+                pixels = self._decode_one(m.networks.vae, latents[index : index + 1].float())
+            arr = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+        if m.preview_map is None:
+            m.preview_map = fit_preview_map(m.networks.vae)
+        return preview_image(m.preview_map.to_rgb(latents[index]))
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:

@@ -233,6 +233,16 @@ class HashCache:
             self._save()
         return digest
 
+    def cached_sha256(self, path: Path | str, kind: str = "checkpoint") -> str | None:
+        """The hash if the cache has a valid entry, without reading the file (for listings)."""
+        absolute = Path(path).resolve()
+        try:
+            stat = absolute.stat()
+        except OSError:
+            return None
+        with self._lock:
+            return _valid_entry(self._load().get(f"{kind}/{absolute}"), stat.st_mtime, stat.st_size)
+
     def get_sha256(self, path: Path | str, kind: str = "checkpoint") -> str:
         """Full hex sha256 of ``path``, from the cache when still valid."""
         return self._lookup(kind, path, lambda p: sha256_file(p))

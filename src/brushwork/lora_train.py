@@ -10,9 +10,10 @@ Brushwork, AUTOMATIC1111 and ComfyUI all load it.  CPU or CUDA.
 from __future__ import annotations
 
 import json
+import math
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,7 +25,6 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2_768_v", "sdxl": "sdxl_base_v1-0"}
 
 
@@ -53,42 +53,79 @@ def read_dataset(folder: Path, size: int) -> tuple[torch.Tensor, list[str]]:
     return torch.stack(images), captions
 
 
-class LoraLinear(torch.nn.Module):
-    """A frozen linear layer plus a trainable low-rank update: W x + up(down(x)) * alpha / rank."""
+class LoraModule(torch.nn.Module):
+    """A frozen linear or conv layer plus a trainable low-rank update, scaled by alpha / rank.
 
-    def __init__(self, base: torch.nn.Linear, rank: int, alpha: float, generator: torch.Generator):
+    Linear: ``W x + up(down(x))``.  Conv (kohya's LoCon): ``down`` is a conv with the
+    layer's kernel, stride and padding into ``rank`` channels, ``up`` a 1x1 conv.
+    """
+
+    def __init__(self, base: torch.nn.Module, rank: int, alpha: float, generator: torch.Generator):
         super().__init__()
         self.base = base
-        self.down = torch.nn.Parameter(torch.randn(rank, base.in_features, generator=generator) / rank)
-        self.up = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+        w = base.weight
+        down_shape = (rank, *w.shape[1:])
+        up_shape = (w.shape[0], rank) + ((1, 1) if w.dim() == 4 else ())
+        fan_in = math.prod(w.shape[1:])
+        self.down = torch.nn.Parameter(torch.randn(down_shape, generator=generator, dtype=torch.float32) / math.sqrt(fan_in))
+        self.up = torch.nn.Parameter(torch.zeros(up_shape, dtype=torch.float32))
         self.scale = alpha / rank
         self.alpha = alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.base, torch.nn.Conv2d):
+            b = self.base
+            h = F.conv2d(x, self.down, None, b.stride, b.padding, b.dilation)
+            return b(x) + F.conv2d(h, self.up) * self.scale
         return self.base(x) + F.linear(F.linear(x, self.down), self.up) * self.scale
 
 
-def inject(unet: torch.nn.Module, rank: int, alpha: float, seed: int) -> dict[str, LoraLinear]:
+def targets(unet: torch.nn.Module, text_encoder: Optional[torch.nn.Module], conv: bool) -> dict[str, tuple[torch.nn.Module, str, torch.nn.Module]]:
+    """The layers kohya trains: kohya key -> (parent, child name, layer).
+
+    UNet: every linear and 1x1 conv in the transformer blocks; with ``conv``, also
+    the 3x3 convs of the resnets, down- and upsamplers (LoCon).  Text encoder: the
+    attention and MLP projections.
+    """
+    found: dict[str, tuple[torch.nn.Module, str, torch.nn.Module]] = {}
+
+    def visit(root: torch.nn.Module, prefix: str, want) -> None:
+        for name, mod in root.named_modules():
+            for child_name, child in mod.named_children():
+                full = f"{name}.{child_name}" if name else child_name
+                if want(full, child):
+                    found[prefix + full.replace(".", "_")] = (mod, child_name, child)
+
+
+    def unet_layer(full: str, child: torch.nn.Module) -> bool:
+        if ".attentions." in f".{full}" and (isinstance(child, torch.nn.Linear) or (isinstance(child, torch.nn.Conv2d) and child.kernel_size == (1, 1))):
+            return True
+        return conv and isinstance(child, torch.nn.Conv2d) and any(p in f".{full}" for p in (".resnets.", ".downsamplers.", ".upsamplers."))
+
+    visit(unet, "lora_unet_", unet_layer)
+    if text_encoder is not None:
+        before = set(found)
+        visit(text_encoder, "lora_te_", lambda full, child: isinstance(child, torch.nn.Linear) and ("self_attn." in full or "mlp." in full))
+        for key in set(found) - before:  # kohya counts names from HF's CLIPTextModel (text_model.*)
+            if not key.startswith("lora_te_text_model_"):
+                found["lora_te_text_model_" + key.removeprefix("lora_te_")] = found.pop(key)
+    return found
+
+
+def inject(layers: dict[str, tuple[torch.nn.Module, str, torch.nn.Module]], rank: int, alpha: float, conv_rank: int, conv_alpha: float, seed: int) -> dict[str, LoraModule]:
     g = torch.Generator().manual_seed(seed)
-    wrapped: dict[str, LoraLinear] = {}
-    for name, mod in list(unet.named_modules()):
-        for child_name, child in list(mod.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            if isinstance(child, torch.nn.Linear) and full.endswith(TARGETS):
-                wrapper = LoraLinear(child, rank, alpha, g)
-                setattr(mod, child_name, wrapper)
-                wrapped[full] = wrapper
+    wrapped: dict[str, LoraModule] = {}
+    for key, (parent, child_name, child) in layers.items():
+        is_3x3 = isinstance(child, torch.nn.Conv2d) and child.kernel_size != (1, 1)
+        wrapper = LoraModule(child, conv_rank if is_3x3 else rank, conv_alpha if is_3x3 else alpha, g)
+        setattr(parent, child_name, wrapper)
+        wrapped[key] = wrapper
     return wrapped
 
 
-def restore(unet: torch.nn.Module, wrapped: dict[str, LoraLinear]) -> None:
-    for full, wrapper in wrapped.items():
-        parent_name, _, child_name = full.rpartition(".")
-        parent = unet.get_submodule(parent_name) if parent_name else unet
-        if child_name.isdigit():
-            parent[int(child_name)] = wrapper.base
-        else:
-            setattr(parent, child_name, wrapper.base)
+def restore(layers: dict[str, tuple[torch.nn.Module, str, torch.nn.Module]]) -> None:
+    for parent, child_name, child in layers.values():
+        setattr(parent, child_name, child)
 
 
 @dataclass
@@ -100,13 +137,25 @@ class LoraTrainConfig:
     batch: int = 4
     seed: int = 0
     size: Optional[int] = None  # default: the checkpoint's native size
+    conv_rank: int = 0  # > 0: also train the 3x3 convs (LoCon)
+    conv_alpha: float = 1.0
+    text_encoder: bool = False  # also train the text encoder's projections
+    flip: bool = False  # random horizontal flips
+
+
+def _batch_contexts(encoded: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    """Stack per-caption contexts, padding the shorter ones with empty chunks."""
+    from .conditioning import pad_context
+
+    longest = max(c.shape[1] for c in encoded)
+    return torch.cat([pad_context(c, longest, empty) for c in encoded])
 
 
 def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress: Optional[Callable[[int, int, float], None]] = None, overwrite: bool = False) -> Path:
     """Train a LoRA for the engine's loaded checkpoint and write it to ``out``."""
     from safetensors.torch import save_file
 
-    from .conditioning import encode_prompt, pad_context
+    from .conditioning import encode_prompt
     from .sampling.schedules import scaled_linear_alphas_cumprod
 
     if out.exists() and not overwrite:
@@ -124,12 +173,13 @@ def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress:
         latents = torch.cat([vae.encode(pixels[i : i + 4].to(device, vae.dtype)).latent_dist.mean.float() for i in range(0, len(pixels), 4)]) * vae.config.scaling_factor
         encoded = [encode_prompt(m.spec, net.text_encoders, c, 1, device).context.float() for c in captions]
         empty = encode_prompt(m.spec, net.text_encoders, "", 1, device).context.float()
-        longest = max(c.shape[1] for c in encoded)
-        contexts = torch.cat([pad_context(c, longest, empty) for c in encoded])
-    unet = net.unet
-    original_dtype = next(unet.parameters()).dtype
-    unet.to(dtype)
-    wrapped = inject(unet, cfg.rank, cfg.alpha, cfg.seed)
+        contexts = _batch_contexts(encoded, empty)
+    unet, te = net.unet, net.text_encoders[0]
+    original = {mod: next(mod.parameters()).dtype for mod in (unet, te)}
+    for mod in original:
+        mod.to(dtype)
+    layers = targets(unet, te if cfg.text_encoder else None, conv=cfg.conv_rank > 0)
+    wrapped = inject(layers, cfg.rank, cfg.alpha, cfg.conv_rank, cfg.conv_alpha, cfg.seed)
     params = [p for w in wrapped.values() for p in (w.down, w.up)]
     for w in wrapped.values():
         w.down.data = w.down.data.to(device)
@@ -143,7 +193,13 @@ def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress:
             for step in range(cfg.steps):
                 idx = torch.randint(0, len(latents), (min(cfg.batch, len(latents)),), generator=gen)
                 x0 = latents[idx]
-                ctx = contexts[idx]
+                if cfg.flip:
+                    flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
+                    x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+                if cfg.text_encoder:
+                    ctx = _batch_contexts([encode_prompt(m.spec, net.text_encoders, captions[i], 1, device, grad=True).context.float() for i in idx.tolist()], empty)
+                else:
+                    ctx = contexts[idx]
                 t = torch.randint(0, 1000, (len(idx),), generator=gen).to(device)
                 eps = torch.randn(x0.shape, generator=gen).to(device)
                 a = abar[t].view(-1, 1, 1, 1)
@@ -157,14 +213,14 @@ def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress:
                 if progress is not None:
                     progress(step + 1, cfg.steps, loss.item())
         tensors = {}
-        for name, w in wrapped.items():
-            key = "lora_unet_" + name.replace(".", "_")
+        for key, w in wrapped.items():
             tensors[f"{key}.lora_down.weight"] = w.down.detach().cpu().contiguous().to(torch.float16)
             tensors[f"{key}.lora_up.weight"] = w.up.detach().cpu().contiguous().to(torch.float16)
             tensors[f"{key}.alpha"] = torch.tensor(float(w.alpha), dtype=torch.float16)
     finally:
-        restore(unet, wrapped)
-        unet.to(original_dtype)
+        restore(layers)
+        for mod, dt in original.items():
+            mod.to(dt)
     freq: dict[str, int] = {}
     for c in captions:
         for tag in (t.strip() for t in c.split(",")):
@@ -176,10 +232,13 @@ def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress:
         "ss_output_name": out.stem,
         "ss_network_dim": str(cfg.rank),
         "ss_network_alpha": str(cfg.alpha),
+        "ss_network_module": "networks.lora",
+        "ss_network_args": json.dumps({"conv_dim": str(cfg.conv_rank), "conv_alpha": str(cfg.conv_alpha)} if cfg.conv_rank else {}),
+        "ss_text_encoder_lr": str(cfg.lr if cfg.text_encoder else 0),
         "ss_tag_frequency": json.dumps({dataset.name: freq}),
         "ss_sd_model_name": m.path.name,
         "ss_steps": str(cfg.steps),
-        "brushwork.training": json.dumps({"steps": cfg.steps, "rank": cfg.rank, "lr": cfg.lr, "batch": cfg.batch, "seed": cfg.seed, "size": size, "seconds": round(time.monotonic() - t0, 1)}),
+        "brushwork.training": json.dumps({**asdict(cfg), "size": size, "seconds": round(time.monotonic() - t0, 1)}),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")

@@ -72,6 +72,7 @@ class TrainConfig:
     decoder_steps: int = 600
     decoder_batch: int = 8
     decoder_lr: float = 3e-4
+    palette: float = 0.5  # chance that a VAE training image gets colour patches (paint_patches)
     save_every_s: float = 180.0
 
     def key(self) -> str:
@@ -114,6 +115,41 @@ def tokenize_all(captions: list[str]) -> torch.Tensor:
         ids = tokenize(c)[:75]
         rows.append(chunk_ids(ids, pad_id=49407)[0])
     return torch.tensor(rows, dtype=torch.long)
+
+
+def paint_patches(img: torch.Tensor, gen: torch.Generator, chance: float, scale: int) -> torch.Tensor:
+    """Paint random saturated discs and boxes into some images of a batch in [-1, 1].
+
+    The landscapes hold few saturated colours, so a decoder trained on them alone
+    cannot draw a magenta balloon or a red car at all: it maps those latents to the
+    nearest landscape colour.  Patches of every hue widen its palette without
+    teaching it any object (the UNet never sees them), which is what lets a LoRA
+    add a colourful concept later, as with a real Stable Diffusion VAE.
+    """
+    n, _, h, w = img.shape
+    out = img.clone()
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    for i in range(n):
+        if torch.rand((), generator=gen).item() >= chance:
+            continue
+        for _ in range(int(torch.randint(1, 4, (), generator=gen))):
+            hue, sat, val, r, cx, cy, box = torch.rand(7, generator=gen).tolist()
+            colour = torch.tensor(_hsv(hue, 0.5 + 0.5 * sat, 0.45 + 0.55 * val)) * 2 - 1
+            radius = (0.03 + 0.14 * r) * scale
+            cx, cy = cx * w, cy * h
+            if box < 0.3:
+                mask = ((xx - cx).abs() < radius) & ((yy - cy).abs() < radius * 0.7)
+                mask = mask.float()
+            else:
+                mask = (radius - torch.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)).clamp(0, 1)
+            out[i] = out[i] * (1 - mask) + colour.view(3, 1, 1) * mask
+    return out
+
+
+def _hsv(h: float, s: float, v: float) -> list[float]:
+    import colorsys
+
+    return list(colorsys.hsv_to_rgb(h, s, v))
 
 
 def to_unit(pixels_u8: torch.Tensor) -> torch.Tensor:
@@ -233,7 +269,7 @@ class Trainer:
             ys = torch.randint(0, cfg.size - crop + 1, (cfg.vae_batch,), generator=self.gen)
             xs = torch.randint(0, cfg.size - crop + 1, (cfg.vae_batch,), generator=self.gen)
             batch = torch.stack([pixels[i, :, y : y + crop, x : x + crop] for i, y, x in zip(idx.tolist(), ys.tolist(), xs.tolist())])
-            img = to_unit(batch).to(self.device)
+            img = paint_patches(to_unit(batch), self.gen, cfg.palette, cfg.size).to(self.device)
             post = vae.encode(img).latent_dist
             rec = vae.decode(post.sample(generator=None)).sample
             loss = F.l1_loss(rec, img) + F.mse_loss(rec, img) + 1e-6 * post.kl().mean()
@@ -294,7 +330,7 @@ class Trainer:
         t0 = time.monotonic() - self.elapsed["decoder"]
         while self.step < cfg.decoder_steps:
             idx = torch.randint(0, n, (cfg.decoder_batch,), generator=self.gen)
-            img = to_unit(pixels[idx]).to(self.device)
+            img = paint_patches(to_unit(pixels[idx]), self.gen, cfg.palette, cfg.size).to(self.device)
             with torch.no_grad():
                 z = vae.encode(img).latent_dist.mean
             rec = vae.decode(z).sample

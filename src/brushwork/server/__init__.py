@@ -1,0 +1,63 @@
+"""``brushwork serve``: the HTTP server (native API, AUTOMATIC1111-compatible API, web studio).
+
+Layers, each a client of the one below: ``app.py``/``a1111.py`` (HTTP routes) ->
+``studio.py`` (job queue, worker thread, events) -> the engine.  ``store.py`` keeps
+the history in SQLite; ``security.py`` decides who may connect.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
+
+
+@dataclass
+class ServeOptions:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    home: Optional[str] = None
+    model: Optional[str] = None
+    device: Optional[str] = None
+    auth: Optional[str] = None
+    token: Optional[str] = None
+    insecure: bool = False
+    max_body_mb: float = 32.0
+    cors: list[str] = field(default_factory=list)
+    preview_every: int = 5
+
+
+def build(opts: ServeOptions):
+    """Engine, store, studio and app for ``opts`` (no socket yet): (app, studio)."""
+    from ..engine import Engine
+    from ..paths import DataHome
+    from .app import create_app
+    from .security import Credentials, check_bind
+    from .store import JobStore
+    from .studio import Studio
+
+    credentials = Credentials.parse(opts.auth, opts.token)
+    check_bind(opts.host, credentials, opts.insecure)
+    home = DataHome.resolve(opts.home)
+    home.create()
+    engine = Engine(home, device=opts.device)
+    engine.load(opts.model)  # fail early on a bad --model; the model stays loaded
+    store = JobStore(home.root / "brushwork.sqlite3")
+    studio = Studio(engine, store, preview_every=opts.preview_every)
+    app = create_app(studio, credentials, max_body=int(opts.max_body_mb * 2**20), cors_origins=opts.cors or None)
+    return app, studio
+
+
+def serve(opts: ServeOptions) -> None:
+    import uvicorn
+
+    app, studio = build(opts)
+    print(f"Brushwork is serving {studio.model_name()} on {studio.engine.placement.label}: open http://{opts.host}:{opts.port}/  (API docs: /docs)", flush=True)
+    try:
+        uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        studio.close()
+        studio.store.close()

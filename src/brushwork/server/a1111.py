@@ -1,0 +1,429 @@
+"""The AUTOMATIC1111-compatible subset under ``/sdapi/v1``.
+
+Field names, defaults and response shapes follow AUTOMATIC1111 (see
+docs/http-api.md for the list and for where we differ on purpose: unknown
+samplers, models and unsupported features are clear 4xx errors instead of
+silent fallbacks or 500s).  ``txt2img`` goes through the same job queue as the
+native API and blocks until its job is done, as AUTOMATIC1111's does.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import os
+from typing import Any, Optional
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import __version__
+from ..embeddings import embedding_files
+from ..engine import MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, GenerationRequest
+from ..hashing import SafetensorsHeaderError, read_safetensors_header
+from ..infotext import parse_infotext
+from ..lora import lora_files
+from ..sampling.registry import SAMPLERS
+from ..sampling.schedules import SCHEDULE_LABELS
+from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_PROMPT_CHARS, BadRequest, check_names
+from .studio import Studio
+
+PREFIX = "/sdapi/v1"
+_STATUS_NAMES = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 409: "Conflict", 413: "PayloadTooLarge", 422: "UnprocessableEntity", 500: "InternalServerError"}
+
+
+def error_response(request: Request, status: int, message: str, field: Optional[str] = None) -> JSONResponse:
+    """AUTOMATIC1111's error shape on its routes, ``{"detail": ...}`` elsewhere."""
+    if request.url.path.startswith(PREFIX):
+        return JSONResponse({"error": _STATUS_NAMES.get(status, "HTTPException"), "detail": message, "body": "", "errors": message}, status_code=status)
+    body: dict[str, Any] = {"detail": message}
+    if field:
+        body["field"] = field
+    return JSONResponse(body, status_code=status)
+
+
+class Txt2ImgBody(BaseModel):
+    """AUTOMATIC1111's txt2img request: every field optional, unknown keys ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    styles: Optional[list[str]] = None
+    seed: int = Field(-1, ge=-1, le=MAX_SEED)
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: Optional[str] = None
+    scheduler: Optional[str] = None
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
+    n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
+    steps: int = Field(50, ge=1, le=MAX_STEPS)
+    cfg_scale: float = Field(7.0, ge=0, le=30)
+    width: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
+    height: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
+    restore_faces: Optional[bool] = None
+    tiling: Optional[bool] = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: Optional[float] = None
+    denoising_strength: Optional[float] = None
+    s_min_uncond: Optional[float] = None
+    s_churn: Optional[float] = None
+    s_tmax: Optional[float] = None
+    s_tmin: Optional[float] = None
+    s_noise: Optional[float] = None
+    override_settings: Optional[dict[str, Any]] = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: Optional[str] = None
+    refiner_switch_at: Optional[float] = None
+    disable_extra_networks: bool = False
+    comments: Optional[dict[str, Any]] = None
+    enable_hr: bool = False
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scale: float = 2.0
+    hr_upscaler: Optional[str] = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: Optional[str] = None
+    hr_sampler_name: Optional[str] = None
+    hr_scheduler: Optional[str] = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    force_task_id: Optional[str] = None
+    sampler_index: str = "Euler"
+    script_name: Optional[str] = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: Optional[str] = None
+
+
+class PngInfoRequest(BaseModel):
+    image: str = Field("", description="base64 or data: URL")
+
+
+#: infotext key -> (request field, converter), for the ``infotext`` request field
+_FROM_INFOTEXT = {
+    "Prompt": ("prompt", str),
+    "Negative prompt": ("negative_prompt", str),
+    "Steps": ("steps", int),
+    "Sampler": ("sampler_name", str),
+    "Schedule type": ("scheduler", str),
+    "CFG scale": ("cfg_scale", float),
+    "Seed": ("seed", int),
+    "Size-1": ("width", int),
+    "Size-2": ("height", int),
+}
+
+#: settings we report and accept; a POST may set these to the values listed (None: any)
+_SETTINGS_FIXED = {"samples_format": "png", "sd_vae": ("Automatic", "None"), "randn_source": "CPU", "eta_noise_seed_delta": 0, "emphasis": "Original", "comma_padding_backtrack": 20, "enable_pnginfo": True, "live_previews_enable": True}
+
+
+def unsupported(body: Txt2ImgBody) -> Optional[str]:
+    """The first requested feature we do not have yet (a 400, never silently dropped)."""
+    checks = [
+        (body.enable_hr, "hires fix (enable_hr) is not supported yet; generate at the size you want"),
+        (body.restore_faces, "face restoration (restore_faces) is not supported"),
+        (body.tiling, "tiling is not supported yet"),
+        (body.subseed_strength not in (0, None), "variation seeds (subseed_strength) are not supported yet"),
+        (body.seed_resize_from_w > 0 or body.seed_resize_from_h > 0, "seed resize (seed_resize_from_w/h) is not supported yet"),
+        (bool(body.styles), "prompt styles are not supported; put the style words into the prompt"),
+        (bool(body.refiner_checkpoint), "the SDXL refiner (refiner_checkpoint) is not supported yet"),
+    ]
+    return next((msg for cond, msg in checks if cond), None)
+
+
+def router(studio: Studio) -> APIRouter:
+    r = APIRouter(prefix=PREFIX, tags=["AUTOMATIC1111 compatible"])
+    settings: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": studio.preview_every}
+
+    def current_title() -> str:
+        from .app import model_entries
+
+        for m in model_entries(studio):
+            if m["current"]:
+                return m["title"]
+        return studio.model_name()
+
+    @r.post("/txt2img")
+    def txt2img(body: Txt2ImgBody, request: Request) -> dict[str, Any]:
+        from .app import client_of
+
+        if body.infotext:
+            body = _apply_infotext(body)
+        problem = unsupported(body)
+        if problem:
+            raise BadRequest(problem)
+        if body.script_name:
+            return error_response(request, 422, f"script {body.script_name!r} not found: Brushwork has no scripts")
+        if body.alwayson_scripts:
+            names = ", ".join(body.alwayson_scripts)
+            return error_response(request, 422, f"always-on script(s) {names} not found: Brushwork has no extensions")
+        clip_skip = int(settings["CLIP_stop_at_last_layers"])
+        model = None
+        for key, value in (body.override_settings or {}).items():
+            if key == "sd_model_checkpoint":
+                model = str(value)
+            elif key == "CLIP_stop_at_last_layers":
+                if not isinstance(value, int) or not 1 <= value <= 12:
+                    raise BadRequest(f"override_settings.CLIP_stop_at_last_layers must be a whole number from 1 to 12; got {value!r}")
+                clip_skip = value
+        sampler = body.sampler_name or body.sampler_index
+        req = GenerationRequest(
+            prompt="" if body.disable_extra_networks else body.prompt, negative_prompt=body.negative_prompt, seed=body.seed,
+            steps=body.steps, cfg_scale=body.cfg_scale, sampler=sampler, schedule=body.scheduler, width=body.width,
+            height=body.height, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
+        )
+        if body.disable_extra_networks:
+            from ..prompts import extract_extra_networks
+
+            req = GenerationRequest(**{**req.__dict__, "prompt": extract_extra_networks(body.prompt).text})
+        check_names(studio.home, req)
+        job = studio.submit(req, client_of(request), model=model)
+        job = studio.wait(job.id)
+        if job.state == "failed":
+            status = 400 if job.error_kind == "request" else 500
+            return error_response(request, status, job.error or "generation failed")
+        if job.state == "cancelled":
+            return error_response(request, 409, "the job was cancelled before it finished")
+        records = studio.images(job.id)
+        images = []
+        if body.send_images:
+            root = studio.home.root
+            for rec in records:
+                images.append(base64.b64encode((root / rec.path).read_bytes()).decode())
+        seeds = [rec.seed for rec in records]
+        info = {
+            "prompt": body.prompt,
+            "all_prompts": [rec.prompt for rec in records],
+            "negative_prompt": body.negative_prompt,
+            "all_negative_prompts": [rec.negative_prompt for rec in records],
+            "seed": seeds[0] if seeds else job.request.get("seed"),
+            "all_seeds": seeds,
+            "subseed": -1,
+            "all_subseeds": [-1] * len(seeds),
+            "subseed_strength": 0,
+            "width": body.width,
+            "height": body.height,
+            "sampler_name": sampler,
+            "cfg_scale": body.cfg_scale,
+            "steps": body.steps,
+            "batch_size": body.batch_size,
+            "restore_faces": False,
+            "face_restoration_model": None,
+            "sd_model_name": job.model,
+            "sd_model_hash": job.model_hash,
+            "sd_vae_name": None,
+            "sd_vae_hash": None,
+            "seed_resize_from_w": -1,
+            "seed_resize_from_h": -1,
+            "denoising_strength": body.denoising_strength,
+            "extra_generation_params": {},
+            "index_of_first_image": 0,
+            "infotexts": [rec.infotext for rec in records],
+            "styles": [],
+            "job_timestamp": _dt.datetime.fromtimestamp(job.submitted).strftime("%Y%m%d%H%M%S"),
+            "clip_skip": clip_skip,
+            "is_using_inpainting_conditioning": False,
+            "version": f"brushwork {__version__}",
+            "interrupted": job.state == "interrupted",
+        }
+        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+
+    @r.get("/progress")
+    def progress(skip_current_image: bool = False) -> dict[str, Any]:
+        job, live = studio.current()
+        idle = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0, "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+        if job is None or live is None or job.kind != "txt2img":
+            return {"progress": 0.0, "eta_relative": 0.0, "state": idle, "current_image": None, "textinfo": None}
+        steps = int(job.request.get("steps") or 0) or max(1, live.total)
+        count = max(1, int(job.request.get("batch_count") or 1))
+        done = live.step
+        job_no = min(count - 1, done // steps) if steps else 0
+        step_in = done - job_no * steps
+        fraction = min(1.0, 0.01 + job_no / count + (1 / count) * (step_in / steps))
+        elapsed = 0.0 if live.started is None else max(0.0, __import__("time").monotonic() - live.started)
+        state = {
+            "skipped": live.control.skipped, "interrupted": live.control.interrupted, "stopping_generation": False,
+            "job": "txt2img", "job_count": count, "job_timestamp": _dt.datetime.fromtimestamp(job.submitted).strftime("%Y%m%d%H%M%S"),
+            "job_no": job_no, "sampling_step": step_in, "sampling_steps": steps,
+        }
+        image = None if skip_current_image or live.preview is None else base64.b64encode(live.preview).decode()
+        return {"progress": fraction, "eta_relative": elapsed / fraction - elapsed if fraction > 0 else 0.0, "state": state, "current_image": image, "textinfo": None}
+
+    @r.post("/interrupt")
+    def interrupt() -> dict:
+        studio.interrupt_current()
+        return {}
+
+    @r.post("/skip")
+    def skip() -> None:
+        studio.skip_current()
+        return None
+
+    @r.get("/sd-models")
+    def sd_models() -> list[dict[str, Any]]:
+        from .app import model_entries
+
+        return [{"title": m["title"], "model_name": m["name"].replace("/", "_").replace("\\", "_"), "hash": m["hash"], "sha256": m["sha256"], "filename": str(m["path"]), "config": None} for m in model_entries(studio)]
+
+    @r.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> None:
+        return None  # listings read the folders on every request
+
+    @r.get("/sd-vae")
+    def sd_vae() -> list:
+        return []
+
+    @r.get("/loras")
+    def loras() -> list[dict[str, Any]]:
+        out = []
+        for _, path in sorted(lora_files(studio.home).items()):
+            meta: dict[str, str] = {}
+            if path.suffix.lower() == ".safetensors":
+                try:
+                    meta = {str(k): v for k, v in (read_safetensors_header(path).get("__metadata__") or {}).items()}
+                except SafetensorsHeaderError:
+                    meta = {}
+            out.append({"name": path.stem, "alias": meta.get("ss_output_name") or path.stem, "path": str(path), "metadata": meta})
+        return out
+
+    @r.post("/refresh-loras")
+    def refresh_loras() -> None:
+        return None
+
+    @r.get("/embeddings")
+    def embeddings() -> dict[str, Any]:
+        return {"loaded": {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None, "vectors": None} for name in sorted(embedding_files(studio.home))}, "skipped": {}}
+
+    @r.get("/samplers")
+    def samplers() -> list[dict[str, Any]]:
+        return [{"name": s.label, "aliases": list(s.aliases), "options": {"scheduler": s.default_schedule} if s.default_schedule != "uniform" else {}} for s in SAMPLERS.values()]
+
+    @r.get("/schedulers")
+    def schedulers() -> list[dict[str, Any]]:
+        return [{"name": k, "label": v, "aliases": None, "default_rho": 7.0 if k == "karras" else -1, "need_inner_model": False} for k, v in SCHEDULE_LABELS.items()]
+
+    @r.get("/scripts")
+    def scripts() -> dict[str, list]:
+        return {"txt2img": [], "img2img": []}
+
+    @r.get("/options")
+    def get_options() -> dict[str, Any]:
+        from .app import model_entries
+
+        current = next((m for m in model_entries(studio) if m["current"]), None)
+        return {
+            "sd_model_checkpoint": current_title(),
+            "sd_checkpoint_hash": current["sha256"] if current else None,
+            "sd_vae": "Automatic",
+            **{k: (v[0] if isinstance(v, tuple) else v) for k, v in _SETTINGS_FIXED.items()},
+            **settings,
+        }
+
+    @r.post("/options")
+    def set_options(body: dict[str, Any]) -> None:
+        model = None
+        for key, value in body.items():
+            if key == "sd_model_checkpoint":
+                if not isinstance(value, str) or not value.strip():
+                    raise BadRequest("sd_model_checkpoint must be a checkpoint title or name (see /sdapi/v1/sd-models)")
+                model = value
+            elif key == "CLIP_stop_at_last_layers":
+                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 12:
+                    raise BadRequest(f"CLIP_stop_at_last_layers must be a whole number from 1 to 12; got {value!r}")
+            elif key == "show_progress_every_n_steps":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise BadRequest(f"show_progress_every_n_steps must be a whole number of at least 1; got {value!r}")
+            elif key in _SETTINGS_FIXED:
+                allowed = _SETTINGS_FIXED[key] if isinstance(_SETTINGS_FIXED[key], tuple) else (_SETTINGS_FIXED[key],)
+                if value not in allowed:
+                    raise BadRequest(f"{key} can only be {' or '.join(map(repr, allowed))} in Brushwork; got {value!r}")
+            else:
+                raise BadRequest(f"unknown or unsupported setting {key!r}; settable here: sd_model_checkpoint, CLIP_stop_at_last_layers, show_progress_every_n_steps")
+        for key in ("CLIP_stop_at_last_layers", "show_progress_every_n_steps"):
+            if key in body:
+                settings[key] = body[key]
+        if "show_progress_every_n_steps" in body:
+            studio.preview_every = int(body["show_progress_every_n_steps"])
+        if model is not None:
+            job = studio.wait(studio.switch_model(model).id)
+            if job.state != "done":
+                raise BadRequest(job.error or f"could not load {model}")
+        return None
+
+    @r.post("/png-info")
+    def png_info(body: PngInfoRequest) -> dict[str, Any]:
+        from .app import decode_image, image_infotext
+
+        if not body.image:
+            raise BadRequest("image is empty: send a base64 PNG (or a data: URL)", "image")
+        img = decode_image(body.image)
+        text, items = image_infotext(img)
+        params = {k: str(v) for k, v in parse_infotext(text).items()} if text else {}
+        return {"info": text, "items": items, "parameters": params}
+
+    @r.get("/memory")
+    def memory() -> dict[str, Any]:
+        return {"ram": _ram(), "cuda": _cuda()}
+
+    return r
+
+
+def _apply_infotext(body: Txt2ImgBody) -> Txt2ImgBody:
+    """Fill the fields not sent explicitly from an infotext (AUTOMATIC1111's ``infotext`` field)."""
+    parsed = parse_infotext(body.infotext or "")
+    updates: dict[str, Any] = {}
+    for key, (name, conv) in _FROM_INFOTEXT.items():
+        if key in parsed and name not in body.model_fields_set and parsed[key] != "":
+            try:
+                updates[name] = conv(parsed[key])
+            except ValueError:
+                raise BadRequest(f"infotext: {key} {parsed[key]!r} is not a valid {conv.__name__}", "infotext") from None
+    if "Clip skip" in parsed and not (body.override_settings or {}).get("CLIP_stop_at_last_layers"):
+        try:
+            updates["override_settings"] = {**(body.override_settings or {}), "CLIP_stop_at_last_layers": int(parsed["Clip skip"])}
+        except ValueError:
+            raise BadRequest(f"infotext: Clip skip {parsed['Clip skip']!r} is not a whole number", "infotext") from None
+    return Txt2ImgBody.model_validate({**body.model_dump(), **updates})
+
+
+def _ram() -> dict[str, int]:
+    try:
+        info = {}
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                k, v = line.split(":", 1)
+                info[k] = int(v.split()[0]) * 1024
+        total, free = info["MemTotal"], info.get("MemAvailable", info["MemFree"])
+    except (OSError, KeyError, ValueError):
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return {"free": free, "used": total - free, "total": total}
+
+
+def _cuda() -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"error": "no CUDA device"}
+    free, total = torch.cuda.mem_get_info()
+    stats = torch.cuda.memory_stats()
+
+    def pair(name: str) -> dict[str, int]:
+        return {"current": int(stats.get(f"{name}.all.current", 0)), "peak": int(stats.get(f"{name}.all.peak", 0))}
+
+    return {
+        "system": {"free": free, "used": total - free, "total": total},
+        "active": pair("active_bytes"), "allocated": pair("allocated_bytes"), "reserved": pair("reserved_bytes"), "inactive": pair("inactive_split_bytes"),
+        "events": {"retries": int(stats.get("num_alloc_retries", 0)), "oom": int(stats.get("num_ooms", 0))},
+    }
+
+
+__all__ = ["router", "error_response", "Txt2ImgBody", "MAX_SIDE"]

@@ -1,0 +1,338 @@
+"""The HTTP layer: FastAPI routes over one :class:`~.studio.Studio`.
+
+Native API under ``/api/v1`` (jobs, events, images, models, form ranges), the
+AUTOMATIC1111-compatible subset under ``/sdapi/v1`` (``a1111.py``), OpenAPI docs
+at ``/docs``.  Routes validate and translate; all work happens in the studio.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from PIL import Image, UnidentifiedImageError
+
+from .. import __version__
+from ..catalog import hash_cache, list_checkpoints
+from ..engine import MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
+from ..infotext import parse_infotext
+from ..lora import summarize_loras
+from ..models.errors import CheckpointNotFound
+from ..outputs import decode_user_comment
+from ..sampling.registry import SAMPLERS
+from ..sampling.schedules import SCHEDULE_LABELS
+from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, check_names
+from .security import Credentials, GuardMiddleware
+from .store import JobRecord
+from .studio import Conflict, NotFound, Studio, image_view
+
+log = logging.getLogger(__name__)
+
+#: width/height presets per family (the sizes each was trained around)
+SIZE_PRESETS = {
+    "sd1": [(512, 512), (512, 768), (768, 512), (640, 448), (448, 640)],
+    "sd2": [(768, 768), (768, 1024), (1024, 768), (512, 512)],
+    "sdxl": [(1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344), (1344, 768)],
+}
+CLIENT_HEADER = "x-brushwork-client"
+_CLIENT_OK = re.compile(r"[^A-Za-z0-9_.:@-]")
+
+
+def client_of(request: Request) -> str:
+    """Who is asking, for fair queueing: the authenticated user, else a client-chosen
+    name (``X-Brushwork-Client``), else the address."""
+    user = request.scope.get("state", {}).get("user")
+    named = request.headers.get(CLIENT_HEADER)
+    if named:
+        return (f"{user}/" if user else "") + _CLIENT_OK.sub("_", named)[:64]
+    if user:
+        return str(user)
+    return request.client.host if request.client else "local"
+
+
+def decode_image(data: str, what: str = "image") -> Image.Image:
+    """base64 or a data: URL -> a PIL image, with 400s that say what was wrong."""
+    if data.startswith("data:"):
+        head, _, data = data.partition(",")
+        if ";base64" not in head:
+            raise BadRequest(f"{what}: only base64 data: URLs are accepted", what)
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{what} is not valid base64; send the file's bytes base64-encoded (or a data: URL)", what) from None
+    try:
+        img = Image.open(io.BytesIO(raw))
+        img.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise BadRequest(f"{what} is not a readable PNG, JPEG or WebP image ({exc})", what) from None
+    return img
+
+
+def image_infotext(img: Image.Image) -> tuple[str, dict[str, str]]:
+    """The ``parameters`` text (PNG chunk or EXIF UserComment) and the other text items."""
+    items = {k: v for k, v in img.info.items() if isinstance(v, str) and k not in ("parameters",)}
+    text = img.info.get("parameters")
+    if not isinstance(text, str):
+        text = ""
+        exif = img.getexif().get_ifd(0x8769).get(0x9286) if hasattr(img, "getexif") else None
+        if exif:
+            text = decode_user_comment(exif)
+    return text or "", items
+
+
+def model_entries(studio: Studio) -> list[dict[str, Any]]:
+    cache = hash_cache(studio.home)
+    current = studio.model_name()
+    out = []
+    for e in list_checkpoints(studio.home):
+        sha = cache.cached_sha256(e.path)
+        out.append({"name": e.name, "file": e.path.name, "title": f"{e.name}{e.path.suffix}" + (f" [{sha[:10]}]" if sha else ""), "hash": sha[:10] if sha else None, "sha256": sha, "current": e.name == current, "path": e.path})
+    return out
+
+
+def job_view(studio: Studio, job: JobRecord) -> dict[str, Any]:
+    _, live = studio.current()
+    running_live = live if live is not None and job.state == "running" else None
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "client": job.client,
+        "model": job.model,
+        "model_hash": job.model_hash,
+        "request": job.request,
+        "submitted": job.submitted,
+        "started": job.started,
+        "finished": job.finished,
+        "step": running_live.step if running_live else (job.total if job.state == "done" else job.step),
+        "total": running_live.total if running_live and running_live.total else job.total,
+        "eta": round(running_live.eta, 2) if running_live and running_live.eta is not None else None,
+        "position": studio.position(job.id),
+        "error": job.error,
+        "error_kind": job.error_kind,
+        "warnings": job.warnings,
+        "images": [image_view(r) for r in studio.images(job.id)],
+        "events": f"/api/v1/jobs/{job.id}/events",
+    }
+
+
+def form_options(studio: Studio) -> dict[str, Any]:
+    """Everything a form needs: ranges, defaults for the current model, presets."""
+    from ..engine import family_defaults
+
+    loaded = studio.engine.model
+    family, defaults = "sd1", None
+    if loaded is not None and loaded.name == studio.model_name():
+        family, defaults = loaded.spec.family, family_defaults(loaded.spec)
+    d = {"width": 512, "height": 512, "steps": 25, "cfg_scale": 7.0, "sampler": "DPM++ 2M", "schedule": "Karras"}
+    if defaults is not None:
+        d = {"width": defaults.width, "height": defaults.height, "steps": defaults.steps, "cfg_scale": defaults.cfg_scale, "sampler": defaults.sampler, "schedule": defaults.schedule}
+    presets = SIZE_PRESETS.get(family, SIZE_PRESETS["sd1"])
+    if (d["width"], d["height"]) not in presets:
+        presets = [(d["width"], d["height"])] + presets
+    return {
+        "model": studio.model_name(),
+        "model_loaded": loaded is not None and loaded.name == studio.model_name(),
+        "family": family,
+        "defaults": d,
+        "ranges": {
+            "steps": {"min": 1, "max": MAX_STEPS, "step": 1, "hint": "more steps: more detail, more time; 20-30 is typical"},
+            "cfg_scale": {"min": 0, "max": 30, "step": 0.5, "hint": "how closely the image follows the prompt; 4-7 is typical"},
+            "width": {"min": MIN_SIDE, "max": MAX_SIDE, "step": 8},
+            "height": {"min": MIN_SIDE, "max": MAX_SIDE, "step": 8},
+            "seed": {"min": -1, "max": MAX_SEED, "hint": "-1: random; keep a seed to keep a composition"},
+            "batch_size": {"min": 1, "max": MAX_BATCH_SIZE},
+            "batch_count": {"min": 1, "max": MAX_BATCH_COUNT},
+            "clip_skip": {"min": 1, "max": 12},
+        },
+        "size_presets": [{"width": w, "height": h} for w, h in presets],
+        "samplers": [s.label for s in SAMPLERS.values()],
+        "schedules": list(SCHEDULE_LABELS.values()),
+    }
+
+
+def native_router(studio: Studio) -> APIRouter:
+    r = APIRouter(prefix="/api/v1", tags=["brushwork"])
+
+    @r.get("/status")
+    def status() -> dict[str, Any]:
+        job, live = studio.current()
+        return {
+            "version": __version__,
+            "device": studio.engine.placement.label,
+            "model": studio.model_name(),
+            "loaded_model": studio.engine.model.name if studio.engine.model is not None else None,
+            "running": job.id if job else None,
+            "step": live.step if live else 0,
+            "total": live.total if live else 0,
+            "queue": studio.queue(),
+            "counts": studio.store.counts(),
+        }
+
+    @r.get("/options")
+    def options() -> dict[str, Any]:
+        return form_options(studio)
+
+    @r.get("/models")
+    def models() -> list[dict[str, Any]]:
+        return [{k: v for k, v in m.items() if k != "path"} for m in model_entries(studio)]
+
+    @r.post("/models/current", status_code=202)
+    def switch_model(body: SwitchModelBody, request: Request, wait: bool = False) -> dict[str, Any]:
+        job = studio.switch_model(body.name, client_of(request))
+        if wait:
+            job = studio.wait(job.id)
+            if job.state != "done":
+                raise BadRequest(job.error or f"loading {body.name} failed", "name")
+        return job_view(studio, job)
+
+    @r.get("/samplers")
+    def samplers() -> list[dict[str, Any]]:
+        return [{"name": s.label, "key": s.key, "aliases": list(s.aliases), "default_schedule": SCHEDULE_LABELS.get(s.default_schedule, s.default_schedule), "stochastic": s.stochastic} for s in SAMPLERS.values()]
+
+    @r.get("/schedules")
+    def schedules() -> list[dict[str, str]]:
+        return [{"name": k, "label": v} for k, v in SCHEDULE_LABELS.items()]
+
+    @r.get("/loras")
+    def loras() -> list[dict[str, Any]]:
+        return [{"name": x.name, "family": x.family, "hash": x.addnet_hash, "triggers": x.triggers, "insert": f"<lora:{x.name}:1>"} for x in summarize_loras(studio.home)]
+
+    @r.post("/jobs", status_code=202)
+    def submit(body: GenerateBody, request: Request) -> dict[str, Any]:
+        req = body.to_request()
+        check_names(studio.home, req)
+        job = studio.submit(req, client_of(request), model=body.model)
+        return job_view(studio, job)
+
+    @r.get("/jobs")
+    def jobs(limit: int = Query(50, ge=1, le=500), before: Optional[int] = Query(None, ge=0), state: Optional[str] = None) -> list[dict[str, Any]]:
+        states = tuple(s for s in state.split(",") if s) if state else None
+        return [job_view(studio, j) for j in studio.store.jobs(limit, before, states)]
+
+    @r.get("/jobs/{job_id}")
+    def job(job_id: str) -> dict[str, Any]:
+        return job_view(studio, studio.job(job_id))
+
+    @r.post("/jobs/{job_id}/cancel")
+    def cancel(job_id: str) -> dict[str, Any]:
+        return job_view(studio, studio.cancel(job_id))
+
+    @r.get("/jobs/{job_id}/events")
+    def events(job_id: str, request: Request) -> StreamingResponse:
+        studio.job(job_id)  # 404 before the stream starts
+        after = request.headers.get("last-event-id", "0")
+        start = int(after) if after.isdigit() else 0
+
+        def stream():
+            for e in studio.events(job_id, after=start):
+                if e is None:
+                    yield ": keep-alive\n\n"
+                else:
+                    yield f"id: {e.seq}\nevent: {e.kind}\ndata: {json.dumps(e.data)}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @r.get("/images")
+    def images(limit: int = Query(100, ge=1, le=1000), before: Optional[int] = Query(None, ge=0)) -> list[dict[str, Any]]:
+        return [image_view(x) for x in studio.store.images(limit, before)]
+
+    @r.get("/images/{image_id}")
+    def image(image_id: int) -> FileResponse:
+        rec = studio.store.image(image_id)
+        if rec is None:
+            raise NotFound(f"no image {image_id}")
+        root = studio.home.root.resolve()
+        path = (root / rec.path).resolve()
+        if not path.is_relative_to(root):  # the database is ours, but never trust a path
+            raise NotFound(f"image {image_id} is outside the data home")
+        if not path.is_file():
+            raise NotFound(f"image {image_id}'s file {rec.path} was moved or deleted")
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=31536000, immutable"})
+
+    @r.post("/png-info")
+    def png_info(body: PngInfoBody) -> dict[str, Any]:
+        img = decode_image(body.image)
+        text, items = image_infotext(img)
+        return {"infotext": text, "parameters": parse_infotext(text) if text else {}, "items": items}
+
+    return r
+
+
+def _error(status: int, message: str, field: Optional[str] = None) -> JSONResponse:
+    body: dict[str, Any] = {"detail": message}
+    if field:
+        body["field"] = field
+    return JSONResponse(body, status_code=status)
+
+
+def create_app(studio: Studio, credentials: Optional[Credentials] = None, max_body: int = 32 * 2**20, cors_origins: Optional[list[str]] = None, web: bool = True) -> FastAPI:
+    from . import a1111
+
+    app = FastAPI(title="Brushwork", version=__version__, description="Local image generation: native API (/api/v1) and the AUTOMATIC1111-compatible subset (/sdapi/v1).")
+    app.state.studio = studio
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        parts = []
+        for e in errors[:5]:
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+            got = e.get("input")
+            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {json.dumps(got)[:60]})"
+            parts.append(f"{where}: {e.get('msg')}{shown}")
+        clean = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+        return JSONResponse({"detail": clean, "message": "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(BadRequest)
+    async def on_bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        return a1111.error_response(request, 400, str(exc), exc.field)
+
+    @app.exception_handler(CheckpointNotFound)
+    async def on_no_model(request: Request, exc: CheckpointNotFound) -> JSONResponse:
+        return a1111.error_response(request, 404, str(exc), "model")
+
+    @app.exception_handler(NotFound)
+    async def on_not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return a1111.error_response(request, 404, str(exc).strip("'\""))
+
+    @app.exception_handler(Conflict)
+    async def on_conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return a1111.error_response(request, 409, str(exc))
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return a1111.error_response(request, 500, f"internal error ({type(exc).__name__}: {exc}); the server keeps running")
+
+    @app.middleware("http")
+    async def timing(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        response.headers["X-Process-Time"] = f"{time.perf_counter() - t0:.4f}"
+        return response
+
+    app.include_router(native_router(studio))
+    app.include_router(a1111.router(studio))
+    if web:
+        from ..web import mount_web
+
+        mount_web(app)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
+    app.add_middleware(GuardMiddleware, credentials=credentials or Credentials(), max_body=max_body)
+    return app
+
+
+__all__ = ["create_app", "decode_image", "image_infotext", "model_entries", "client_of", "Path"]

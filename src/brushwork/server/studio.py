@@ -1,0 +1,445 @@
+"""The studio service: one engine, one worker thread, a fair job queue, live events.
+
+Everything the HTTP layer does goes through :class:`Studio`; it knows nothing of
+HTTP.  The engine is only ever touched by the worker thread (it is not
+thread-safe), so loading a model, generating and making previews happen one at a
+time, in queue order, and the model stays loaded between jobs.
+
+Fairness: jobs wait in one FIFO line per client, and the worker takes the next
+job from each client in turn, so one client with fifty jobs cannot starve another
+with one.  Model loads requested by a switch go first (they run between jobs).
+Every job records the checkpoint it was submitted for and runs on that one, so a
+switch never changes the pictures of jobs already waiting.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from ..catalog import find_checkpoint, find_listed_checkpoint, list_checkpoints
+from ..engine import GenerationRequest, JobControl, Progress, RequestError, resolve_seed
+from ..lora import LoraError
+from ..models.errors import CheckpointNotFound, ModelFileError
+from ..outputs import OutputError, ensure_writable_folder, save_png
+from ..previews import jpeg_bytes
+from ..sampling.registry import UnknownSamplerError
+from .store import CANCELLED, DONE, FAILED, FINAL, INTERRUPTED, QUEUED, RUNNING, ImageRecord, JobRecord, JobStore
+
+log = logging.getLogger(__name__)
+
+#: errors that mean "the request was wrong" (a 4xx), not "the server failed"
+REQUEST_ERRORS = (RequestError, UnknownSamplerError, CheckpointNotFound, LoraError, ModelFileError, ValueError)
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(RuntimeError):
+    pass
+
+
+@dataclass
+class Event:
+    seq: int
+    kind: str  # "state" | "progress" | "image" | "done"
+    data: dict[str, Any]
+
+
+@dataclass
+class Live:
+    """What the worker knows about a job while it runs (and a while after)."""
+
+    control: JobControl = field(default_factory=JobControl)
+    events: list[Event] = field(default_factory=list)
+    step: int = 0
+    total: int = 0
+    eta: Optional[float] = None
+    preview: Optional[bytes] = None  # latest preview, JPEG
+    preview_step: int = 0
+    started: Optional[float] = None
+    cancel_requested: bool = False
+
+
+class FairQueue:
+    """Round-robin over clients, FIFO within a client; priority jobs first."""
+
+    def __init__(self) -> None:
+        self._priority: deque[str] = deque()
+        self._clients: OrderedDict[str, deque[str]] = OrderedDict()
+
+    def push(self, client: str, job_id: str, priority: bool = False) -> None:
+        if priority:
+            self._priority.append(job_id)
+        else:
+            self._clients.setdefault(client, deque()).append(job_id)
+
+    def pop(self) -> Optional[str]:
+        if self._priority:
+            return self._priority.popleft()
+        if not self._clients:
+            return None
+        client, line = next(iter(self._clients.items()))
+        job_id = line.popleft()
+        del self._clients[client]
+        if line:
+            self._clients[client] = line  # back of the round
+        return job_id
+
+    def remove(self, job_id: str) -> bool:
+        if job_id in self._priority:
+            self._priority.remove(job_id)
+            return True
+        for client, line in list(self._clients.items()):
+            if job_id in line:
+                line.remove(job_id)
+                if not line:
+                    del self._clients[client]
+                return True
+        return False
+
+    def order(self) -> list[str]:
+        """The order the jobs would run in, if nothing else arrived."""
+        out = list(self._priority)
+        lines = [list(line) for line in self._clients.values()]
+        while any(lines):
+            for line in lines:
+                if line:
+                    out.append(line.pop(0))
+        return out
+
+    def __len__(self) -> int:
+        return len(self._priority) + sum(len(v) for v in self._clients.values())
+
+
+class Studio:
+    def __init__(self, engine, store: JobStore, *, preview_every: int = 5, start: bool = True, keep_live: int = 256):
+        self.engine = engine
+        self.home = engine.home
+        self.store = store
+        self.preview_every = max(1, preview_every)
+        self._queue = FairQueue()
+        self._cv = threading.Condition()
+        self._live: OrderedDict[str, Live] = OrderedDict()
+        self._keep_live = keep_live
+        self._current: Optional[str] = None
+        self._stopping = False
+        self._target_model: Optional[str] = None  # checkpoint name new jobs are submitted for
+        self._thread: Optional[threading.Thread] = None
+        resumed, failed = store.recover()
+        for job in store.queued_in_order():
+            self._queue.push(job.client, job.id, priority=job.kind == "load")
+            self._live_for(job.id)
+        if resumed or failed:
+            log.info("restart: %d queued jobs resumed, %d interrupted jobs marked failed", resumed, failed)
+        if start:
+            self.start()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="brushwork-worker", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the worker: the running job is interrupted and marked failed; queued jobs
+        stay queued in the database and resume at the next start."""
+        with self._cv:
+            self._stopping = True
+            if self._current is not None:
+                self._live_for(self._current).control.interrupt()
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------ models
+
+    def model_name(self) -> str:
+        """The checkpoint new jobs run on (the last switched to, else the engine's default)."""
+        if self._target_model is None:
+            loaded = self.engine.model
+            path = loaded.path if loaded is not None else find_checkpoint(self.home, None)
+            self._target_model = self._entry_name(path)
+        return self._target_model
+
+    def _entry_name(self, path: Path) -> str:
+        for e in list_checkpoints(self.home):
+            if e.path == path or e.path.resolve() == path.resolve():
+                return e.name
+        return path.stem
+
+    def resolve_model(self, name: str) -> str:
+        """A listed checkpoint's name for what a client sent (name, file name, title, hash)."""
+        path = find_listed_checkpoint(self.home, name)
+        return self._entry_name(path)
+
+    def switch_model(self, name: str, client: str = "local") -> JobRecord:
+        """Make ``name`` the model for new jobs and load it between jobs (returns the load job)."""
+        resolved = self.resolve_model(name)
+        self._target_model = resolved
+        return self._submit(client, "load", {"model": resolved}, resolved, total=0, priority=True)
+
+    # ------------------------------------------------------------ jobs
+
+    def submit(self, request: GenerationRequest, client: str = "local", model: Optional[str] = None) -> JobRecord:
+        """Queue a generation (validated already by the caller); the seed is fixed now, so
+        a job resumed after a restart makes the same pictures."""
+        model_name = self.resolve_model(model) if model else self.model_name()
+        fields = asdict(request)
+        fields["seed"] = resolve_seed(request.seed)
+        steps = request.steps or 0
+        return self._submit(client, "txt2img", fields, model_name, total=steps * request.batch_count)
+
+    def _submit(self, client: str, kind: str, request: dict, model: str, total: int, priority: bool = False) -> JobRecord:
+        job = self.store.add_job(client, kind, request, model, total)
+        with self._cv:
+            self._queue.push(client, job.id, priority=priority)
+            self._emit(job.id, "state", {"state": QUEUED, "position": self._position(job.id)})
+            self._cv.notify_all()
+        return job
+
+    def job(self, job_id: str) -> JobRecord:
+        job = self.store.job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def images(self, job_id: str) -> list[ImageRecord]:
+        return self.store.images_of(job_id)
+
+    def position(self, job_id: str) -> Optional[int]:
+        with self._cv:
+            return self._position(job_id)
+
+    def _position(self, job_id: str) -> Optional[int]:
+        order = self._queue.order()
+        return order.index(job_id) + (1 if self._current else 0) if job_id in order else None
+
+    def queue(self) -> list[str]:
+        with self._cv:
+            return ([self._current] if self._current else []) + self._queue.order()
+
+    def cancel(self, job_id: str) -> JobRecord:
+        job = self.job(job_id)
+        with self._cv:
+            if self._queue.remove(job_id):
+                self.store.update_job(job_id, state=CANCELLED, finished=time.time())
+                self._emit(job_id, "done", {"state": CANCELLED})
+            elif self._current == job_id:
+                live = self._live_for(job_id)
+                live.cancel_requested = True
+                live.control.interrupt()
+            elif job.final:
+                raise Conflict(f"job {job_id} already finished ({job.state}); nothing to cancel")
+        return self.job(job_id)
+
+    def interrupt_current(self) -> Optional[str]:
+        with self._cv:
+            if self._current:
+                self._live_for(self._current).control.interrupt()
+            return self._current
+
+    def skip_current(self) -> Optional[str]:
+        with self._cv:
+            if self._current:
+                self._live_for(self._current).control.skip()
+            return self._current
+
+    def current(self) -> tuple[Optional[JobRecord], Optional[Live]]:
+        with self._cv:
+            job_id = self._current
+            live = self._live.get(job_id) if job_id else None
+        return (self.store.job(job_id) if job_id else None), live
+
+    def wait(self, job_id: str, timeout: Optional[float] = None) -> JobRecord:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while True:
+                job = self.job(job_id)
+                if job.final:
+                    return job
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return job
+                self._cv.wait(timeout=1.0 if left is None else min(left, 1.0))
+
+    def events(self, job_id: str, after: int = 0, heartbeat: float = 15.0) -> Iterator[Optional[Event]]:
+        """Events of a job in order, from ``after`` on; ``None`` now and then as a heartbeat.
+        Ends after the job's final event."""
+        job = self.job(job_id)
+        with self._cv:
+            known = job_id in self._live
+        if not known:  # finished long ago: tell the outcome
+            yield Event(1, "done", self._done_data(job))
+            return
+        sent = after
+        while True:
+            with self._cv:
+                live = self._live_for(job_id)
+                fresh = [e for e in live.events if e.seq > sent]
+                if not fresh:
+                    self._cv.wait(timeout=heartbeat)
+                    live = self._live_for(job_id)
+                    fresh = [e for e in live.events if e.seq > sent]
+            if not fresh:
+                yield None
+                continue
+            for e in fresh:
+                sent = e.seq
+                yield e
+                if e.kind == "done":
+                    return
+
+    # ------------------------------------------------------------ worker
+
+    def _live_for(self, job_id: str) -> Live:
+        live = self._live.get(job_id)
+        if live is None:
+            live = self._live[job_id] = Live()
+            while len(self._live) > self._keep_live:
+                oldest = next(iter(self._live))
+                if oldest == self._current or oldest in self._queue.order():
+                    break
+                self._live.pop(oldest)
+        return live
+
+    def _emit(self, job_id: str, kind: str, data: dict) -> None:
+        """Record an event (caller holds the lock)."""
+        live = self._live_for(job_id)
+        live.events.append(Event(len(live.events) + 1, kind, data))
+        if kind == "progress" and len(live.events) > 400:  # keep memory bounded on long jobs
+            keep = [e for e in live.events if e.kind != "progress"] + live.events[-50:]
+            live.events = sorted({e.seq: e for e in keep}.values(), key=lambda e: e.seq)
+        self._cv.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not len(self._queue):
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                job_id = self._queue.pop()
+                self._current = job_id
+            try:
+                self._run(job_id)
+            except Exception:  # noqa: BLE001 - the worker must survive anything a job does
+                log.exception("job %s crashed the worker loop", job_id)
+            finally:
+                with self._cv:
+                    self._current = None
+                    self._cv.notify_all()
+
+    def _run(self, job_id: str) -> None:
+        job = self.store.job(job_id)
+        if job is None or job.state != QUEUED:
+            return
+        started = time.time()
+        self.store.update_job(job_id, state=RUNNING, started=started)
+        with self._cv:
+            live = self._live_for(job_id)
+            live.started = time.monotonic()
+            self._emit(job_id, "state", {"state": RUNNING})
+        warnings: list[str] = []
+        handler = _WarningCollector(warnings)
+        logging.getLogger("brushwork").addHandler(handler)
+        try:
+            path = find_listed_checkpoint(self.home, job.model) if job.model else None
+            loaded = self.engine.load(path)
+            self.store.update_job(job_id, model=loaded.name, model_hash=loaded.short_hash)
+            if job.kind == "load":
+                self._finish(job_id, DONE, warnings=warnings)
+                return
+            images = self._generate(job, live)
+        except REQUEST_ERRORS as exc:
+            self._finish(job_id, FAILED, error=str(exc), error_kind="request", warnings=warnings)
+            return
+        except Exception as exc:  # noqa: BLE001 - report, keep serving
+            log.exception("job %s failed", job_id)
+            self._finish(job_id, FAILED, error=f"{type(exc).__name__}: {exc}", error_kind="internal", warnings=warnings)
+            return
+        finally:
+            logging.getLogger("brushwork").removeHandler(handler)
+        if self._stopping and live.control.interrupted and not live.cancel_requested:
+            self._finish(job_id, FAILED, error="the server was stopped while this job was running; submit it again", error_kind="stopped", warnings=warnings)
+        elif live.cancel_requested:
+            self._finish(job_id, CANCELLED, warnings=warnings)
+        elif live.control.interrupted:
+            self._finish(job_id, INTERRUPTED, warnings=warnings)
+        else:
+            self._finish(job_id, DONE, warnings=warnings)
+        del images
+
+    def _generate(self, job: JobRecord, live: Live) -> list[ImageRecord]:
+        req = GenerationRequest(**job.request)
+
+        def progress(p: Progress) -> None:
+            data: dict[str, Any] = {"step": p.step, "total": p.total, "eta": None if not p.step else round(p.eta, 2)}
+            jpeg = None
+            if p.latents is not None and (p.step % self.preview_every == 0 or p.step == p.total):
+                try:
+                    jpeg = jpeg_bytes(self.engine.preview(p.latents))
+                except Exception:  # noqa: BLE001 - a preview is never worth failing a job
+                    log.debug("preview failed", exc_info=True)
+                else:
+                    data["preview"] = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+            with self._cv:  # step and preview change together
+                live.step, live.total = p.step, p.total
+                live.eta = p.eta if p.step else None
+                if jpeg is not None:
+                    live.preview, live.preview_step = jpeg, p.step
+                self._emit(job.id, "progress", data)
+            if self._stopping:
+                live.control.interrupt()
+
+        if self._stopping:
+            live.control.interrupt()
+        results = self.engine.txt2img(req, progress=progress, control=live.control)
+        folder = ensure_writable_folder(self.home.outputs / _dt.date.today().isoformat())
+        records = []
+        for idx, img in enumerate(results):
+            path = save_png(img.image, folder, img.seed, img.infotext)
+            rel = path.resolve().relative_to(self.home.root.resolve()).as_posix()
+            rec = self.store.add_image(job.id, idx, rel, img.seed, img.image.width, img.image.height, img.params.prompt, img.params.negative_prompt, img.infotext, img.params.model_name, img.params.model_hash)
+            records.append(rec)
+            with self._cv:
+                self._emit(job.id, "image", {"image": image_view(rec), "complete": img.complete})
+        return records
+
+    def _finish(self, job_id: str, state: str, error: Optional[str] = None, error_kind: Optional[str] = None, warnings: Optional[list[str]] = None) -> None:
+        self.store.update_job(job_id, state=state, finished=time.time(), error=error, error_kind=error_kind, warnings=warnings or [])
+        job = self.store.job(job_id)
+        assert job is not None
+        with self._cv:
+            self._emit(job_id, "done", self._done_data(job))
+
+    def _done_data(self, job: JobRecord) -> dict[str, Any]:
+        return {"state": job.state, "error": job.error, "warnings": job.warnings, "images": [image_view(r) for r in self.store.images_of(job.id)]}
+
+
+class _WarningCollector(logging.Handler):
+    """Collects the worker thread's warnings (missing LoRAs, fp16 fallbacks...) for the job."""
+
+    def __init__(self, sink: list[str]):
+        super().__init__(logging.WARNING)
+        self.sink = sink
+        self.thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.sink.append(record.getMessage())
+
+
+def image_view(rec: ImageRecord) -> dict[str, Any]:
+    return {"id": rec.id, "job_id": rec.job_id, "index": rec.idx, "url": f"/api/v1/images/{rec.id}", "seed": rec.seed, "width": rec.width, "height": rec.height, "prompt": rec.prompt, "negative_prompt": rec.negative_prompt, "infotext": rec.infotext, "model": rec.model, "model_hash": rec.model_hash, "created": rec.created}
+
+
+__all__ = ["Studio", "FairQueue", "NotFound", "Conflict", "Event", "image_view", "REQUEST_ERRORS", "OutputError", "FINAL", "INTERRUPTED"]
