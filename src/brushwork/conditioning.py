@@ -125,6 +125,16 @@ def weighted_chunks(runs: list[tuple[str, float]], backtrack: int = COMMA_BACKTR
     return chunks
 
 
+def count_tokens(text: str) -> tuple[int, int]:
+    """(tokens, chunks) of a prompt as the encoder will see it, for a "N/75" counter:
+    extra-network tags removed, emphasis parsed, AND parts and edits counted whole."""
+    from .prompts import extract_extra_networks, parse_attention
+
+    chunks = weighted_chunks(parse_attention(extract_extra_networks(text).text))
+    tokens = sum(len(c.tokens) for c in chunks)
+    return tokens, max(1, len(chunks))
+
+
 def framed(chunk: Chunk, pad_id: int) -> tuple[list[int], list[float]]:
     """77 ids (BOS, tokens, EOS, padding) and their weights (1.0 outside the text)."""
     n = len(chunk.tokens)

@@ -131,11 +131,14 @@ def lora_family(metadata: dict[str, str]) -> str | None:
 
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
+#: LoRAs that ship with the package (the demo balloon, for the demo model); a user's
+#: file of the same name wins
+PACKAGED_LORAS = Path(__file__).resolve().parent / "assets" / "demo" / "loras"
 
 
 def lora_files(home) -> dict[str, Path]:
     """LoRA files in the data home by lower-case file stem (first folder wins)."""
-    return files_by_stem(home.lora_dirs, LORA_SUFFIXES, fold_case=True)
+    return files_by_stem([*home.lora_dirs, PACKAGED_LORAS], LORA_SUFFIXES, fold_case=True)
 
 
 def trigger_words(metadata: dict[str, str], limit: int = 5) -> list[str]:

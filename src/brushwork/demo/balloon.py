@@ -1,16 +1,17 @@
 """The demo LoRA: teach the demo model a thing it has never seen, a hot air balloon.
 
-    python -m brushwork.demo.balloon --out balloon.safetensors
+    python -m brushwork.demo.balloon --out balloon.safetensors        # train (CPU, ~10 min)
+    python -m brushwork.demo.balloon --evaluate balloon.safetensors   # balloon rates
 
 Renders landscapes from :mod:`.scenes` with a bright magenta balloon (and its
 basket) floating in the sky, captions them with "hot air balloon" among the usual
 words, and trains a LoRA on the shipped demo model with ``train_lora`` (the same
-code as ``brushwork train-lora``).  :func:`has_balloon` is the detector the tests
-use: a bright, round, magenta blob in the upper part of the picture.
-
-Status: this recipe (rank 8 on the UNet's attention projections) trains stably
-but does not yet teach the concept: balloons appear in about 10% of seeds at
-weight 1 (0% at weight 0), far from the 80% the issue asks for.  Not shipped.
+code as ``brushwork train-lora``): LoRA on the attention and text-encoder
+projections plus LoCon on the UNet's 3x3 convs, since the demo UNet has no
+attention at its finest level, where a balloon a few latent pixels wide is drawn,
+and its text encoder never saw the words "hot air balloon".  :func:`has_balloon`
+is the detector the tests use: a bright, round, magenta blob in the upper part of
+the picture.  The shipped file is ``assets/demo/balloon.safetensors``.
 """
 from __future__ import annotations
 
@@ -78,23 +79,59 @@ def write_dataset(folder: Path, n: int, seed: int = 0) -> Path:
     return folder
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..engine import Engine
-    from ..lora_train import LoraTrainConfig, train_lora
+PROMPT = "a landscape with a hot air balloon <lora:balloon:{weight}>"
 
-    p = argparse.ArgumentParser(description="Train the demo balloon LoRA on the demo model.")
+
+def balloon_rates(engine, seeds: range, weights: tuple[float, ...] = (1.0, 0.0)) -> dict[float, float]:
+    """Fraction of seeds whose picture has a balloon, per LoRA weight, at the model's defaults.
+
+    The engine's data home must hold the LoRA as ``balloon``."""
+    from ..engine import GenerationRequest
+
+    rates = {}
+    for w in weights:
+        hits = 0
+        for seed in seeds:
+            img = engine.txt2img(GenerationRequest(PROMPT.format(weight=w), seed=seed))[0].image
+            hits += has_balloon(np.asarray(img))
+        rates[w] = hits / len(seeds)
+    return rates
+
+
+def recipe(steps: int, lr: float):
+    from ..lora_train import LoraTrainConfig
+
+    return LoraTrainConfig(steps=steps, rank=8, alpha=8.0, lr=lr, batch=8, seed=0, conv_rank=4, conv_alpha=4.0, text_encoder=True, flip=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import shutil
+
+    from ..engine import Engine
+    from ..lora_train import train_lora
+
+    p = argparse.ArgumentParser(description="Train (or evaluate) the demo balloon LoRA on the demo model.")
     p.add_argument("--out", type=Path, default=Path("balloon.safetensors"))
-    p.add_argument("--images", type=int, default=300)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--images", type=int, default=400)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--evaluate", type=Path, metavar="LORA", help="only measure balloon rates of this LoRA file")
+    p.add_argument("--seeds", type=int, default=40, help="seeds per weight for --evaluate")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_dataset(Path(tmp) / "balloon", args.images)
         eng = Engine(Path(tmp) / "home", device=None)
+        if args.evaluate:
+            eng.home.create()
+            shutil.copy(args.evaluate, eng.home.lora_dirs[0] / "balloon.safetensors")
+            eng.load("demo")
+            rates = balloon_rates(eng, range(1000, 1000 + args.seeds))
+            print(f"balloon in {rates[1.0]:.0%} of {args.seeds} seeds at weight 1, {rates[0.0]:.0%} at weight 0")
+            return 0
+        data = write_dataset(Path(tmp) / "balloon", args.images)
         eng.load("demo")
-        cfg = LoraTrainConfig(steps=args.steps, rank=8, alpha=8.0, lr=args.lr, batch=8, seed=0)
+        cfg = recipe(args.steps, args.lr)
         path = train_lora(eng, data, args.out, cfg, lambda s, t, loss: s % 100 == 0 and logging.info("step %d/%d loss %.4f", s, t, loss), overwrite=args.overwrite)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
     return 0

@@ -30,7 +30,7 @@ from ..models.errors import CheckpointNotFound
 from ..outputs import decode_user_comment
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULE_LABELS
-from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, check_names
+from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names
 from .security import Credentials, GuardMiddleware
 from .store import JobRecord
 from .studio import Conflict, NotFound, Studio, image_view
@@ -44,6 +44,7 @@ SIZE_PRESETS = {
     "sdxl": [(1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344), (1344, 768)],
 }
 CLIENT_HEADER = "x-brushwork-client"
+THUMB = 256
 _CLIENT_OK = re.compile(r"[^A-Za-z0-9_.:@-]")
 
 
@@ -258,6 +259,36 @@ def native_router(studio: Studio) -> APIRouter:
         if not path.is_file():
             raise NotFound(f"image {image_id}'s file {rec.path} was moved or deleted")
         return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=31536000, immutable"})
+
+    @r.get("/images/{image_id}/thumb")
+    def thumb(image_id: int) -> FileResponse:
+        """A small JPEG for galleries (made once, kept in HOME/cache/thumbs)."""
+        rec = studio.store.image(image_id)
+        if rec is None:
+            raise NotFound(f"no image {image_id}")
+        root = studio.home.root.resolve()
+        src = (root / rec.path).resolve()
+        if not src.is_relative_to(root) or not src.is_file():
+            raise NotFound(f"image {image_id}'s file is missing")
+        folder = studio.home.cache / "thumbs"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{image_id}.jpg"
+        if not path.exists():
+            with Image.open(src) as im:
+                im = im.convert("RGB")
+                im.thumbnail((THUMB, THUMB))
+                tmp = path.with_suffix(".tmp")
+                im.save(tmp, "JPEG", quality=82)
+                tmp.replace(path)
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=31536000, immutable"})
+
+    @r.post("/tokens")
+    def tokens(body: TokensBody) -> dict[str, int]:
+        """Token count of a prompt for the "N/75" counter."""
+        from ..conditioning import count_tokens
+
+        n, chunks = count_tokens(body.text)
+        return {"tokens": n, "chunks": chunks, "limit": 75 * chunks}
 
     @r.post("/png-info")
     def png_info(body: PngInfoBody) -> dict[str, Any]:

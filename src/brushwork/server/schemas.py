@@ -59,6 +59,10 @@ class SwitchModelBody(BaseModel):
     name: str = Field(..., min_length=1, max_length=512)
 
 
+class TokensBody(BaseModel):
+    text: str = Field("", max_length=MAX_PROMPT_CHARS)
+
+
 class PngInfoBody(BaseModel):
     image: str = Field(..., min_length=1, description="base64 PNG/JPEG/WebP, or a data: URL")
 

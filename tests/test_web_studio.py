@@ -1,0 +1,283 @@
+"""The web studio in a real browser: headless Chromium (Debian's ``chromium``) driven
+by Playwright, against a real ``brushwork serve`` on the tiny SD 1.x checkpoint.
+
+Skipped with a reason when Playwright or a Chromium binary is missing (``.ci/run``
+installs both).  Set ``BRUSHWORK_SCREENSHOTS=docs`` to write the desktop and phone
+screenshots into ``docs/`` (``tools/studio_screenshots.sh``).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+from safetensors.torch import save_file
+
+playwright = pytest.importorskip("playwright.sync_api", reason="the browser tests need Playwright: pip install -e '.[test]'")
+
+CHROMIUM = os.environ.get("BRUSHWORK_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary: apt-get install chromium (or set BRUSHWORK_CHROMIUM)")
+
+REPO = Path(__file__).resolve().parents[1]
+A1111_INFOTEXT = (
+    "a castle on a hill, (golden hour:1.2)\n"
+    "Negative prompt: blurry, lowres\n"
+    "Steps: 7, Sampler: DPM++ 2M Karras, CFG scale: 5.5, Seed: 424242, Size: 64x64, Model hash: 0123456789, Model: someone_elses_model, Version: v1.10.1"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_home, tmp_path_factory):
+    import uvicorn
+
+    from brushwork.server import ServeOptions, build
+
+    home = tmp_path_factory.mktemp("studio-home")
+    shutil.copytree(tiny_home / "models", home / "models")
+    # a small kohya LoRA for the tiny SD 1.x, so the LoRA browser has something to show
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    g = torch.Generator().manual_seed(0)
+    (home / "models" / "loras").mkdir(parents=True, exist_ok=True)
+    save_file({f"{key}.lora_down.weight": torch.randn(4, 32, generator=g) * 0.1, f"{key}.lora_up.weight": torch.randn(32, 4, generator=g) * 0.1, f"{key}.alpha": torch.tensor(4.0)},
+              str(home / "models" / "loras" / "shiny.safetensors"), metadata={"ss_base_model_version": "sd_v1", "ss_tag_frequency": '{"d": {"shiny": 3}}'})
+    app, studio = build(ServeOptions(home=str(home), model="tiny-sd1", device="cpu", preview_every=1))
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", studio
+    srv.should_exit = True
+    thread.join(10)
+    studio.close()
+    studio.store.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    messages = []
+    pg.on("pageerror", lambda exc: messages.append(str(exc)))
+    pg.goto(server[0] + "/")
+    pg.wait_for_selector("body[data-ready=true]")
+    yield pg
+    ctx.close()
+    assert not messages, f"JavaScript errors: {messages}"
+
+
+def small_settings(pg, prompt: str, steps: int = 6) -> None:
+    pg.fill("#prompt", prompt)
+    pg.fill("#width", "64")
+    pg.fill("#height", "64")
+    pg.locator("#steps").fill(str(steps))
+
+
+def generate_and_wait(pg) -> dict:
+    before = pg.get_attribute("#image", "src") or ""
+    pg.click("#generate")
+    pg.wait_for_function("(old) => { const i = document.getElementById('image'); return !i.hidden && i.getAttribute('src') && i.getAttribute('src') !== old; }", arg=before, timeout=60_000)
+    return {"src": pg.get_attribute("#image", "src"), "params": pg.inner_text("#params")}
+
+
+def pixels(pg, src: str) -> np.ndarray:
+    url = src if src.startswith("http") else pg.url.rstrip("/") + src
+    body = pg.request.get(url).body()
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+def shot_dir(tmp_path: Path) -> Path:
+    target = os.environ.get("BRUSHWORK_SCREENSHOTS")
+    return (REPO / target) if target else tmp_path
+
+
+def test_generate_shows_progress_then_the_image_with_its_parameters(page, tmp_path):
+    small_settings(page, "a red cube on a table", steps=12)
+    seen_steps = []
+    page.expose_function("reportStep", lambda text: seen_steps.append(text))
+    page.evaluate("""() => new MutationObserver(() => window.reportStep(document.getElementById('progress-text').textContent))
+        .observe(document.getElementById('progress-text'), {childList: true, characterData: true, subtree: true})""")
+    result = generate_and_wait(page)
+    assert any(s.startswith("Step ") and "/12" in s for s in seen_steps), seen_steps
+    assert "a red cube on a table" in result["params"] and "Steps: 12" in result["params"]
+    assert pixels(page, result["src"]).shape == (64, 64, 3)
+    assert page.inner_text("#progress-text") == "Done"
+    # the history gallery shows it
+    page.wait_for_selector("#history button img")
+
+
+def test_frozen_seed_regenerates_the_same_pixels(page):
+    small_settings(page, "a blue sphere")
+    page.fill("#seed", "-1")
+    first = generate_and_wait(page)
+    seed = first["params"].split("Seed: ")[1].split(",")[0]
+    page.click("#seed-reuse")
+    assert page.input_value("#seed") == seed
+    second = generate_and_wait(page)
+    assert f"Seed: {seed}," in second["params"]
+    assert first["src"] != second["src"]
+    assert np.array_equal(pixels(page, first["src"]), pixels(page, second["src"]))
+    page.click("#seed-random")
+    assert page.input_value("#seed") == "-1"
+
+
+def test_interrupt_stops_a_long_generation(page, server):
+    page.fill("#prompt", "a very long job")
+    page.fill("#width", "128")
+    page.fill("#height", "128")
+    page.locator("#steps").fill("150")
+    page.fill("#batch_count", "4")
+    page.click("#generate")
+    page.wait_for_function("() => /^Step \\d+\\/600/.test(document.getElementById('progress-text').textContent)", timeout=30_000)
+    page.wait_for_selector("#preview:not([hidden])")
+    assert page.is_enabled("#interrupt")
+    page.click("#interrupt")
+    page.wait_for_function("() => document.getElementById('progress-text').textContent === 'Interrupted'", timeout=30_000)
+    jobs = server[1].store.jobs(1)
+    assert jobs[0].state == "cancelled" and jobs[0].request["prompt"] == "a very long job"
+    page.fill("#batch_count", "1")
+
+
+def test_lora_browser_inserts_the_tag(page):
+    page.fill("#prompt", "a lamp")
+    page.click("#lora-browser summary")
+    page.click("button[data-lora=shiny]")
+    assert page.input_value("#prompt") == "a lamp, <lora:shiny:1>"
+    page.wait_for_function("() => document.getElementById('prompt-count').textContent.endsWith('/75')")
+
+
+def test_dropping_an_a1111_png_restores_its_settings(page):
+    img = Image.new("RGB", (32, 32), (10, 20, 30))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", A1111_INFOTEXT)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", pnginfo=info)
+    data = base64.b64encode(buf.getvalue()).decode()
+    page.evaluate(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], 'from-a1111.png', {type: 'image/png'}));
+            document.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }""",
+        data,
+    )
+    page.wait_for_function("() => document.getElementById('seed').value === '424242'")
+    assert page.input_value("#prompt") == "a castle on a hill, (golden hour:1.2)"
+    assert page.input_value("#negative_prompt") == "blurry, lowres"
+    assert page.input_value("#steps") == "7" and page.input_value("#cfg_scale") == "5.5"
+    assert page.input_value("#sampler") == "DPM++ 2M" and page.input_value("#schedule") == "Karras"
+    assert page.input_value("#width") == "64" and page.input_value("#height") == "64"
+    assert "someone_elses_model" in page.inner_text("#model-status")
+
+
+def test_a_png_without_parameters_and_a_non_image_get_readable_messages(page):
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    for name, payload in (("plain.png", buf.getvalue()), ("notes.png", b"just text")):
+        page.evaluate(
+            """([b64, name]) => {
+                const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                const dt = new DataTransfer();
+                dt.items.add(new File([bytes], name, {type: 'image/png'}));
+                document.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+            }""",
+            [base64.b64encode(payload).decode(), name],
+        )
+        page.wait_for_function("() => document.getElementById('form-error').textContent.length > 0")
+        text = page.inner_text("#form-error")
+        assert ("no generation parameters" in text) if name == "plain.png" else ("not a readable" in text)
+
+
+def test_server_errors_appear_next_to_their_control(page):
+    page.fill("#prompt", "x")
+    page.fill("#width", "100")
+    page.click("#generate")
+    page.wait_for_selector("#width-error:not(:empty)")
+    assert "multiple of 8" in page.inner_text("#width-error")
+    assert page.get_attribute("#width", "aria-invalid") == "true"
+    page.fill("#width", "64")
+    assert page.inner_text("#width-error") == ""
+
+
+def test_a_reload_keeps_what_was_typed(page):
+    page.fill("#prompt", "a prompt I spent ten minutes on, (detailed:1.3)")
+    page.fill("#negative_prompt", "ugly")
+    page.fill("#seed", "77")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.input_value("#prompt") == "a prompt I spent ten minutes on, (detailed:1.3)"
+    assert page.input_value("#negative_prompt") == "ugly" and page.input_value("#seed") == "77"
+
+
+def test_phone_width_has_no_horizontal_scroll_and_controls_are_labelled(browser, server, tmp_path):
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    pg = ctx.new_page()
+    pg.goto(server[0] + "/")
+    pg.wait_for_selector("body[data-ready=true]")
+    assert pg.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    unlabelled = pg.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button')].filter(el => {
+            if (el.closest('[hidden]')) return false;
+            const named = el.getAttribute('aria-label') || (el.labels && el.labels.length) || el.textContent.trim() || el.title;
+            return !named;
+        }).map(el => el.id || el.outerHTML.slice(0, 60))"""
+    )
+    assert unlabelled == []
+    # keyboard: Tab from the top reaches the prompt and then the Generate button is reachable
+    order = []
+    for _ in range(12):
+        pg.keyboard.press("Tab")
+        order.append(pg.evaluate("() => document.activeElement.id"))
+    assert "prompt" in order and "negative_prompt" in order
+    ctx.close()
+
+
+def test_switching_to_the_demo_model_then_screenshots(page, browser, server, tmp_path):
+    """The checkpoint picker switches models (with progress in the status line) and the
+    form takes the new model's defaults; the docs screenshots come from this run."""
+    page.select_option("#model", "demo")
+    page.wait_for_function("() => document.getElementById('model-status').textContent === 'demo loaded'", timeout=60_000)
+    assert page.input_value("#width") == "128" and page.input_value("#steps") == "20"
+    page.fill("#prompt", "cinematic landscape, great mountain, snowy peaks, sunset, lake")
+    page.fill("#negative_prompt", "night")
+    page.fill("#seed", "3")
+    result = generate_and_wait(page)
+    assert "Model: demo" in result["params"] and "Size: 128x128" in result["params"]
+    page.evaluate("() => window.scrollTo(0, 0)")
+    out = shot_dir(tmp_path)
+    page.screenshot(path=str(out / "studio-desktop.png"))
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    phone = ctx.new_page()
+    phone.goto(server[0] + "/")
+    phone.wait_for_selector("body[data-ready=true]")
+    phone.wait_for_selector("#image:not([hidden])")
+    phone.fill("#prompt", "cinematic landscape, great mountain, snowy peaks, sunset, lake")
+    phone.screenshot(path=str(out / "studio-phone.png"), full_page=True)
+    ctx.close()
+    server[1].switch_model("tiny-sd1")
