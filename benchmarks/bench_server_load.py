@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,15 +24,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from brushwork.server import ServeOptions, build  # noqa: E402
+from brushwork.server import ServeOptions, build, serve_in_thread  # noqa: E402
 
 LISTINGS = ["/api/v1/status", "/sdapi/v1/progress", "/api/v1/models", "/sdapi/v1/sd-models", "/api/v1/images?limit=100", "/api/v1/jobs?limit=50"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -42,8 +35,6 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    import uvicorn
-
     p = argparse.ArgumentParser()
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--readers", type=int, default=4, help="threads that only poll listings and progress")
@@ -54,12 +45,13 @@ def main() -> int:
 
     home = Path(tempfile.mkdtemp(prefix="bw-load-"))
     app, studio = build(ServeOptions(home=str(home), model=args.model, device="cpu"))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
+    with serve_in_thread(app) as base:
+        ok = load(base, studio, home, args)
+    studio.close()
+    return 0 if ok else 1
+
+
+def load(base: str, studio, home: Path, args) -> bool:
 
     idle: dict[str, list[float]] = {u: [] for u in LISTINGS}
     with httpx.Client(base_url=base, timeout=30) as c:
@@ -128,8 +120,6 @@ def main() -> int:
         if job is None or job.state != "done" or len(recs) != batch or not all((home / r.path).is_file() for r in recs):
             missing.append(job_id)
         images += len(recs)
-    server.should_exit = True
-    studio.close()
 
     print(f"clients {args.clients} + readers {args.readers}, {wall:.1f} s, model {args.model}, {args.steps} steps")
     print(f"jobs submitted {len(submitted)}, accounted for {len(submitted) - len(missing)}, images {images} ({images / wall:.2f}/s), errors {len(errors)}")
@@ -142,7 +132,7 @@ def main() -> int:
         print(f"{u:28s} {1000 * i95:11.1f} {1000 * b50:11.1f} {1000 * b95:11.1f} {1000 * max(busy[u]):11.1f} {b95 / i95:9.1f}")
     ok = not missing and not errors
     print("RESULT:", "every job accounted for" if ok else f"{len(missing)} jobs missing, {len(errors)} errors")
-    return 0 if ok else 1
+    return ok
 
 
 if __name__ == "__main__":

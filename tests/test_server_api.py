@@ -394,3 +394,13 @@ def test_restart_resumes_queued_jobs_and_fails_the_interrupted_one(home):
     finally:
         studio2.close()
         store2.close()
+
+
+def test_serve_refuses_an_open_address_without_a_password(tmp_path, capsys):
+    from brushwork.cli import main
+
+    assert main(["serve", "--host", "0.0.0.0", "--home", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to listen on 0.0.0.0" in err and "--auth user:password" in err
+    assert main(["serve", "--port", "70000", "--home", str(tmp_path)]) == 2
+    assert "--port must be from 1 to 65535" in capsys.readouterr().err

@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import shutil
-import socket
 import threading
 import time
 
@@ -18,33 +17,16 @@ import httpx
 import pytest
 from PIL import Image
 
-from brushwork.server import ServeOptions, build
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from brushwork.server import ServeOptions, build, serve_in_thread
 
 
 @pytest.fixture(scope="module")
 def server(tiny_home, tmp_path_factory):
-    import uvicorn
-
     home = tmp_path_factory.mktemp("serve-home")
     shutil.copytree(tiny_home / "models", home / "models")
     app, studio = build(ServeOptions(home=str(home), model="tiny-sd1", device="cpu", preview_every=2))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "the server did not start"
-    yield f"http://127.0.0.1:{port}", studio, port
-    srv.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app) as url:
+        yield url, studio, int(url.rsplit(":", 1)[1])
     studio.close()
     studio.store.close()
 

@@ -11,9 +11,6 @@ import base64
 import io
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,17 +32,9 @@ A1111_INFOTEXT = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_home, tmp_path_factory):
-    import uvicorn
-
-    from brushwork.server import ServeOptions, build
+    from brushwork.server import ServeOptions, build, serve_in_thread
 
     home = tmp_path_factory.mktemp("studio-home")
     shutil.copytree(tiny_home / "models", home / "models")
@@ -56,16 +45,8 @@ def server(tiny_home, tmp_path_factory):
     save_file({f"{key}.lora_down.weight": torch.randn(4, 32, generator=g) * 0.1, f"{key}.lora_up.weight": torch.randn(32, 4, generator=g) * 0.1, f"{key}.alpha": torch.tensor(4.0)},
               str(home / "models" / "loras" / "shiny.safetensors"), metadata={"ss_base_model_version": "sd_v1", "ss_tag_frequency": '{"d": {"shiny": 3}}'})
     app, studio = build(ServeOptions(home=str(home), model="tiny-sd1", device="cpu", preview_every=1))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", studio
-    srv.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app) as url:
+        yield url, studio
     studio.close()
     studio.store.close()
 

@@ -6,6 +6,7 @@ the history in SQLite; ``security.py`` decides who may connect.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
@@ -49,6 +50,34 @@ def build(opts: ServeOptions):
     studio = Studio(engine, store, preview_every=opts.preview_every)
     app = create_app(studio, credentials, max_body=int(opts.max_body_mb * 2**20), cors_origins=opts.cors or None)
     return app, studio
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, host: str = DEFAULT_HOST, port: int = 0):
+    """Run ``app`` with uvicorn in a background thread (tests, benchmarks); yields its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="brushwork-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def serve(opts: ServeOptions) -> None:

@@ -247,8 +247,7 @@ def native_router(studio: Studio) -> APIRouter:
     def images(limit: int = Query(100, ge=1, le=1000), before: Optional[int] = Query(None, ge=0)) -> list[dict[str, Any]]:
         return [image_view(x) for x in studio.store.images(limit, before)]
 
-    @r.get("/images/{image_id}")
-    def image(image_id: int) -> FileResponse:
+    def image_file(image_id: int) -> Path:
         rec = studio.store.image(image_id)
         if rec is None:
             raise NotFound(f"no image {image_id}")
@@ -258,18 +257,16 @@ def native_router(studio: Studio) -> APIRouter:
             raise NotFound(f"image {image_id} is outside the data home")
         if not path.is_file():
             raise NotFound(f"image {image_id}'s file {rec.path} was moved or deleted")
-        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=31536000, immutable"})
+        return path
+
+    @r.get("/images/{image_id}")
+    def image(image_id: int) -> FileResponse:
+        return FileResponse(image_file(image_id), media_type="image/png", headers={"Cache-Control": "private, max-age=31536000, immutable"})
 
     @r.get("/images/{image_id}/thumb")
     def thumb(image_id: int) -> FileResponse:
         """A small JPEG for galleries (made once, kept in HOME/cache/thumbs)."""
-        rec = studio.store.image(image_id)
-        if rec is None:
-            raise NotFound(f"no image {image_id}")
-        root = studio.home.root.resolve()
-        src = (root / rec.path).resolve()
-        if not src.is_relative_to(root) or not src.is_file():
-            raise NotFound(f"image {image_id}'s file is missing")
+        src = image_file(image_id)
         folder = studio.home.cache / "thumbs"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{image_id}.jpg"
@@ -366,4 +363,4 @@ def create_app(studio: Studio, credentials: Optional[Credentials] = None, max_bo
     return app
 
 
-__all__ = ["create_app", "decode_image", "image_infotext", "model_entries", "client_of", "Path"]
+__all__ = ["create_app", "decode_image", "image_infotext", "model_entries", "client_of"]
