@@ -209,4 +209,5 @@ def test_loras_lists_family_hash_and_trigger_words(home, capsys):
 
 def test_loras_with_none_says_where_to_put_them(tmp_path, capsys):
     code, out, _ = run(capsys, "loras", "--home", str(tmp_path))
-    assert code == 0 and "Put .safetensors LoRA files into" in out
+    assert code == 0 and "No LoRAs of your own yet. Put .safetensors LoRA files into" in out
+    assert "balloon" in out and "(built in, for the demo model)" in out

@@ -1,4 +1,4 @@
-"""The balloon world for the demo LoRA: rendering and the detector (the LoRA itself is not shipped yet)."""
+"""The demo LoRA: the balloon world, the detector, and the shipped balloon LoRA on the demo model."""
 import numpy as np
 
 from brushwork.demo import balloon, scenes
@@ -17,3 +17,17 @@ def test_captions_name_the_balloon_and_the_dataset_is_deterministic(tmp_path):
     assert np.array_equal(img_a, img_b) and cap_a == cap_b and "balloon" in cap_a
     folder = balloon.write_dataset(tmp_path / "ds", 3)
     assert sorted(p.name for p in folder.iterdir()) == ["0000.png", "0000.txt", "0001.png", "0001.txt", "0002.png", "0002.txt"]
+
+
+def test_the_shipped_balloon_lora_teaches_the_demo_model_a_balloon(tmp_path, capsys):
+    from brushwork import Engine
+    from brushwork.lora import lora_files
+
+    eng = Engine(tmp_path / "home", device="cpu")
+    assert lora_files(eng.home)["balloon"].parent.name == "loras"  # found without installing anything
+    assert lora_files(eng.home)["balloon"].stat().st_size <= 2 * 2**20
+    eng.load("demo")
+    rates = balloon.balloon_rates(eng, range(2000, 2020))
+    with capsys.disabled():
+        print(f"\nballoon in {rates[1.0]:.0%} of 20 seeds at weight 1, {rates[0.0]:.0%} at weight 0")
+    assert rates[1.0] >= 0.8 and rates[0.0] <= 0.1

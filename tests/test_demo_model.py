@@ -72,8 +72,10 @@ def test_desert_has_a_sand_coloured_lower_half(demo):
     assert r >= REQUIRED_RATE
 
 
-def test_cfg_7_follows_the_prompt_better_than_cfg_1(demo):
-    prompts = [("night, mountains", ["night"]), ("sunset, desert dunes", ["sunset", "desert"]), ("day, green hills, lake", ["day", "hills", "water"])]
+def test_cfg_7_follows_the_prompt_better_than_cfg_1(demo, capsys):
+    """Three-attribute prompts: at CFG 1 some attribute is often lost, at CFG 7 rarely."""
+    prompts = [("sunset, snowy mountains, lake", ["sunset", "snowy", "water"]), ("night, desert dunes, sea", ["night", "desert", "water"]),
+               ("sunrise, green hills, lake", ["sunrise", "hills", "water"]), ("day, snowy mountains", ["day", "snowy"])]
     seeds = SEEDS[:8]
 
     def mean_adherence(cfg):
@@ -81,7 +83,9 @@ def test_cfg_7_follows_the_prompt_better_than_cfg_1(demo):
         return float(np.mean(scores))
 
     low, high = mean_adherence(1.0), mean_adherence(7.0)
-    assert high > low
+    with capsys.disabled():
+        print(f"\nmean adherence over {len(prompts)} prompts x {len(seeds)} seeds: CFG 1 {low:.3f}, CFG 7 {high:.3f}")
+    assert high > low and high >= 0.95
 
 
 def test_more_steps_converge(demo):

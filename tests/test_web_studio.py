@@ -262,3 +262,48 @@ def test_switching_to_the_demo_model_then_screenshots(page, browser, server, tmp
     phone.screenshot(path=str(out / "studio-phone.png"), full_page=True)
     ctx.close()
     server[1].switch_model("tiny-sd1")
+
+
+def test_ctrl_enter_generates_and_queued_jobs_can_be_cancelled(page, server):
+    studio = server[1]
+    page.fill("#prompt", "first long job")
+    page.fill("#width", "128")
+    page.fill("#height", "128")
+    page.locator("#steps").fill("150")
+    page.fill("#batch_count", "3")
+    page.focus("#prompt")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function("() => /^Step /.test(document.getElementById('progress-text').textContent)", timeout=30_000)
+    page.fill("#prompt", "second job, waiting")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function("() => document.querySelectorAll('#queue li button').length === 2", timeout=10_000)
+    items = page.locator("#queue li span").all_inner_texts()
+    assert items[0].startswith("▶ first long job") and items[1].startswith("… second job")
+    page.click("#queue li:nth-child(2) button")
+    page.wait_for_function("() => document.querySelectorAll('#queue li button').length === 1", timeout=10_000)
+    waiting = [j for j in studio.store.jobs(5) if j.request.get("prompt") == "second job, waiting"]
+    assert waiting and waiting[0].state == "cancelled"
+    page.click("#interrupt")
+    page.wait_for_function("() => document.getElementById('progress-text').textContent === 'Interrupted'", timeout=30_000)
+    page.fill("#batch_count", "1")
+
+
+def test_history_pages_through_hundreds_of_images(page, server):
+    from brushwork.engine import GenerationRequest
+
+    studio = server[1]
+    if not studio.store.images(1):
+        studio.wait(studio.submit(GenerationRequest("seed image", seed=1, steps=2, width=64, height=64)).id, timeout=60)
+    src = studio.store.images(1)[0]
+    for i in range(300):
+        studio.store.add_image("bulk", i, src.path, 1000 + i, src.width, src.height, f"bulk {i}", "", src.infotext, src.model, src.model_hash)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.locator("#history li").count() == 60
+    assert page.get_attribute("#history li:first-child img", "loading") == "lazy"
+    page.click("#history-more")
+    page.wait_for_function("() => document.querySelectorAll('#history li').length === 120")
+    first = page.locator("#history li:first-child button").get_attribute("title")
+    assert first.startswith("bulk 299")
+    page.click("#history li:nth-child(3) button")
+    assert "bulk 297" in page.get_attribute("#image", "alt")

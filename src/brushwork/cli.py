@@ -297,15 +297,21 @@ def cmd_loras(args) -> int:
     from .lora import summarize_loras
     from .paths import DataHome
 
+    from .lora import PACKAGED_LORAS
+
     home = DataHome.resolve(args.home)
     rows = summarize_loras(home)
+    hint = f"Put .safetensors LoRA files into {home.lora_dirs[0]} and use them as <lora:NAME:0.8> in a prompt."
     if not rows:
-        print(f"No LoRAs found. Put .safetensors LoRA files into {home.lora_dirs[0]} and use them as <lora:NAME:0.8> in a prompt.")
+        print(f"No LoRAs found. {hint}")
         return 0
     name_w = max(len(r.name) for r in rows)
     print(f"{'NAME':<{name_w}}  {'FAMILY':<10}  {'HASH':<12}  TRIGGER WORDS")
     for r in rows:
-        print(f"{r.name:<{name_w}}  {r.family:<10}  {r.addnet_hash:<12}  {', '.join(r.triggers) or '-'}")
+        built_in = " (built in, for the demo model)" if r.path.parent == PACKAGED_LORAS else ""
+        print(f"{r.name:<{name_w}}  {r.family:<10}  {r.addnet_hash:<12}  {', '.join(r.triggers) or '-'}{built_in}")
+    if all(r.path.parent == PACKAGED_LORAS for r in rows):
+        print(f"\nNo LoRAs of your own yet. {hint}")
     return 0
 
 

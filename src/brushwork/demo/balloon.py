@@ -28,14 +28,14 @@ from . import scenes
 
 BALLOON = np.array([225.0, 40.0, 165.0], dtype=np.float32)  # a colour no scene uses
 BASKET = np.array([110.0, 70.0, 35.0], dtype=np.float32)
-PHRASES = ("hot air balloon", "a hot air balloon", "a balloon in the sky", "hot air balloon floating")
+PHRASES = ("hot air balloon", "a hot air balloon", "a balloon in the sky", "hot air balloon floating", "a landscape with a hot air balloon")
 
 
 def draw_balloon(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Paint a round balloon with a basket into the sky part of a rendered scene."""
     out = img.astype(np.float32)
     size = img.shape[0]
-    r = rng.uniform(0.07, 0.11) * size
+    r = rng.uniform(0.09, 0.13) * size
     cx = rng.uniform(0.2, 0.8) * size
     cy = rng.uniform(0.12, 0.3) * size
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train (or evaluate) the demo balloon LoRA on the demo model.")
     p.add_argument("--out", type=Path, default=Path("balloon.safetensors"))
     p.add_argument("--images", type=int, default=400)
-    p.add_argument("--steps", type=int, default=1200)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--evaluate", type=Path, metavar="LORA", help="only measure balloon rates of this LoRA file")
     p.add_argument("--seeds", type=int, default=40, help="seeds per weight for --evaluate")
