@@ -100,7 +100,15 @@ def model_entries(studio: Studio) -> list[dict[str, Any]]:
     return out
 
 
-def job_view(studio: Studio, job: JobRecord) -> dict[str, Any]:
+def job_views(studio: Studio, jobs: list[JobRecord]) -> list[dict[str, Any]]:
+    """Many jobs at once: the queue order and the images are read once, not per job."""
+    waiting = studio.queue()
+    positions = {job_id: i for i, job_id in enumerate(waiting)}
+    images = studio.store.images_of_jobs([j.id for j in jobs])
+    return [job_view(studio, j, positions.get(j.id) if j.state == "queued" else None, images.get(j.id, [])) for j in jobs]
+
+
+def job_view(studio: Studio, job: JobRecord, position: Any = "ask", images: Optional[list] = None) -> dict[str, Any]:
     _, live = studio.current()
     running_live = live if live is not None and job.state == "running" else None
     return {
@@ -117,11 +125,11 @@ def job_view(studio: Studio, job: JobRecord) -> dict[str, Any]:
         "step": running_live.step if running_live else (job.total if job.state == "done" else job.step),
         "total": running_live.total if running_live and running_live.total else job.total,
         "eta": round(running_live.eta, 2) if running_live and running_live.eta is not None else None,
-        "position": studio.position(job.id),
+        "position": studio.position(job.id) if position == "ask" else position,
         "error": job.error,
         "error_kind": job.error_kind,
         "warnings": job.warnings,
-        "images": [image_view(r) for r in studio.images(job.id)],
+        "images": [image_view(r) for r in (studio.images(job.id) if images is None else images)],
         "events": f"/api/v1/jobs/{job.id}/events",
     }
 
@@ -218,7 +226,7 @@ def native_router(studio: Studio) -> APIRouter:
     @r.get("/jobs")
     def jobs(limit: int = Query(50, ge=1, le=500), before: Optional[int] = Query(None, ge=0), state: Optional[str] = None) -> list[dict[str, Any]]:
         states = tuple(s for s in state.split(",") if s) if state else None
-        return [job_view(studio, j) for j in studio.store.jobs(limit, before, states)]
+        return job_views(studio, studio.store.jobs(limit, before, states))
 
     @r.get("/jobs/{job_id}")
     def job(job_id: str) -> dict[str, Any]:

@@ -202,6 +202,17 @@ class JobStore:
             rows = self._db.execute("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,)).fetchall()
         return [_image(r) for r in rows]
 
+    def images_of_jobs(self, job_ids: list[str]) -> dict[str, list[ImageRecord]]:
+        """Images of many jobs in one query (for job listings)."""
+        if not job_ids:
+            return {}
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM images WHERE job_id IN ({','.join('?' * len(job_ids))}) ORDER BY job_id, idx", job_ids).fetchall()
+        out: dict[str, list[ImageRecord]] = {}
+        for r in rows:
+            out.setdefault(r["job_id"], []).append(_image(r))
+        return out
+
     def images(self, limit: int = 100, before_id: Optional[int] = None) -> list[ImageRecord]:
         sql, args = "SELECT * FROM images", []
         if before_id is not None:
