@@ -259,6 +259,7 @@ def test_switching_to_the_demo_model_then_screenshots(page, browser, server, tmp
     phone.wait_for_selector("body[data-ready=true]")
     phone.wait_for_selector("#image:not([hidden])")
     phone.fill("#prompt", "cinematic landscape, great mountain, snowy peaks, sunset, lake")
+    phone.wait_for_function("() => document.getElementById('prompt-count').textContent === '12/75'")
     phone.screenshot(path=str(out / "studio-phone.png"), full_page=True)
     ctx.close()
     server[1].switch_model("tiny-sd1")

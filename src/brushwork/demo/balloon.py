@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--evaluate", type=Path, metavar="LORA", help="only measure balloon rates of this LoRA file")
     p.add_argument("--seeds", type=int, default=40, help="seeds per weight for --evaluate")
+    p.add_argument("--sheet", type=Path, help="with --evaluate: also save the first 8 seeds at weight 1 (top) and 0 (bottom) as one PNG")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             eng.load("demo")
             rates = balloon_rates(eng, range(1000, 1000 + args.seeds))
             print(f"balloon in {rates[1.0]:.0%} of {args.seeds} seeds at weight 1, {rates[0.0]:.0%} at weight 0")
+            if args.sheet:
+                from ..engine import GenerationRequest
+
+                rows = [np.concatenate([np.asarray(eng.txt2img(GenerationRequest(PROMPT.format(weight=w), seed=s))[0].image) for s in range(1000, 1008)], 1) for w in (1, 0)]
+                Image.fromarray(np.concatenate(rows, 0)).save(args.sheet)
             return 0
         data = write_dataset(Path(tmp) / "balloon", args.images)
         eng.load("demo")
