@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import shutil
+import socket
 import threading
 import time
 
@@ -202,3 +203,51 @@ def test_the_webuiapi_client_from_pypi_works(server):
     # webuiapi's fuzzy matching can pick a neighbour ("tiny-sd1" ~ "tiny-sd2 [..1..]"); an exact title is exact
     api.util_set_model(next(t for t in api.util_get_model_names() if t.startswith("tiny-sd1.")))
     assert studio.engine.model.name == "tiny-sd1"
+
+
+def test_stopping_the_server_process_with_jobs_queued_loses_none(tiny_home, tmp_path):
+    """A real `brushwork serve` process: SIGTERM while one job runs and three wait; after
+    a restart the waiting ones run and the interrupted one is reported failed."""
+    import signal
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    shutil.copytree(tiny_home / "models", home / "models")
+
+    def start():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "brushwork.cli", "serve", "--home", str(home), "--model", "tiny-sd1", "--device", "cpu", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=1).status_code == 200:
+                    return proc, f"http://127.0.0.1:{port}"
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        proc.kill()
+        raise AssertionError("brushwork serve did not start: " + (proc.stdout.read() if proc.stdout else ""))
+
+    proc, url = start()
+    with httpx.Client(base_url=url, timeout=30) as c:
+        running = c.post("/api/v1/jobs", json={"prompt": "long", "steps": 150, "width": 128, "height": 128, "batch_count": 20}).json()["id"]
+        waiting = [c.post("/api/v1/jobs", json={"prompt": f"w{i}", "steps": 2, "width": 64, "height": 64, "seed": i}).json()["id"] for i in range(3)]
+        deadline = time.monotonic() + 30
+        while c.get(f"/api/v1/jobs/{running}").json()["state"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+    proc, url = start()
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for job_id in waiting:
+                job = wait_done(c, job_id)
+                assert job["state"] == "done" and len(job["images"]) == 1
+            stopped = c.get(f"/api/v1/jobs/{running}").json()
+            assert stopped["state"] == "failed" and "submit it again" in stopped["error"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)

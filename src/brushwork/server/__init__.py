@@ -80,13 +80,33 @@ def serve_in_thread(app, host: str = DEFAULT_HOST, port: int = 0):
         thread.join(10)
 
 
+class _Stopped(Exception):
+    pass
+
+
+def _stop(signum, frame) -> None:
+    raise _Stopped()
+
+
 def serve(opts: ServeOptions) -> None:
+    """Serve until SIGINT/SIGTERM, then stop the worker cleanly: the running job is
+    marked failed ("submit it again"), queued jobs stay queued for the next start."""
+    import signal
+
     import uvicorn
 
     app, studio = build(opts)
     print(f"Brushwork is serving {studio.model_name()} on {studio.engine.placement.label}: open http://{opts.host}:{opts.port}/  (API docs: /docs)", flush=True)
+    # uvicorn shuts down on a signal and then re-raises it to the handler it found:
+    # ours, so that the worker is stopped and the database closed before the exit
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning", timeout_graceful_shutdown=5)
+    except _Stopped:
+        pass
     finally:
         studio.close()
         studio.store.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("Brushwork stopped; queued jobs will run at the next start.", flush=True)
