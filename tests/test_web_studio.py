@@ -72,6 +72,15 @@ def page(browser, server):
     assert not messages, f"JavaScript errors: {messages}"
 
 
+def long_settings(pg, prompt: str, batches: int) -> None:
+    """A job that runs for a while: 128x128, 150 steps, several batches."""
+    pg.fill("#prompt", prompt)
+    pg.fill("#width", "128")
+    pg.fill("#height", "128")
+    pg.locator("#steps").fill("150")
+    pg.fill("#batch_count", str(batches))
+
+
 def small_settings(pg, prompt: str, steps: int = 6) -> None:
     pg.fill("#prompt", prompt)
     pg.fill("#width", "64")
@@ -128,11 +137,7 @@ def test_frozen_seed_regenerates_the_same_pixels(page):
 
 
 def test_interrupt_stops_a_long_generation(page, server):
-    page.fill("#prompt", "a very long job")
-    page.fill("#width", "128")
-    page.fill("#height", "128")
-    page.locator("#steps").fill("150")
-    page.fill("#batch_count", "4")
+    long_settings(page, "a very long job", 4)
     page.click("#generate")
     page.wait_for_function("() => /^Step \\d+\\/600/.test(document.getElementById('progress-text').textContent)", timeout=30_000)
     page.wait_for_selector("#preview:not([hidden])")
@@ -267,11 +272,7 @@ def test_switching_to_the_demo_model_then_screenshots(page, browser, server, tmp
 
 def test_ctrl_enter_generates_and_queued_jobs_can_be_cancelled(page, server):
     studio = server[1]
-    page.fill("#prompt", "first long job")
-    page.fill("#width", "128")
-    page.fill("#height", "128")
-    page.locator("#steps").fill("150")
-    page.fill("#batch_count", "3")
+    long_settings(page, "first long job", 3)
     page.focus("#prompt")
     page.keyboard.press("Control+Enter")
     page.wait_for_function("() => /^Step /.test(document.getElementById('progress-text').textContent)", timeout=30_000)

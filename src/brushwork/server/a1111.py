@@ -426,4 +426,3 @@ def _cuda() -> dict[str, Any]:
     }
 
 
-__all__ = ["router", "error_response", "Txt2ImgBody", "MAX_SIDE"]

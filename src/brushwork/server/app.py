@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from PIL import Image, UnidentifiedImageError
@@ -371,4 +371,3 @@ def create_app(studio: Studio, credentials: Optional[Credentials] = None, max_bo
     return app
 
 
-__all__ = ["create_app", "decode_image", "image_infotext", "model_entries", "client_of"]

@@ -27,10 +27,10 @@ from ..catalog import find_checkpoint, find_listed_checkpoint, list_checkpoints
 from ..engine import GenerationRequest, JobControl, Progress, RequestError, resolve_seed
 from ..lora import LoraError
 from ..models.errors import CheckpointNotFound, ModelFileError
-from ..outputs import OutputError, ensure_writable_folder, save_png
+from ..outputs import ensure_writable_folder, save_png
 from ..previews import jpeg_bytes
 from ..sampling.registry import UnknownSamplerError
-from .store import CANCELLED, DONE, FAILED, FINAL, INTERRUPTED, QUEUED, RUNNING, ImageRecord, JobRecord, JobStore
+from .store import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, ImageRecord, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ class Studio:
             if job.kind == "load":
                 self._finish(job_id, DONE, warnings=warnings)
                 return
-            images = self._generate(job, live)
+            self._generate(job, live)
         except REQUEST_ERRORS as exc:
             self._finish(job_id, FAILED, error=str(exc), error_kind="request", warnings=warnings)
             return
@@ -376,7 +376,6 @@ class Studio:
             self._finish(job_id, INTERRUPTED, warnings=warnings)
         else:
             self._finish(job_id, DONE, warnings=warnings)
-        del images
 
     def _generate(self, job: JobRecord, live: Live) -> list[ImageRecord]:
         req = GenerationRequest(**job.request)
@@ -442,4 +441,3 @@ def image_view(rec: ImageRecord) -> dict[str, Any]:
     return {"id": rec.id, "job_id": rec.job_id, "index": rec.idx, "url": f"/api/v1/images/{rec.id}", "seed": rec.seed, "width": rec.width, "height": rec.height, "prompt": rec.prompt, "negative_prompt": rec.negative_prompt, "infotext": rec.infotext, "model": rec.model, "model_hash": rec.model_hash, "created": rec.created}
 
 
-__all__ = ["Studio", "FairQueue", "NotFound", "Conflict", "Event", "image_view", "REQUEST_ERRORS", "OutputError", "FINAL", "INTERRUPTED"]
