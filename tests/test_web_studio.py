@@ -134,6 +134,12 @@ def test_frozen_seed_regenerates_the_same_pixels(page):
     assert np.array_equal(pixels(page, first["src"]), pixels(page, second["src"]))
     page.click("#seed-random")
     assert page.input_value("#seed") == "-1"
+    # "Reuse settings" brings back everything the image was made with
+    page.fill("#prompt", "something else")
+    page.locator("#steps").fill("30")
+    page.click("#reuse-settings")
+    page.wait_for_function("() => document.getElementById('prompt').value === 'a blue sphere'")
+    assert page.input_value("#steps") == "6" and page.input_value("#seed") == seed
 
 
 def test_interrupt_stops_a_long_generation(page, server):

@@ -463,9 +463,7 @@ class Engine:
         m = self._require_model()
         if latents.shape[-1] * latents.shape[-2] <= SMALL_PREVIEW_LATENT:
             with torch.inference_mode():
-                pixels = self._decode_one(m.networks.vae, latents[index : index + 1].float())
-            arr = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+                return _to_image(self._decode_one(m.networks.vae, latents[index : index + 1].float())[0])
         if m.preview_map is None:
             m.preview_map = fit_preview_map(m.networks.vae)
         return preview_image(m.preview_map.to_rgb(latents[index]))
@@ -483,8 +481,7 @@ class Engine:
                 vae.to(torch.float32)
                 self._vae_fp32 = True
                 pixels = self._decode_one(vae, lat[None])
-            arr = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            images.append(Image.fromarray(np.ascontiguousarray(arr), "RGB"))
+            images.append(_to_image(pixels[0]))
         return images
 
     @staticmethod
@@ -512,6 +509,12 @@ class Engine:
             extra={"RNG": "CPU", **(extra or {})},
             version=f"brushwork {__version__}",
         )
+
+
+def _to_image(pixels: torch.Tensor) -> Image.Image:
+    """One decoded picture (3, H, W) in [-1, 1] -> an RGB image."""
+    arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
 
 
 def validate_request(req: GenerationRequest) -> None:
