@@ -11,6 +11,7 @@ import base64
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -296,7 +297,7 @@ def test_ctrl_enter_generates_and_queued_jobs_can_be_cancelled(page, server):
     page.fill("#batch_count", "1")
 
 
-def test_history_pages_through_hundreds_of_images(page, server):
+def test_history_pages_through_hundreds_of_images(page, server, capsys):
     from brushwork.engine import GenerationRequest
 
     studio = server[1]
@@ -305,8 +306,12 @@ def test_history_pages_through_hundreds_of_images(page, server):
     src = studio.store.images(1)[0]
     for i in range(300):
         studio.store.add_image("bulk", i, src.path, 1000 + i, src.width, src.height, f"bulk {i}", "", src.infotext, src.model, src.model_hash)
+    t0 = time.perf_counter()
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
+    page.wait_for_function("() => [...document.querySelectorAll('#history img')].slice(0, 12).every(i => i.complete && i.naturalWidth > 0)")
+    with capsys.disabled():
+        print(f"\nhistory of {len(studio.store.images(1000))} images: page ready with the first row of thumbnails in {time.perf_counter() - t0:.2f} s")
     assert page.locator("#history li").count() == 60
     assert page.get_attribute("#history li:first-child img", "loading") == "lazy"
     page.click("#history-more")
