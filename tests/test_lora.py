@@ -154,3 +154,17 @@ def test_not_a_lora_file(sd1, tmp_path):
     m, stack = sd1
     with pytest.raises(LoraError, match="contains no LoRA"):
         apply(m, stack, write(tmp_path, {"weight": rnd(3, 3)}))
+
+
+def test_a_pt_lora_loads_through_the_safe_unpickler(sd1, tmp_path):
+    m, stack = sd1
+    mod = layer(m, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")
+    before = mod.weight.detach().clone()
+    down, up = rnd(4, 32), rnd(32, 4)
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    path = tmp_path / "old_style.pt"
+    torch.save({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(4.0)}, path)
+    assert apply(m, stack, path) == 1
+    assert torch.allclose(mod.weight, before + up @ down, atol=1e-6)
+    stack.restore()
+    assert torch.equal(mod.weight, before)

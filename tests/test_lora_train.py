@@ -84,6 +84,26 @@ def test_locon_and_text_encoder_training_write_loadable_keys(home, dataset, tmp_
     assert all(torch.equal(v, te_before[k]) for k, v in m.networks.text_encoders[0].state_dict().items())
 
 
+def test_sdxl_lora_training_writes_original_layout_names_that_load_back(home, dataset, tmp_path, capsys):
+    out = tmp_path / "xl.safetensors"
+    assert main(["train-lora", str(dataset), "--model", "tiny-sdxl", "--steps", "2", "--size", "64", "--conv-rank", "2", "--out", str(out), "--home", str(home)]) == 0
+    tensors = load_file(str(out))
+    downs = [k for k in tensors if k.endswith(".lora_down.weight")]
+    assert downs and all(k.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")) for k in downs)
+    assert any("_transformer_blocks_0_attn2_to_k." in k for k in downs) and any("_in_layers_2." in k for k in downs)
+    assert read_safetensors_header(out)["__metadata__"]["ss_base_model_version"] == "sdxl_base_v1-0"
+    from brushwork import Engine
+
+    m = Engine(home, device="cpu").load("tiny-sdxl")
+    before = {k: v.clone() for k, v in m.networks.unet.state_dict().items()}
+    stack = LoraStack()
+    assert stack.apply(m.spec, m.networks.unet, m.networks.text_encoders, out) == len(downs)
+    stack.restore()
+    assert all(torch.equal(v, before[k]) for k, v in m.networks.unet.state_dict().items())
+    assert main(["train-lora", str(dataset), "--model", "tiny-sdxl", "--train-text-encoder", "--out", str(tmp_path / "no.safetensors"), "--home", str(home)]) == 2
+    assert "for SDXL, train the UNet only" in capsys.readouterr().err
+
+
 def test_train_lora_refuses_to_overwrite_and_explains_bad_datasets(home, dataset, tmp_path, capsys):
     out = tmp_path / "mine.safetensors"
     out.write_bytes(b"keep")

@@ -2,10 +2,13 @@
 
 The dataset follows kohya's convention: ``photo1.png`` with its caption in
 ``photo1.txt`` beside it.  Low-rank adapters (down/up pairs) are trained on the
-UNet's attention projections with the usual diffusion loss while the checkpoint
-stays frozen, and written as a kohya-format LoRA (``lora_unet_*`` keys with
-``alpha``, and kohya metadata: base model, tag frequencies, output name), so
-Brushwork, AUTOMATIC1111 and ComfyUI all load it.  CPU or CUDA.
+UNet's transformer layers (optionally its 3x3 convs, LoCon, and the text
+encoder's projections) with the usual diffusion loss while the checkpoint stays
+frozen, and written as a kohya-format LoRA (``lora_unet_*``/``lora_te_*`` keys
+with ``alpha``; SDXL UNet modules in the original layout's names, as kohya does;
+kohya metadata: base model, tag frequencies, output name, network args), so
+Brushwork, AUTOMATIC1111 and ComfyUI all load it.  SD 1.x, SD 2.x and SDXL
+(UNet only for SDXL); CPU or CUDA.
 """
 from __future__ import annotations
 
@@ -80,12 +83,13 @@ class LoraModule(torch.nn.Module):
         return self.base(x) + F.linear(F.linear(x, self.down), self.up) * self.scale
 
 
-def targets(unet: torch.nn.Module, text_encoder: Optional[torch.nn.Module], conv: bool) -> dict[str, tuple[torch.nn.Module, str, torch.nn.Module]]:
+def targets(unet: torch.nn.Module, text_encoder: Optional[torch.nn.Module], conv: bool, original_names=None) -> dict[str, tuple[torch.nn.Module, str, torch.nn.Module]]:
     """The layers kohya trains: kohya key -> (parent, child name, layer).
 
     UNet: every linear and 1x1 conv in the transformer blocks; with ``conv``, also
     the 3x3 convs of the resnets, down- and upsamplers (LoCon).  Text encoder: the
-    attention and MLP projections.
+    attention and MLP projections.  ``original_names`` (a UNetConfig) names the UNet
+    modules in the original checkpoint layout, as kohya does for SDXL.
     """
     found: dict[str, tuple[torch.nn.Module, str, torch.nn.Module]] = {}
 
@@ -103,6 +107,16 @@ def targets(unet: torch.nn.Module, text_encoder: Optional[torch.nn.Module], conv
         return conv and isinstance(child, torch.nn.Conv2d) and any(p in f".{full}" for p in (".resnets.", ".downsamplers.", ".upsamplers."))
 
     visit(unet, "lora_unet_", unet_layer)
+    if original_names is not None:  # SDXL: kohya names UNet modules in the original (ldm) layout
+        from .models import convert
+        from .models.detect import UNET
+
+        names = {id(mod): n for n, mod in unet.named_modules()}
+        for key in [k for k in found if k.startswith("lora_unet_")]:
+            parent, child_name, child = found.pop(key)
+            module = names[id(child)]
+            ldm = convert.unet_source(module + ".weight", original_names).key.removeprefix(UNET).removesuffix(".weight")
+            found["lora_unet_" + ldm.replace(".", "_")] = (parent, child_name, child)
     if text_encoder is not None:
         before = set(found)
         visit(text_encoder, "lora_te_", lambda full, child: isinstance(child, torch.nn.Linear) and ("self_attn." in full or "mlp." in full))
@@ -161,8 +175,9 @@ def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress:
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite.")
     m = engine._require_model()
-    if m.spec.family == "sdxl":
-        raise DatasetError("training LoRAs for SDXL checkpoints is not supported yet; use an SD 1.x or SD 2.x checkpoint.")
+    sdxl = m.spec.family == "sdxl"
+    if sdxl and cfg.text_encoder:
+        raise DatasetError("--train-text-encoder works with SD 1.x and SD 2.x checkpoints; for SDXL, train the UNet only (leave it out).")
     size = cfg.size or m.spec.resolution
     pixels, captions = read_dataset(dataset, size)
     device, dtype = engine.placement.device, torch.float32
@@ -171,14 +186,17 @@ def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress:
     with torch.no_grad():
         vae = net.vae
         latents = torch.cat([vae.encode(pixels[i : i + 4].to(device, vae.dtype)).latent_dist.mean.float() for i in range(0, len(pixels), 4)]) * vae.config.scaling_factor
-        encoded = [encode_prompt(m.spec, net.text_encoders, c, 1, device).context.float() for c in captions]
+        conds = [encode_prompt(m.spec, net.text_encoders, c, 1, device) for c in captions]
         empty = encode_prompt(m.spec, net.text_encoders, "", 1, device).context.float()
-        contexts = _batch_contexts(encoded, empty)
+        contexts = _batch_contexts([c.context.float() for c in conds], empty)
+        # SDXL's UNet also takes the pooled text embedding and the size it was asked for
+        pooled = torch.cat([c.pooled.float() for c in conds]) if sdxl else None
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=dtype, device=device) if sdxl else None
     unet, te = net.unet, net.text_encoders[0]
     original = {mod: next(mod.parameters()).dtype for mod in (unet, te)}
     for mod in original:
         mod.to(dtype)
-    layers = targets(unet, te if cfg.text_encoder else None, conv=cfg.conv_rank > 0)
+    layers = targets(unet, te if cfg.text_encoder else None, conv=cfg.conv_rank > 0, original_names=m.spec.unet if sdxl else None)
     wrapped = inject(layers, cfg.rank, cfg.alpha, cfg.conv_rank, cfg.conv_alpha, cfg.seed)
     params = [p for w in wrapped.values() for p in (w.down, w.up)]
     for w in wrapped.values():
@@ -204,7 +222,8 @@ def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress:
                 eps = torch.randn(x0.shape, generator=gen).to(device)
                 a = abar[t].view(-1, 1, 1, 1)
                 xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-                pred = unet(xt, t, encoder_hidden_states=ctx).sample
+                added = {"text_embeds": pooled[idx], "time_ids": time_ids.expand(len(idx), -1)} if sdxl else None
+                pred = unet(xt, t, encoder_hidden_states=ctx, added_cond_kwargs=added).sample
                 target = eps if m.spec.prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
                 loss = F.mse_loss(pred.float(), target)
                 opt.zero_grad(set_to_none=True)
