@@ -194,9 +194,9 @@ async function switchModel() {
     await watchJob(job.id, { quiet: true });
     const done = await api(`/jobs/${job.id}`);
     if (done.state !== "done") throw Object.assign(new Error(done.error || `Loading ${name} failed.`), { fields: {} });
-    $("model-status").textContent = `${name} loaded`;
     state.dirty = new Set([...state.dirty].filter((f) => ["prompt", "negative_prompt", "seed", "batch_size", "batch_count"].includes(f)));
-    await loadOptions();
+    await loadOptions();  // the new model's defaults first, then say it is ready
+    $("model-status").textContent = `${name} loaded`;
   } catch (err) {
     $("model-status").textContent = "";
     showError(err);
