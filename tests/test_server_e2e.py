@@ -251,3 +251,37 @@ def test_stopping_the_server_process_with_jobs_queued_loses_none(tiny_home, tmp_
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_many_listeners_hold_no_threads(http, server):
+    """60 event streams plus 45 blocked AUTOMATIC1111 txt2img calls (more than the 40
+    worker threads FastAPI has for plain endpoints) and the server still answers."""
+    switch(http, "tiny-sd1")
+    job = http.post("/api/v1/jobs", json={"prompt": "watched", "steps": 150, "width": 128, "height": 128, "batch_count": 10}).json()
+    ended, finished_calls = [], []
+
+    def listen():
+        with httpx.stream("GET", f"{server[0]}/api/v1/jobs/{job['id']}/events", timeout=120) as r:
+            for line in r.iter_lines():
+                if line == "event: done":
+                    ended.append(1)
+                    return
+
+    def a1111():
+        r = httpx.post(server[0] + "/sdapi/v1/txt2img", json={"prompt": "queued", "steps": 1, "width": 64, "height": 64}, timeout=120)
+        finished_calls.append(r.status_code)
+
+    threads = [threading.Thread(target=listen) for _ in range(60)] + [threading.Thread(target=a1111) for _ in range(45)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(server[1].queue()) < 46 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(server[1].queue()) == 46  # the watched job and 45 waiting txt2img calls
+    status = http.get("/api/v1/status", timeout=10)
+    assert status.status_code == 200 and status.json()["running"] == job["id"]
+    assert http.get("/sdapi/v1/progress", timeout=10).json()["state"]["job_count"] == 10
+    http.post(f"/api/v1/jobs/{job['id']}/cancel")
+    for t in threads:
+        t.join(120)
+    assert len(ended) == 60 and finished_calls == [200] * 45

@@ -15,6 +15,7 @@ import os
 from typing import Any, Optional
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -152,7 +153,9 @@ def router(studio: Studio) -> APIRouter:
         return studio.model_name()
 
     @r.post("/txt2img")
-    def txt2img(body: Txt2ImgBody, request: Request) -> dict[str, Any]:
+    async def txt2img(body: Txt2ImgBody, request: Request) -> dict[str, Any]:
+        """Blocks until the job is done, as AUTOMATIC1111's does, but waits on the event
+        loop: many waiting clients hold no threads."""
         from .app import client_of
 
         if body.infotext:
@@ -186,7 +189,7 @@ def router(studio: Studio) -> APIRouter:
             req = GenerationRequest(**{**req.__dict__, "prompt": extract_extra_networks(body.prompt).text})
         check_names(studio.home, req)
         job = studio.submit(req, client_of(request), model=model)
-        job = studio.wait(job.id)
+        job = await studio.wait_async(job.id)
         if job.state == "failed":
             status = 400 if job.error_kind == "request" else 500
             return error_response(request, status, job.error or "generation failed")
@@ -197,7 +200,8 @@ def router(studio: Studio) -> APIRouter:
         if body.send_images:
             root = studio.home.root
             for rec in records:
-                images.append(base64.b64encode((root / rec.path).read_bytes()).decode())
+                data = await run_in_threadpool((root / rec.path).read_bytes)
+                images.append(base64.b64encode(data).decode())
         seeds = [rec.seed for rec in records]
         info = {
             "prompt": body.prompt,

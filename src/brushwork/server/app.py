@@ -237,13 +237,13 @@ def native_router(studio: Studio) -> APIRouter:
         return job_view(studio, studio.cancel(job_id))
 
     @r.get("/jobs/{job_id}/events")
-    def events(job_id: str, request: Request) -> StreamingResponse:
+    async def events(job_id: str, request: Request) -> StreamingResponse:
         studio.job(job_id)  # 404 before the stream starts
         after = request.headers.get("last-event-id", "0")
         start = int(after) if after.isdigit() else 0
 
-        def stream():
-            for e in studio.events(job_id, after=start):
+        async def stream():
+            async for e in studio.stream(job_id, after=start):
                 if e is None:
                     yield ": keep-alive\n\n"
                 else:

@@ -13,6 +13,7 @@ switch never changes the pictures of jobs already waiting.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as _dt
 import logging
@@ -21,7 +22,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, AsyncIterator, Optional
 
 from ..catalog import find_checkpoint, find_listed_checkpoint, list_checkpoints
 from ..engine import GenerationRequest, JobControl, Progress, RequestError, resolve_seed
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 #: errors that mean "the request was wrong" (a 4xx), not "the server failed"
 REQUEST_ERRORS = (RequestError, UnknownSamplerError, CheckpointNotFound, LoraError, ModelFileError, ValueError)
+
+
+#: finished jobs whose progress events keep their preview pictures
+KEEP_PREVIEWS = 16
 
 
 class NotFound(LookupError):
@@ -59,6 +64,7 @@ class Live:
 
     control: JobControl = field(default_factory=JobControl)
     events: list[Event] = field(default_factory=list)
+    seq: int = 0  # the last event's sequence number (events may be dropped, numbers never reused)
     step: int = 0
     total: int = 0
     eta: Optional[float] = None
@@ -130,6 +136,7 @@ class Studio:
         self._live: OrderedDict[str, Live] = OrderedDict()
         self._keep_live = keep_live
         self._current: Optional[str] = None
+        self._finished: deque[str] = deque()
         self._stopping = False
         self._target_model: Optional[str] = None  # checkpoint name new jobs are submitted for
         self._thread: Optional[threading.Thread] = None
@@ -271,32 +278,44 @@ class Studio:
                     return job
                 self._cv.wait(timeout=1.0 if left is None else min(left, 1.0))
 
-    def events(self, job_id: str, after: int = 0, heartbeat: float = 15.0) -> Iterator[Optional[Event]]:
-        """Events of a job in order, from ``after`` on; ``None`` now and then as a heartbeat.
-        Ends after the job's final event."""
+    def events_after(self, job_id: str, after: int) -> list[Event]:
+        """The job's events with a sequence number above ``after`` (never blocks).
+        A job finished long ago (no live record) gets its outcome as one ``done`` event."""
         job = self.job(job_id)
         with self._cv:
-            known = job_id in self._live
-        if not known:  # finished long ago: tell the outcome
-            yield Event(1, "done", self._done_data(job))
-            return
-        sent = after
+            live = self._live.get(job_id)
+            if live is not None:
+                return [e for e in live.events if e.seq > after]
+        return [Event(after + 1, "done", self._done_data(job))]
+
+    async def stream(self, job_id: str, after: int = 0, heartbeat: float = 15.0, poll: float = 0.05) -> AsyncIterator[Optional[Event]]:
+        """Events of a job in order from ``after`` on, ending with its ``done`` event;
+        ``None`` as a heartbeat when nothing happened for ``heartbeat`` seconds.  Waits
+        on the event loop, so a thousand listeners hold no threads."""
+        sent, quiet = after, 0.0
         while True:
-            with self._cv:
-                live = self._live_for(job_id)
-                fresh = [e for e in live.events if e.seq > sent]
-                if not fresh:
-                    self._cv.wait(timeout=heartbeat)
-                    live = self._live_for(job_id)
-                    fresh = [e for e in live.events if e.seq > sent]
-            if not fresh:
-                yield None
-                continue
+            fresh = self.events_after(job_id, sent)
             for e in fresh:
                 sent = e.seq
                 yield e
                 if e.kind == "done":
                     return
+            if fresh:
+                quiet = 0.0
+                continue
+            await asyncio.sleep(poll)
+            quiet += poll
+            if quiet >= heartbeat:
+                quiet = 0.0
+                yield None
+
+    async def wait_async(self, job_id: str, poll: float = 0.05) -> JobRecord:
+        """:meth:`wait` for the event loop (AUTOMATIC1111's blocking txt2img)."""
+        while True:
+            job = self.job(job_id)
+            if job.final:
+                return job
+            await asyncio.sleep(poll)
 
     # ------------------------------------------------------------ worker
 
@@ -314,7 +333,8 @@ class Studio:
     def _emit(self, job_id: str, kind: str, data: dict) -> None:
         """Record an event (caller holds the lock)."""
         live = self._live_for(job_id)
-        live.events.append(Event(len(live.events) + 1, kind, data))
+        live.seq += 1
+        live.events.append(Event(live.seq, kind, data))
         if kind == "progress" and len(live.events) > 400:  # keep memory bounded on long jobs
             keep = [e for e in live.events if e.kind != "progress"] + live.events[-50:]
             live.events = sorted({e.seq: e for e in keep}.values(), key=lambda e: e.seq)
@@ -419,6 +439,14 @@ class Studio:
         assert job is not None
         with self._cv:
             self._emit(job_id, "done", self._done_data(job))
+            self._live_for(job_id).preview = None
+            # previews are the heavy part of a finished job's events: keep them for the
+            # last few jobs (late listeners), drop them from older ones
+            self._finished.append(job_id)
+            while len(self._finished) > KEEP_PREVIEWS:
+                old = self._live.get(self._finished.popleft())
+                if old is not None:
+                    old.events = [Event(e.seq, e.kind, {k: v for k, v in e.data.items() if k != "preview"}) if e.kind == "progress" else e for e in old.events]
 
     def _done_data(self, job: JobRecord) -> dict[str, Any]:
         return {"state": job.state, "error": job.error, "warnings": job.warnings, "images": [image_view(r) for r in self.store.images_of(job.id)]}
