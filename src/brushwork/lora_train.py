@@ -91,38 +91,35 @@ def targets(unet: torch.nn.Module, text_encoder: Optional[torch.nn.Module], conv
     attention and MLP projections.  ``original_names`` (a UNetConfig) names the UNet
     modules in the original checkpoint layout, as kohya does for SDXL.
     """
+    from .models import convert
+    from .models.detect import UNET
+
     found: dict[str, tuple[torch.nn.Module, str, torch.nn.Module]] = {}
 
-    def visit(root: torch.nn.Module, prefix: str, want) -> None:
+    def visit(root: torch.nn.Module, want, key) -> None:
         for name, mod in root.named_modules():
             for child_name, child in mod.named_children():
                 full = f"{name}.{child_name}" if name else child_name
                 if want(full, child):
-                    found[prefix + full.replace(".", "_")] = (mod, child_name, child)
-
+                    found[key(full).replace(".", "_")] = (mod, child_name, child)
 
     def unet_layer(full: str, child: torch.nn.Module) -> bool:
         if ".attentions." in f".{full}" and (isinstance(child, torch.nn.Linear) or (isinstance(child, torch.nn.Conv2d) and child.kernel_size == (1, 1))):
             return True
         return conv and isinstance(child, torch.nn.Conv2d) and any(p in f".{full}" for p in (".resnets.", ".downsamplers.", ".upsamplers."))
 
-    visit(unet, "lora_unet_", unet_layer)
-    if original_names is not None:  # SDXL: kohya names UNet modules in the original (ldm) layout
-        from .models import convert
-        from .models.detect import UNET
+    def unet_key(full: str) -> str:
+        if original_names is None:
+            return "lora_unet_" + full
+        # SDXL: kohya names UNet modules in the original (ldm) layout
+        return "lora_unet_" + convert.unet_source(full + ".weight", original_names).key.removeprefix(UNET).removesuffix(".weight")
 
-        names = {id(mod): n for n, mod in unet.named_modules()}
-        for key in [k for k in found if k.startswith("lora_unet_")]:
-            parent, child_name, child = found.pop(key)
-            module = names[id(child)]
-            ldm = convert.unet_source(module + ".weight", original_names).key.removeprefix(UNET).removesuffix(".weight")
-            found["lora_unet_" + ldm.replace(".", "_")] = (parent, child_name, child)
+    def te_key(full: str) -> str:  # kohya counts names from HF's CLIPTextModel (text_model.*)
+        return "lora_te_" + (full if full.startswith("text_model.") else "text_model." + full)
+
+    visit(unet, unet_layer, unet_key)
     if text_encoder is not None:
-        before = set(found)
-        visit(text_encoder, "lora_te_", lambda full, child: isinstance(child, torch.nn.Linear) and ("self_attn." in full or "mlp." in full))
-        for key in set(found) - before:  # kohya counts names from HF's CLIPTextModel (text_model.*)
-            if not key.startswith("lora_te_text_model_"):
-                found["lora_te_text_model_" + key.removeprefix("lora_te_")] = found.pop(key)
+        visit(text_encoder, lambda full, child: isinstance(child, torch.nn.Linear) and ("self_attn." in full or "mlp." in full), te_key)
     return found
 
 

@@ -12,6 +12,7 @@ import base64
 import datetime as _dt
 import json
 import os
+import time
 from typing import Any, Optional
 
 from fastapi import APIRouter, Request
@@ -144,14 +145,6 @@ def router(studio: Studio) -> APIRouter:
     r = APIRouter(prefix=PREFIX, tags=["AUTOMATIC1111 compatible"])
     settings: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": studio.preview_every}
 
-    def current_title() -> str:
-        from .app import model_entries
-
-        for m in model_entries(studio):
-            if m["current"]:
-                return m["title"]
-        return studio.model_name()
-
     @r.post("/txt2img")
     async def txt2img(body: Txt2ImgBody, request: Request) -> dict[str, Any]:
         """Blocks until the job is done, as AUTOMATIC1111's does, but waits on the event
@@ -178,15 +171,16 @@ def router(studio: Studio) -> APIRouter:
                     raise BadRequest(f"override_settings.CLIP_stop_at_last_layers must be a whole number from 1 to 12; got {value!r}")
                 clip_skip = value
         sampler = body.sampler_name or body.sampler_index
-        req = GenerationRequest(
-            prompt="" if body.disable_extra_networks else body.prompt, negative_prompt=body.negative_prompt, seed=body.seed,
-            steps=body.steps, cfg_scale=body.cfg_scale, sampler=sampler, schedule=body.scheduler, width=body.width,
-            height=body.height, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
-        )
+        prompt = body.prompt
         if body.disable_extra_networks:
             from ..prompts import extract_extra_networks
 
-            req = GenerationRequest(**{**req.__dict__, "prompt": extract_extra_networks(body.prompt).text})
+            prompt = extract_extra_networks(prompt).text
+        req = GenerationRequest(
+            prompt=prompt, negative_prompt=body.negative_prompt, seed=body.seed,
+            steps=body.steps, cfg_scale=body.cfg_scale, sampler=sampler, schedule=body.scheduler, width=body.width,
+            height=body.height, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
+        )
         check_names(studio.home, req)
         job = studio.submit(req, client_of(request), model=model)
         job = await studio.wait_async(job.id)
@@ -252,7 +246,7 @@ def router(studio: Studio) -> APIRouter:
         job_no = min(count - 1, done // steps) if steps else 0
         step_in = done - job_no * steps
         fraction = min(1.0, 0.01 + job_no / count + (1 / count) * (step_in / steps))
-        elapsed = 0.0 if live.started is None else max(0.0, __import__("time").monotonic() - live.started)
+        elapsed = 0.0 if live.started is None else max(0.0, time.monotonic() - live.started)
         state = {
             "skipped": live.control.skipped, "interrupted": live.control.interrupted, "stopping_generation": False,
             "job": "txt2img", "job_count": count, "job_timestamp": _dt.datetime.fromtimestamp(job.submitted).strftime("%Y%m%d%H%M%S"),
@@ -324,7 +318,7 @@ def router(studio: Studio) -> APIRouter:
 
         current = next((m for m in model_entries(studio) if m["current"]), None)
         return {
-            "sd_model_checkpoint": current_title(),
+            "sd_model_checkpoint": current["title"] if current else studio.model_name(),
             "sd_checkpoint_hash": current["sha256"] if current else None,
             "sd_vae": "Automatic",
             **{k: (v[0] if isinstance(v, tuple) else v) for k, v in _SETTINGS_FIXED.items()},

@@ -69,7 +69,6 @@ class Live:
     total: int = 0
     eta: Optional[float] = None
     preview: Optional[bytes] = None  # latest preview, JPEG
-    preview_step: int = 0
     started: Optional[float] = None
     cancel_requested: bool = False
 
@@ -414,7 +413,7 @@ class Studio:
                 live.step, live.total = p.step, p.total
                 live.eta = p.eta if p.step else None
                 if jpeg is not None:
-                    live.preview, live.preview_step = jpeg, p.step
+                    live.preview = jpeg
                 self._emit(job.id, "progress", data)
             if self._stopping:
                 live.control.interrupt()
