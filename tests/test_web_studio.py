@@ -257,6 +257,12 @@ def test_switching_to_the_demo_model_then_screenshots(page, browser, server, tmp
     page.select_option("#model", "demo")
     page.wait_for_function("() => document.getElementById('model-status').textContent === 'demo loaded'", timeout=60_000)
     assert page.input_value("#width") == "128" and page.input_value("#steps") == "20"
+    # a few demo pictures first, so the history in the screenshots shows what the demo draws
+    for prompt, seed in (("green hills under a blue sky, forest", "11"), ("desert dunes at night, stars, moon", "5"),
+                         ("sunrise over the sea, clouds", "8")):
+        page.fill("#prompt", prompt)
+        page.fill("#seed", seed)
+        generate_and_wait(page)
     page.fill("#prompt", "cinematic landscape, great mountain, snowy peaks, sunset, lake")
     page.fill("#negative_prompt", "night")
     page.fill("#seed", "3")
@@ -264,7 +270,7 @@ def test_switching_to_the_demo_model_then_screenshots(page, browser, server, tmp
     assert "Model: demo" in result["params"] and "Size: 128x128" in result["params"]
     page.evaluate("() => window.scrollTo(0, 0)")
     out = shot_dir(tmp_path)
-    page.screenshot(path=str(out / "studio-desktop.png"))
+    page.screenshot(path=str(out / "studio-desktop.png"), full_page=True)
     ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
     phone = ctx.new_page()
     phone.goto(server[0] + "/")
