@@ -102,6 +102,19 @@ def pixels(pg, src: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
 
 
+def drop_file(pg, payload: bytes, name: str) -> None:
+    """Drop a file onto the page the way a drag from the desktop does."""
+    pg.evaluate(
+        """([b64, name]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, {type: 'image/png'}));
+            document.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }""",
+        [base64.b64encode(payload).decode(), name],
+    )
+
+
 def shot_dir(tmp_path: Path) -> Path:
     target = os.environ.get("BRUSHWORK_SCREENSHOTS")
     return (REPO / target) if target else tmp_path
@@ -170,16 +183,7 @@ def test_dropping_an_a1111_png_restores_its_settings(page):
     info.add_text("parameters", A1111_INFOTEXT)
     buf = io.BytesIO()
     img.save(buf, "PNG", pnginfo=info)
-    data = base64.b64encode(buf.getvalue()).decode()
-    page.evaluate(
-        """(b64) => {
-            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-            const dt = new DataTransfer();
-            dt.items.add(new File([bytes], 'from-a1111.png', {type: 'image/png'}));
-            document.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
-        }""",
-        data,
-    )
+    drop_file(page, buf.getvalue(), "from-a1111.png")
     page.wait_for_function("() => document.getElementById('seed').value === '424242'")
     assert page.input_value("#prompt") == "a castle on a hill, (golden hour:1.2)"
     assert page.input_value("#negative_prompt") == "blurry, lowres"
@@ -189,19 +193,32 @@ def test_dropping_an_a1111_png_restores_its_settings(page):
     assert "someone_elses_model" in page.inner_text("#model-status")
 
 
+def test_dropping_one_of_our_own_pngs_restores_its_settings(page):
+    small_settings(page, "a green teapot, (studio light:1.1)")
+    page.fill("#negative_prompt", "dust")
+    page.fill("#seed", "31337")
+    page.select_option("#sampler", "Euler a")
+    made = generate_and_wait(page)
+    png = page.request.get(page.url.rstrip("/") + page.get_attribute("#open-image", "href")).body()
+    assert Image.open(io.BytesIO(png)).text["parameters"] == made["params"]
+    page.fill("#prompt", "something else entirely")
+    page.fill("#negative_prompt", "")
+    page.fill("#seed", "-1")
+    page.select_option("#sampler", "Euler")
+    page.locator("#steps").fill("30")
+    drop_file(page, png, "00001-31337.png")
+    page.wait_for_function("() => document.getElementById('seed').value === '31337'")
+    assert page.input_value("#prompt") == "a green teapot, (studio light:1.1)"
+    assert page.input_value("#negative_prompt") == "dust"
+    assert page.input_value("#sampler") == "Euler a" and page.input_value("#steps") == "6"
+    assert page.input_value("#width") == "64" and page.input_value("#model") == "tiny-sd1"
+
+
 def test_a_png_without_parameters_and_a_non_image_get_readable_messages(page):
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, "PNG")
     for name, payload in (("plain.png", buf.getvalue()), ("notes.png", b"just text")):
-        page.evaluate(
-            """([b64, name]) => {
-                const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-                const dt = new DataTransfer();
-                dt.items.add(new File([bytes], name, {type: 'image/png'}));
-                document.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
-            }""",
-            [base64.b64encode(payload).decode(), name],
-        )
+        drop_file(page, payload, name)
         page.wait_for_function("() => document.getElementById('form-error').textContent.length > 0")
         text = page.inner_text("#form-error")
         assert ("no generation parameters" in text) if name == "plain.png" else ("not a readable" in text)
@@ -268,6 +285,8 @@ def test_switching_to_the_demo_model_then_screenshots(page, browser, server, tmp
     page.fill("#seed", "3")
     result = generate_and_wait(page)
     assert "Model: demo" in result["params"] and "Size: 128x128" in result["params"]
+    # "Done" means a full bar (wait out its width transition before the picture is taken)
+    page.wait_for_function("() => { const f = document.getElementById('progress-fill'); return f.getBoundingClientRect().width === f.parentElement.clientWidth; }")
     page.evaluate("() => window.scrollTo(0, 0)")
     out = shot_dir(tmp_path)
     page.screenshot(path=str(out / "studio-desktop.png"), full_page=True)
