@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from brushwork import GenerationRequest, RequestError
-from brushwork.engine import estimate_activation_bytes, resolve_seed
+from brushwork.budget import estimate_activation_bytes
+from brushwork.engine import resolve_seed
 from brushwork.sampling.registry import UnknownSamplerError
 
 BASE = GenerationRequest("a lighthouse at dusk", negative_prompt="blurry", seed=42, steps=4, width=64, height=64)
@@ -148,8 +149,13 @@ def test_too_large_for_memory_is_refused_before_running(engines, monkeypatch):
 def test_memory_estimate_grows_with_size_and_batch(engines):
     spec = engines("sd1").model.spec
     small = estimate_activation_bytes(spec, 512, 512, 1, 7.0, 4)
-    assert estimate_activation_bytes(spec, 1024, 1024, 1, 7.0, 4) == pytest.approx(4 * small, rel=0.01)
+    assert estimate_activation_bytes(spec, 768, 768, 1, 7.0, 4) == pytest.approx(2.25 * small, rel=0.01)
     assert estimate_activation_bytes(spec, 512, 512, 2, 7.0, 4) > small
+    # above 768 px the VAE decodes in tiles: its share stops growing with the picture
+    def vae_share(side):  # CFG doubles the UNet's share only
+        return 2 * estimate_activation_bytes(spec, side, side, 1, 1.0, 4) - estimate_activation_bytes(spec, side, side, 1, 7.0, 4)
+
+    assert vae_share(4096) == vae_share(768) > 0
 
 
 def test_progress_reports_every_step_over_the_whole_request(engines):
@@ -162,14 +168,16 @@ def test_vae_nan_in_half_precision_falls_back_to_float32(engines, monkeypatch):
     eng = engines("sd1")
     vae = eng.model.networks.vae
     calls = []
-    real = type(eng)._decode_one
+    from brushwork import vae as vae_module
 
-    def flaky(v, lat):
+    real = vae_module.decode_latent
+
+    def flaky(v, lat, should_stop=None):
         calls.append(next(v.parameters()).dtype)
-        out = real(v, lat)
+        out = real(v, lat, should_stop)
         return out * float("nan") if len(calls) == 1 else out
 
-    monkeypatch.setattr(type(eng), "_decode_one", staticmethod(flaky))
+    monkeypatch.setattr(vae_module, "decode_latent", flaky)
     vae.to(torch.float16)
     try:
         (img,) = eng.txt2img(BASE)

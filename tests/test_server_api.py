@@ -60,6 +60,10 @@ class FakeEngine:
         return self.model
 
     def txt2img(self, req: GenerationRequest, progress=None, control=None):
+        return [img for batch in self.batches(req, progress, control) for img in batch]
+
+    def batches(self, req: GenerationRequest, progress=None, control=None):
+        """Like Engine.batches: each batch's images as soon as it is done."""
         if self.gate is not None:
             self.gate.wait(10)
         if req.cfg_scale == 29.5:
@@ -67,7 +71,6 @@ class FakeEngine:
         steps = req.steps or 4
         w, h = req.width or 64, req.height or 64
         self.runs.append((self.model.name, req.prompt))
-        out = []
         for b in range(req.batch_count):
             complete = True
             for i in range(steps):
@@ -78,13 +81,16 @@ class FakeEngine:
                     complete = False
                     control.skipped = False
                     break
+            if control and control.cancelled:
+                return
+            batch = []
             for k in range(req.batch_size):
                 seed = req.seed + b * req.batch_size + k
                 params = GenerationParams(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=steps, sampler="Euler", schedule="Automatic", cfg_scale=float(req.cfg_scale or 7), seed=seed, width=w, height=h, model_name=self.model.name, model_hash=self.model.short_hash)
-                out.append(GeneratedImage(Image.new("RGB", (w, h), (seed % 256, 0, 0)), seed, params, format_infotext(params), complete))
+                batch.append(GeneratedImage(Image.new("RGB", (w, h), (seed % 256, 0, 0)), seed, params, format_infotext(params), complete))
+            yield batch
             if control and control.interrupted:
-                break
-        return out
+                return
 
     def preview(self, latents, index=0):
         return Image.new("RGB", (32, 32), (0, 128, 0))

@@ -10,13 +10,21 @@ job from each client in turn, so one client with fifty jobs cannot starve anothe
 with one.  Model loads requested by a switch go first (they run between jobs).
 Every job records the checkpoint it was submitted for and runs on that one, so a
 switch never changes the pictures of jobs already waiting.
+
+Nothing is lost and nothing hangs: each batch's pictures are saved and recorded as
+soon as that batch is done; a full disk fails the job with a clear message (the
+pictures saved until then stay listed); every job ends in a final state with a
+``done`` event, whatever happens in it; event ids grow across jobs and restarts,
+so a client resuming with an old ``Last-Event-ID`` gets the whole story again.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import datetime as _dt
+import errno
 import logging
+import shutil
 import threading
 import time
 from collections import OrderedDict, deque
@@ -31,7 +39,7 @@ from ..models.errors import CheckpointNotFound, ModelFileError
 from ..outputs import ensure_writable_folder, save_png
 from ..previews import jpeg_bytes
 from ..sampling.registry import UnknownSamplerError
-from .store import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, ImageRecord, JobRecord, JobStore
+from .store import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, ImageRecord, JobRecord, JobStore, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,12 @@ REQUEST_ERRORS = (RequestError, UnknownSamplerError, CheckpointNotFound, LoraErr
 
 #: finished jobs whose progress events keep their preview pictures
 KEEP_PREVIEWS = 16
+#: jobs one client may have waiting at once
+MAX_QUEUED_PER_CLIENT = 200
+#: a PNG is at most about this many bytes per pixel (RGB, barely compressible)
+PNG_BYTES_PER_PIXEL = 3.1
+#: how often the worker retries writing what a full disk held back (seconds)
+FLUSH_EVERY = 2.0
 
 
 class NotFound(LookupError):
@@ -49,6 +63,23 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     pass
+
+
+class TooManyJobs(RuntimeError):
+    """One client has too many jobs waiting (a 429)."""
+
+
+class DiskFull(OSError):
+    """The data home has no room for a job's pictures."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk or quota."""
+    while exc is not None:
+        if isinstance(exc, (StorageFull, DiskFull)) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @dataclass
@@ -98,6 +129,9 @@ class FairQueue:
             self._clients[client] = line  # back of the round
         return job_id
 
+    def waiting(self, client: str) -> int:
+        return len(self._clients.get(client, ()))
+
     def remove(self, job_id: str) -> bool:
         if job_id in self._priority:
             self._priority.remove(job_id)
@@ -125,11 +159,15 @@ class FairQueue:
 
 
 class Studio:
-    def __init__(self, engine, store: JobStore, *, preview_every: int = 5, start: bool = True, keep_live: int = 256):
+    def __init__(self, engine, store: JobStore, *, preview_every: int = 5, start: bool = True, keep_live: int = 256, max_queued_per_client: int = MAX_QUEUED_PER_CLIENT):
         self.engine = engine
         self.home = engine.home
         self.store = store
         self.preview_every = max(1, preview_every)
+        self.max_queued_per_client = max_queued_per_client
+        # event ids: one counter for all jobs, started from the clock, so ids are never
+        # reused, not even after a restart (microseconds: far more ids than events)
+        self._event_id = time.time_ns() // 1000
         self._queue = FairQueue()
         self._cv = threading.Condition()
         self._live: OrderedDict[str, Live] = OrderedDict()
@@ -161,7 +199,7 @@ class Studio:
         with self._cv:
             self._stopping = True
             if self._current is not None:
-                self._live_for(self._current).control.interrupt()
+                self._live_for(self._current).control.cancel()
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -205,6 +243,11 @@ class Studio:
         return self._submit(client, "txt2img", fields, model_name, total=steps * request.batch_count)
 
     def _submit(self, client: str, kind: str, request: dict, model: str, total: int, priority: bool = False) -> JobRecord:
+        if not priority:
+            with self._cv:
+                waiting = self._queue.waiting(client)
+            if waiting >= self.max_queued_per_client:
+                raise TooManyJobs(f"you already have {waiting} jobs waiting (the limit is {self.max_queued_per_client} per client); wait for some to finish or cancel some")
         job = self.store.add_job(client, kind, request, model, total)
         with self._cv:
             self._queue.push(client, job.id, priority=priority)
@@ -242,7 +285,7 @@ class Studio:
             elif self._current == job_id:
                 live = self._live_for(job_id)
                 live.cancel_requested = True
-                live.control.interrupt()
+                live.control.cancel()  # stops inside a step or a decode, too
             elif job.final:
                 raise Conflict(f"job {job_id} already finished ({job.state}); nothing to cancel")
         return self.job(job_id)
@@ -283,9 +326,12 @@ class Studio:
         job = self.job(job_id)
         with self._cv:
             live = self._live.get(job_id)
-            if live is not None:
+            if live is not None and (after < live.seq or not job.final):
                 return [e for e in live.events if e.seq > after]
-        return [Event(after + 1, "done", self._done_data(job))]
+            seq = live.seq if live is not None else self._event_id
+        # finished long ago, or the client asks from past the end (an id from another
+        # run, or made up): its outcome as one ``done`` event, so no stream hangs
+        return [Event(max(seq, after + 1), "done", self._done_data(job))]
 
     async def stream(self, job_id: str, after: int = 0, heartbeat: float = 15.0, poll: float = 0.05) -> AsyncIterator[Optional[Event]]:
         """Events of a job in order from ``after`` on, ending with its ``done`` event;
@@ -332,7 +378,8 @@ class Studio:
     def _emit(self, job_id: str, kind: str, data: dict) -> None:
         """Record an event (caller holds the lock)."""
         live = self._live_for(job_id)
-        live.seq += 1
+        self._event_id += 1
+        live.seq = self._event_id
         live.events.append(Event(live.seq, kind, data))
         if kind == "progress" and len(live.events) > 400:  # keep memory bounded on long jobs
             keep = [e for e in live.events if e.kind != "progress"] + live.events[-50:]
@@ -343,19 +390,39 @@ class Studio:
         while True:
             with self._cv:
                 while not self._stopping and not len(self._queue):
-                    self._cv.wait()
+                    self._cv.wait(timeout=FLUSH_EVERY)
+                    if self.store.unsaved:
+                        self._flush_store()
                 if self._stopping:
                     return
                 job_id = self._queue.pop()
                 self._current = job_id
             try:
                 self._run(job_id)
-            except Exception:  # noqa: BLE001 - the worker must survive anything a job does
+            except BaseException as exc:  # noqa: BLE001 - the worker must survive anything a job does
                 log.exception("job %s crashed the worker loop", job_id)
+                self._end_anyway(job_id, exc)
             finally:
                 with self._cv:
                     self._current = None
                     self._cv.notify_all()
+
+    def _flush_store(self) -> None:
+        try:
+            self.store.flush()
+        except Exception:  # noqa: BLE001 - retried at the next round
+            log.debug("history flush failed", exc_info=True)
+
+    def _end_anyway(self, job_id: str, exc: BaseException) -> None:
+        """A job whose run raised past every handler still ends: failed, with a done event."""
+        try:
+            job = self.store.job(job_id)
+            if job is not None and not job.final:
+                self._finish(job_id, FAILED, error=f"{type(exc).__name__}: {exc}", error_kind="internal")
+        except Exception:  # noqa: BLE001
+            log.exception("could not record the end of job %s", job_id)
+            with self._cv:
+                self._emit(job_id, "done", {"state": FAILED, "error": f"{type(exc).__name__}: {exc}", "warnings": [], "images": []})
 
     def _run(self, job_id: str) -> None:
         job = self.store.job(job_id)
@@ -378,12 +445,17 @@ class Studio:
                 self._finish(job_id, DONE, warnings=warnings)
                 return
             self._generate(job, live)
-        except REQUEST_ERRORS as exc:
-            self._finish(job_id, FAILED, error=str(exc), error_kind="request", warnings=warnings)
-            return
-        except Exception as exc:  # noqa: BLE001 - report, keep serving
-            log.exception("job %s failed", job_id)
-            self._finish(job_id, FAILED, error=f"{type(exc).__name__}: {exc}", error_kind="internal", warnings=warnings)
+        except Exception as exc:
+            if is_disk_full(exc):
+                saved = len(self.store.images_of(job_id))
+                kept = f" The {saved} picture(s) saved before that are kept." if saved else ""
+                self._finish(job_id, FAILED, error=f"the disk holding the data home is full: {exc}. Free some space and submit the job again.{kept}", error_kind="storage", warnings=warnings)
+                return
+            if isinstance(exc, REQUEST_ERRORS):
+                self._finish(job_id, FAILED, error=str(exc), error_kind="request", warnings=warnings)
+            else:
+                log.exception("job %s failed", job_id)
+                self._finish(job_id, FAILED, error=f"{type(exc).__name__}: {exc}", error_kind="internal", warnings=warnings)
             return
         finally:
             logging.getLogger("brushwork").removeHandler(handler)
@@ -416,20 +488,21 @@ class Studio:
                     live.preview = jpeg
                 self._emit(job.id, "progress", data)
             if self._stopping:
-                live.control.interrupt()
+                live.control.cancel()
 
+        folder = ensure_writable_folder(self.home.outputs / _dt.date.today().isoformat())  # before any work
+        check_room(folder, req)
         if self._stopping:
-            live.control.interrupt()
-        results = self.engine.txt2img(req, progress=progress, control=live.control)
-        folder = ensure_writable_folder(self.home.outputs / _dt.date.today().isoformat())
-        records = []
-        for idx, img in enumerate(results):
-            path = save_png(img.image, folder, img.seed, img.infotext)
-            rel = path.resolve().relative_to(self.home.root.resolve()).as_posix()
-            rec = self.store.add_image(job.id, idx, rel, img.seed, img.image.width, img.image.height, img.params.prompt, img.params.negative_prompt, img.infotext, img.params.model_name, img.params.model_hash)
-            records.append(rec)
-            with self._cv:
-                self._emit(job.id, "image", {"image": image_view(rec), "complete": img.complete})
+            live.control.cancel()
+        records: list[ImageRecord] = []
+        for batch in self.engine.batches(req, progress=progress, control=live.control):
+            for img in batch:  # saved and recorded as soon as its batch is done
+                path = save_png(img.image, folder, img.seed, img.infotext)
+                rel = path.resolve().relative_to(self.home.root.resolve()).as_posix()
+                rec = self.store.add_image(job.id, len(records), rel, img.seed, img.image.width, img.image.height, img.params.prompt, img.params.negative_prompt, img.infotext, img.params.model_name, img.params.model_hash)
+                records.append(rec)
+                with self._cv:
+                    self._emit(job.id, "image", {"image": image_view(rec), "complete": img.complete})
         return records
 
     def _finish(self, job_id: str, state: str, error: Optional[str] = None, error_kind: Optional[str] = None, warnings: Optional[list[str]] = None) -> None:
@@ -449,6 +522,15 @@ class Studio:
 
     def _done_data(self, job: JobRecord) -> dict[str, Any]:
         return {"state": job.state, "error": job.error, "warnings": job.warnings, "images": [image_view(r) for r in self.store.images_of(job.id)]}
+
+
+def check_room(folder: Path, req: GenerationRequest) -> None:
+    """Refuse to start when the disk cannot hold one batch of the job's pictures."""
+    pixels = (req.width or 1024) * (req.height or 1024) * req.batch_size
+    need = int(pixels * PNG_BYTES_PER_PIXEL) + (1 << 20)
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise DiskFull(errno.ENOSPC, f"only {free / 2**20:.1f} MB are free where the pictures go, and one batch of this job needs about {need / 2**20:.1f} MB")
 
 
 class _WarningCollector(logging.Handler):

@@ -1,0 +1,181 @@
+"""What a generation will cost before it starts: working memory and time.
+
+A request that cannot finish on this device (a 4096x4096 picture on a laptop CPU)
+must be refused with a number, not started and left to block every other job.
+
+* **Memory** is a deliberately generous formula over the model's widths.
+* **Time** counts floating-point operations and divides by the device's speed.
+  The operations are counted by running the UNet and the VAE decoder on
+  PyTorch's ``meta`` device at the requested size (shapes only: no arithmetic,
+  no memory, under a second whatever the size; only for requests big enough to
+  matter, and cached per model and size).  The device's speed is measured once
+  per process with a short convolution, then learnt from the batches that
+  really ran (``Throughput.observe``).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .models.detect import ModelSpec
+from .vae import TILE, tile_starts
+
+#: jobs estimated to take longer than this are refused (seconds; 0 or None: no limit)
+DEFAULT_MAX_JOB_SECONDS = 60 * 60
+#: a whole network sustains less than a bare convolution (norms, attention, memory traffic)
+EFFICIENCY = 0.7
+#: below this much work (latent tokens x model calls) the time check is skipped: it cannot be long
+_SMALL_WORK = 64 * 64 * 2 * 30
+
+
+def estimate_activation_bytes(spec: ModelSpec, width: int, height: int, batch: int, cfg_scale: float, dtype_bytes: int) -> int:
+    """A deliberately generous estimate of the working memory of one generation.
+
+    UNet: every skip activation is kept until the decoder uses it; summed over the
+    levels that is about 4x the level-0 activation, and a block's working set adds
+    as much again; times 2 passes for CFG.  VAE: decoding (one image, one tile at a
+    time) keeps about five full-resolution tensors of the decoder's widest level.
+    """
+    tokens = (width // 8) * (height // 8)
+    passes = batch * (1 if cfg_scale == 1.0 else 2)
+    unet = passes * tokens * spec.unet.widths[0] * dtype_bytes * 16
+    tile_px = min(width, TILE * 8) * min(height, TILE * 8)
+    vae = tile_px * spec.vae.widths[0] * 4 * 5
+    return unet + vae
+
+
+def _meta_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: torch.empty_like(v, device="meta") for k, v in [*module.named_parameters(), *module.named_buffers()]}
+
+
+def _count(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class Flops:
+    """Operations of one UNet call for one sample, and of decoding one picture."""
+
+    unet: float
+    decode: float
+
+
+def count_flops(spec: ModelSpec, unet: torch.nn.Module, vae, width: int, height: int) -> Flops:
+    """Count operations on the meta device at the real size."""
+    from torch.func import functional_call
+
+    h, w = height // 8, width // 8
+    x = torch.empty(1, spec.unet.in_channels, h, w, device="meta")
+    t = torch.empty(1, device="meta")
+    kwargs: dict = {"encoder_hidden_states": torch.empty(1, 77, spec.unet.context_dim, device="meta")}
+    if spec.family == "sdxl":
+        pooled = spec.text_encoders[-1].projection_dim or spec.text_encoders[-1].width
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.empty(1, pooled, device="meta"), "time_ids": torch.empty(1, 6, device="meta")}
+    unet_flops = _count(lambda: functional_call(unet, _meta_copy(unet), (x, t), kwargs))
+    # a tiled decode costs one tile's decode per tile
+    tiles = len(tile_starts(h)) * len(tile_starts(w))
+    z = torch.empty(1, vae.config.latent_channels, min(h, TILE), min(w, TILE), device="meta")
+    decode_flops = tiles * _count(lambda: functional_call(vae.decoder, _meta_copy(vae.decoder), (z,)))
+    return Flops(unet_flops, decode_flops)
+
+
+class Throughput:
+    """Sustained operations per second of one device: a quick measurement first,
+    then what real jobs achieved (the slower of recent observations wins)."""
+
+    def __init__(self) -> None:
+        self._rates: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def rate(self, device: torch.device, dtype: torch.dtype) -> float:
+        key = f"{device}/{dtype}"
+        with self._lock:
+            if key not in self._rates:
+                self._rates[key] = _probe(device, dtype)
+            return self._rates[key]
+
+    def observe(self, device: torch.device, dtype: torch.dtype, flops: float, seconds: float) -> None:
+        """Learn from a finished batch (ignored when too short to mean anything)."""
+        if seconds < 0.5 or flops <= 0:
+            return
+        key = f"{device}/{dtype}"
+        with self._lock:
+            seen = flops / seconds
+            old = self._rates.get(key)
+            self._rates[key] = seen if old is None else 0.5 * old + 0.5 * seen
+
+
+def _probe(device: torch.device, dtype: torch.dtype) -> float:
+    """Operations per second of a 3x3 convolution like the UNet's (best of three)."""
+    channels, side = (128, 64) if device.type == "cpu" else (320, 128)
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(device, dtype)
+    x = torch.randn(1, channels, side, side, device=device, dtype=dtype)
+    flops = 2.0 * channels * channels * 9 * side * side
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(4):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            conv(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - t0)
+    return EFFICIENCY * flops / max(best, 1e-6)
+
+
+THROUGHPUT = Throughput()
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    seconds: float
+    flops: float
+
+    def text(self) -> str:
+        s = self.seconds
+        if s < 90:
+            return f"{s:.0f} s"
+        if s < 5400:
+            return f"{s / 60:.0f} min"
+        return f"{s / 3600:.1f} h"
+
+
+def work_units(width: int, height: int, steps: int, batch: int, batch_count: int, cfg_scale: float) -> int:
+    passes = 1 if cfg_scale == 1.0 else 2
+    return (width // 8) * (height // 8) * passes * batch * batch_count * steps
+
+
+def needs_time_check(width: int, height: int, steps: int, batch: int, batch_count: int, cfg_scale: float) -> bool:
+    return work_units(width, height, steps, batch, batch_count, cfg_scale) > _SMALL_WORK
+
+
+def estimate_time(flops: Flops, rate: float, steps: int, batch: int, batch_count: int, cfg_scale: float) -> TimeEstimate:
+    passes = 1 if cfg_scale == 1.0 else 2
+    per_batch = steps * passes * batch * flops.unet + batch * flops.decode
+    flops = per_batch * batch_count
+    return TimeEstimate(flops / rate, flops)
+
+
+def too_long_message(est: TimeEstimate, limit: float, width: int, height: int, steps: int, images: int, device: str) -> str:
+    limit_text = TimeEstimate(limit, 0).text()
+    return (
+        f"{width}x{height}, {steps} steps, {images} image(s) would take about {est.text()} on {device} "
+        f"(estimated from {est.flops / 1e12:.1f} TFLOP), longer than the limit of {limit_text}. "
+        "Use a smaller size, fewer steps or fewer images (or a GPU), or raise the limit with --max-minutes."
+    )
+
+
+def optional_limit(minutes: Optional[float]) -> Optional[float]:
+    """--max-minutes value -> seconds (None or 0: no limit)."""
+    if minutes is None:
+        return DEFAULT_MAX_JOB_SECONDS
+    return None if minutes <= 0 else minutes * 60
