@@ -227,3 +227,94 @@ def test_unreadable_extra_key_is_rejected():
     )
     with pytest.raises(ValueError, match="'a.b' cannot be read back"):
         format_infotext(params)
+
+
+# --------------------------------------------------------------------------
+# The parameter-line reader: same pairs as the old regex, in linear time
+# --------------------------------------------------------------------------
+
+import random  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+
+from brushwork.infotext import _find_pairs  # noqa: E402
+
+#: the pair pattern the reader used before (quadratic with finditer): the reference
+_REFERENCE_PAIR_RE = re.compile(
+    r"""
+    \s*
+    (?P<key> \w [\w\ /-]+ )
+    : \s*
+    (?P<value> " (?: \\. | [^\\"] )+ " | [^,]* )
+    (?: , | $ )
+    """,
+    re.VERBOSE,
+)
+
+
+def _reference_pairs(line: str) -> list[tuple[str, str]]:
+    return [(m.group("key"), m.group("value")) for m in _REFERENCE_PAIR_RE.finditer(line)]
+
+
+_ADVERSARIAL = list('ab:,"\\ \t-/é_\n1') + ["\u00a0", "\u3000"]
+_REALISTIC = [
+    A1111_EXAMPLE.split("\n")[-1],
+    'Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Model: "a, b", Lora hashes: "x: 1, y: 2"',
+    'Steps: 20, Template: "a \\"quoted\\" word, more", Hires upscale: 2, Hires upscaler: Latent, Denoising strength: 0.7',
+    'Steps: 20,  Sampler:DPM++ 2M ,CFG scale:  7 , Bad: "unterminated, Seed: 5, Size: 64x64',
+    'Steps: 20, Sampler: "", Empty:, : nokey, x: single, ab/cd-ef gh: slash, Version: v1.10.1',
+    'Steps: 20, Weird: "a"b, Seed: "1"\n',
+    "Prompt, with commas: and colons, Steps: 30, Sampler: Euler, CFG scale: 5",
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pair_reader_matches_the_reference_regex_on_random_lines(seed):
+    rng = random.Random(seed)
+    for _ in range(20_000):
+        if rng.random() < 0.2:  # realistic lines, mutated
+            base = list(rng.choice(_REALISTIC))
+            for _ in range(rng.randint(0, 4)):
+                base.insert(rng.randint(0, len(base)), rng.choice(_ADVERSARIAL))
+            line = "".join(base)
+        else:
+            line = "".join(rng.choice(_ADVERSARIAL) for _ in range(rng.randint(0, 30)))
+        assert _find_pairs(line) == _reference_pairs(line), repr(line)
+
+
+@pytest.mark.parametrize("line", _REALISTIC)
+def test_pair_reader_matches_the_reference_regex_on_realistic_lines(line):
+    assert _find_pairs(line) == _reference_pairs(line)
+    assert len(_find_pairs(line)) >= 3
+
+
+#: lines that made the old reader quadratic (each start position re-scanned the run)
+#: and lines with many pairs or long quoted stretches
+_WORST_CASES = {
+    "word run": lambda n: "a" * n,
+    "space run": lambda n: "x" + " " * n + "x",
+    "tab run": lambda n: "x " + "\t" * n + "x",
+    "words and spaces": lambda n: "a " * (n // 2),
+    "key run without colon": lambda n: "ab/cd-ef " * (n // 9),
+    "tiny pairs": lambda n: "ab:," * (n // 4),
+    "unclosed quotes": lambda n: 'ab: "x,' * (n // 7),
+    "escaped quotes": lambda n: 'ab: "' + '\\"' * (n // 2),
+}
+
+
+def _parse_seconds(text: str) -> float:
+    t0 = time.perf_counter()
+    parse_infotext(text)
+    return time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("case", list(_WORST_CASES))
+def test_parsing_is_linear_in_the_length_of_the_text(case):
+    make = _WORST_CASES[case]
+    times = {}
+    for n in (10_000, 100_000, 1_000_000):  # stops at the first size over its bound
+        times[n] = min(_parse_seconds(make(n)) for _ in range(2))
+        bound = min(1.0, 0.2 + n / 1e6)  # a sanity bound (the old reader: 1.3 s for 10k)
+        assert times[n] < bound, f"{case}: {n} characters took {times[n]:.2f} s"
+    ratio = times[1_000_000] / max(times[100_000], 1e-4)
+    assert ratio < 30, f"{case}: 10x the text took {ratio:.0f}x the time ({times})"

@@ -193,8 +193,11 @@ def test_missing_checkpoint_names_the_alternatives(tiny_home):
 def test_lookup_by_file_name_stem_path_and_hash(tiny_home):
     from brushwork.hashing import legacy_model_hash, sha256_file
 
+    from brushwork.catalog import summarize
+
     home = DataHome(tiny_home)
     target = tiny_home / "models" / "checkpoints" / "tiny-sd2.safetensors"
+    summarize(home)  # lookups by hash use known hashes only; listing (brushwork models) computes them
     for q in ["tiny-sd2", "tiny-sd2.safetensors", "TINY-SD2", str(target), sha256_file(target)[:10], sha256_file(target), legacy_model_hash(target)]:
         assert find_checkpoint(home, q) == target, q
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 from .hashing import HashCache, legacy_model_hash
 from .models.detect import ModelSpec, detect
 from .models.errors import CheckpointNotFound, ModelFileError
-from .models.files import iter_checkpoint_files, open_tensor_file, read_safetensors_header
+from .models.files import damage_reported, iter_checkpoint_files, open_tensor_file, read_safetensors_header
 from .paths import DataHome
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,17 +107,45 @@ def find_listed_checkpoint(home: DataHome, query: str, entries: Optional[list[Ch
         if lowered in (e.name.lower(), e.stem.lower(), e.path.name.lower()):
             return e.path
     if _looks_like_hash(q):
-        cache = hash_cache(home)
-        for e in entries:
-            if len(q) == 8 and legacy_model_hash(e.path) == q.lower():
-                return e.path
-            if len(q) >= 10 and cache.get_sha256(e.path).startswith(q.lower()):
-                return e.path
+        found = _find_by_known_hash(home, q.lower(), entries)
+        if found is not None:
+            return found
     names = [e.name for e in entries]
     close = difflib.get_close_matches(q, names, n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     where = f"Checkpoints found: {', '.join(names)}." if names else no_checkpoint_message(home)
-    raise CheckpointNotFound(f"No checkpoint called {query!r} (and no such file).{hint} {where}")
+    raise CheckpointNotFound(f"No checkpoint called {query!r} (and no such file).{hint}{_unknown_hash_hint(q)} {where}")
+
+
+def _find_by_known_hash(home: DataHome, q: str, entries: list[CheckpointEntry]) -> Optional[Path]:
+    """The checkpoint whose hash starts with ``q``, among hashes already known.
+
+    Only the hash cache is consulted (plus A1111's legacy 8-hex hash, which reads
+    64 KiB): hashing every unhashed multi-GB file would stall the request that asked."""
+    cache = hash_cache(home)
+    for e in entries:
+        if len(q) == 8 and _legacy_hash_or_none(e.path) == q:
+            return e.path
+        sha = cache.cached_sha256(e.path)
+        if len(q) >= 10 and sha is not None and sha.startswith(q):
+            return e.path
+    return None
+
+
+def _legacy_hash_or_none(path: Path) -> Optional[str]:
+    try:
+        return legacy_model_hash(path)
+    except OSError:
+        return None
+
+
+def _unknown_hash_hint(q: str) -> str:
+    if not _looks_like_hash(q) or len(q) == 8:
+        return ""
+    return (
+        f" If {q} is a model hash: that hash is not known yet. Brushwork only knows the hashes of checkpoints it has "
+        "loaded or listed; run `brushwork models` once to compute them all (large files take a while), then try again."
+    )
 
 
 def _looks_like_hash(q: str) -> bool:
@@ -144,29 +176,56 @@ def remember_last_model(home: DataHome, path: Path) -> None:
         pass  # a read-only home only loses this convenience
 
 
-def default_checkpoint(home: DataHome, entries: list[CheckpointEntry]) -> Path:
-    """The last checkpoint used if it is still there, else the first of the user's
-    in name order, else the built-in demo model (listed last)."""
+def default_candidates(home: DataHome, entries: list[CheckpointEntry]) -> list[Path]:
+    """The order a default checkpoint is chosen in: the last one used if it is still
+    listed, then the user's in name order, then the built-in demo model (listed last)."""
     last = read_settings(home).get("last_checkpoint")
-    for e in entries:
-        if last and str(e.path) == last:
-            return e.path
-    return entries[0].path
+    first = [e.path for e in entries if isinstance(last, str) and str(e.path) == last][:1]
+    return first + [e.path for e in entries if e.path not in first]
+
+
+def default_checkpoint(home: DataHome, entries: list[CheckpointEntry]) -> Path:
+    """The preferred default checkpoint (see :func:`default_candidates`)."""
+    return default_candidates(home, entries)[0]
+
+
+def load_default(home: DataHome, load: Callable[[Path], T]) -> T:
+    """``load`` the default checkpoint when the user named none.
+
+    A file that cannot be used (``load`` raises :class:`ModelFileError`) is skipped
+    with a warning naming it and why, and the next candidate is tried, down to the
+    built-in demo model: one damaged download never keeps Brushwork from starting."""
+    entries = list_checkpoints(home)
+    if not entries:
+        raise CheckpointNotFound(no_checkpoint_message(home))
+    problems = []
+    for path in default_candidates(home, entries):
+        try:
+            return load(path)
+        except ModelFileError as exc:
+            log.warning("skipping checkpoint %s: %s", path.name, exc)
+            problems.append(str(exc))
+    raise CheckpointNotFound(
+        "None of the checkpoints can be used:\n  " + "\n  ".join(problems)
+        + f"\nReplace or remove the damaged files in {home.checkpoint_dirs[0]}, or pass --model with a working checkpoint."
+    )
 
 
 def inspect_checkpoint(path: Path) -> ModelSpec:
-    """Detect a checkpoint's family from its header (safetensors: no weights read)."""
-    if path.suffix.lower() == ".safetensors":
-        tensors, metadata, _ = read_safetensors_header(path)
-        shapes = {k: v.shape for k, v in tensors.items()}
+    """Detect a checkpoint's family from its header (safetensors: no weights read).
+    A damaged file raises a one-line :class:`ModelFileError`, never another error."""
+    with damage_reported(path):
+        if path.suffix.lower() == ".safetensors":
+            tensors, metadata, _ = read_safetensors_header(path)
+            shapes = {k: v.shape for k, v in tensors.items()}
 
-        def read(name: str):
-            with open_tensor_file(path) as tf:
-                return tf.get(name)
+            def read(name: str):
+                with open_tensor_file(path) as tf:
+                    return tf.get(name)
 
-        return detect(shapes, metadata, read, name=path.name)
-    with open_tensor_file(path) as tf:
-        return detect(tf.shapes(), tf.metadata, tf.get, name=path.name)
+            return detect(shapes, metadata, read, name=path.name)
+        with open_tensor_file(path) as tf:
+            return detect(tf.shapes(), tf.metadata, tf.get, name=path.name)
 
 
 @dataclass(frozen=True)

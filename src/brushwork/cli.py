@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     g.add_argument("--ema", action="store_true", help="use the checkpoint's EMA UNet weights when it has both")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    g.add_argument("--max-minutes", type=float, default=None, help="refuse requests estimated to take longer than this (default 60; 0: no limit)")
     common(g)
 
     m = sub.add_parser("models", help="list the checkpoints found")
@@ -83,11 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--insecure", action="store_true", help="allow listening beyond this machine without a password")
     sv.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body accepted (default 32 MB)")
     sv.add_argument("--cors", action="append", default=[], metavar="ORIGIN", help="allow browser pages from ORIGIN to call the API (repeatable; default: none)")
+    sv.add_argument("--allow-host", action="append", default=[], metavar="NAME", help="also answer to NAME in the Host header (repeatable; without a password only this machine's names and the --host address are answered, against DNS rebinding)")
+    sv.add_argument("--trust-proxy", action="store_true", help="believe X-Forwarded-For/-Proto from a reverse proxy on 127.0.0.1 (default: ignored, so clients cannot pick their address)")
     sv.add_argument("--preview-every", type=int, default=5, help="live preview every N steps (default 5)")
+    sv.add_argument("--max-job-minutes", type=float, default=None, help="refuse jobs estimated to take longer than this on this device (default 60; 0: no limit)")
+    sv.add_argument("--max-queued", type=int, default=200, help="jobs one client may have waiting at once (default 200)")
     common(sv)
 
     i = sub.add_parser("info", help="show the generation parameters stored in an image")
     i.add_argument("image")
+
+    hi = sub.add_parser("history", help="look after the server's history database")
+    hsub = hi.add_subparsers(dest="history_command", metavar="ACTION", required=True)
+    hr = hsub.add_parser("rebuild", help="re-index the pictures in the outputs folder from their infotexts", description="Re-index the pictures in HOME/outputs from the parameters stored in them. A damaged or empty database is moved aside first (never deleted); a healthy one only gains the pictures it does not list yet.")
+    common(hr)
 
     sub.add_parser("samplers", help="list sampler and schedule names")
     return p
@@ -99,11 +109,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE
-    handler = {"generate": cmd_generate, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers}[args.command]
+    handler = {"generate": cmd_generate, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
-        print("\ninterrupted; images already saved are kept.", file=sys.stderr)
+        print("\ninterrupted; the images saved above are kept.", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - turn the errors we raise for users into messages
         if not _is_user_error(exc):
@@ -122,10 +132,11 @@ def _is_user_error(exc: Exception) -> bool:
     from .lora_train import DatasetError
     from .sampling.registry import UnknownSamplerError
     from .server.security import BindError
+    from .server.store import HistoryDamaged, StorageFull
 
     if isinstance(exc, ValueError) and str(exc).startswith("--port"):
         return True
-    return isinstance(exc, (BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
+    return isinstance(exc, (HistoryDamaged, StorageFull, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
 
 
 # ------------------------------------------------------------------ generate
@@ -176,6 +187,7 @@ def _model_for_image(home, params) -> str:
 def cmd_generate(args) -> int:
     from dataclasses import replace
 
+    from .budget import optional_limit
     from .engine import Engine, GenerationRequest
     from .outputs import ensure_writable_folder, save_png
     from .paths import DataHome
@@ -211,7 +223,7 @@ def cmd_generate(args) -> int:
 
     out_dir = Path(args.out) if args.out else home.outputs / _dt.date.today().isoformat()
     out_dir = ensure_writable_folder(out_dir)  # fail before any compute
-    engine = Engine(home, device=args.device, use_ema=args.ema)
+    engine = Engine(home, device=args.device, use_ema=args.ema, max_job_seconds=optional_limit(args.max_minutes))
     loaded = engine.load(model)
     req = engine.complete(req)
     if not args.quiet:
@@ -228,13 +240,17 @@ def cmd_generate(args) -> int:
             bar.update(p.step - bar.n)
 
     try:
-        images = engine.txt2img(req, progress=progress)
+        for batch in engine.batches(req, progress=progress):
+            for img in batch:  # each batch is saved as soon as it is done
+                path = save_png(img.image, out_dir, img.seed, img.infotext)
+                line = f"{path}  seed {img.seed}"
+                if bar is not None:
+                    bar.write(line, file=sys.stdout)
+                else:
+                    print(line, flush=True)
     finally:
         if bar is not None:
             bar.close()
-    for img in images:
-        path = save_png(img.image, out_dir, img.seed, img.infotext)
-        print(f"{path}  seed {img.seed}")
     return 0
 
 
@@ -289,7 +305,7 @@ def cmd_serve(args) -> int:
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be from 1 to 65535; got {args.port}")
-    serve(ServeOptions(args.host, args.port, args.home, args.model, args.device, args.auth, args.token, args.insecure, args.max_body_mb, args.cors, args.preview_every))
+    serve(ServeOptions(args.host, args.port, args.home, args.model, args.device, args.auth, args.token, args.insecure, args.max_body_mb, args.cors, args.preview_every, allow_hosts=args.allow_host, trust_proxy=args.trust_proxy, max_job_minutes=args.max_job_minutes, max_queued_per_client=args.max_queued))
     return 0
 
 
@@ -345,5 +361,17 @@ def cmd_samplers(args) -> int:
     return 0
 
 
+def cmd_history(args) -> int:
+    from .paths import DataHome
+    from .server.rebuild import rebuild_history
+
+    home = DataHome.resolve(args.home)
+    report = rebuild_history(home)
+    for line in report.lines():
+        print(line)
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+

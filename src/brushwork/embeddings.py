@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from .models.errors import ModelFileError
-from .models.files import open_tensor_file
+from .models.files import damage_reported, open_tensor_file
+from .models.load import all_finite
 from .paths import files_by_stem
 
 log = logging.getLogger(__name__)
@@ -42,20 +43,35 @@ class Embedding:
 
 
 def load_embedding(path: Path) -> Embedding:
-    """Read one embedding file; clear errors for anything else."""
+    """Read one embedding file; a clear :class:`ModelFileError` for anything else
+    (damaged, not an embedding, vectors of the wrong shape or with NaN)."""
+    with damage_reported(path, "textual-inversion embedding"):
+        vectors = embedding_vectors(path.name, _read_tensors(path))
+    return Embedding(path.stem, path, vectors)
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The candidate tensors of an embedding file, by the name A1111's formats use."""
     if path.suffix.lower() == ".safetensors":
         with open_tensor_file(path) as tf:
-            tensors = {k: tf.get(k, torch.float32) for k in tf.tensors}
-    else:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-            raise ModelFileError(f"{path.name} could not be read as an embedding ({str(exc).splitlines()[0][:120]}).") from None
-        tensors = {}
-        if isinstance(obj, dict) and isinstance(obj.get("string_to_param"), dict):
-            tensors["emb_params"] = next(iter(obj["string_to_param"].values())).float()
-        elif isinstance(obj, dict):
-            tensors = {k: v.float() for k, v in obj.items() if isinstance(v, torch.Tensor)}
+            return {k: tf.get(k, torch.float32) for k in tf.tensors}
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
+        raise ModelFileError(f"{path.name} could not be read as an embedding ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}).") from None
+    if not isinstance(obj, dict):
+        raise ModelFileError(f"{path.name} holds a {type(obj).__name__}, not an embedding's dictionary of tensors.")
+    params = obj.get("string_to_param")
+    if isinstance(params, dict):
+        first = next(iter(params.values()), None)
+        if not isinstance(first, torch.Tensor):
+            raise ModelFileError(f"{path.name}: its string_to_param holds no tensor; the embedding is damaged.")
+        return {"emb_params": first.float()}
+    return {k: v.float() for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def embedding_vectors(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{"single" | "clip_l" | "clip_g": (n, width)} from an embedding file's tensors, checked."""
     if "clip_l" in tensors and "clip_g" in tensors:
         vectors = {"clip_l": tensors["clip_l"], "clip_g": tensors["clip_g"]}
     elif "emb_params" in tensors:
@@ -63,11 +79,15 @@ def load_embedding(path: Path) -> Embedding:
     elif len(tensors) == 1:
         vectors = {"single": next(iter(tensors.values()))}
     else:
-        raise ModelFileError(f"{path.name} is not a textual-inversion embedding (expected emb_params, string_to_param, or clip_l + clip_g).")
+        raise ModelFileError(f"{name} is not a textual-inversion embedding (expected emb_params, string_to_param, or clip_l + clip_g).")
     vectors = {k: (v[None] if v.ndim == 1 else v) for k, v in vectors.items()}
-    if any(v.ndim != 2 or v.shape[0] == 0 or v.shape[0] > 75 for v in vectors.values()):
-        raise ModelFileError(f"{path.name}: embedding vectors must have shape (n, width) with 1 <= n <= 75.")
-    return Embedding(path.stem, path, vectors)
+    if any(v.ndim != 2 or v.shape[0] == 0 or v.shape[0] > 75 or v.shape[1] == 0 for v in vectors.values()):
+        shapes = ", ".join(str(tuple(v.shape)) for v in vectors.values())
+        raise ModelFileError(f"{name}: embedding vectors must have shape (n, width) with 1 <= n <= 75; this file has {shapes}.")
+    for k, v in vectors.items():
+        if not bool(all_finite(v)):
+            raise ModelFileError(f"{name}: the {k} vectors contain NaN or infinite values; the embedding is damaged.")
+    return vectors
 
 
 def embedding_files(home) -> dict[str, Path]:

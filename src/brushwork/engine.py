@@ -16,20 +16,20 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 from PIL import Image
 
 from . import __version__
+from .budget import DEFAULT_MAX_JOB_SECONDS, THROUGHPUT, Flops, TimeEstimate, count_flops, estimate_activation_bytes, estimate_time, needs_time_check, too_long_message
 from .catalog import find_checkpoint, hash_cache, remember_last_model
 from .conditioning import TextConditioning, encode_prompt, pad_context
 from .devices import Placement, choose_placement, free_memory_bytes
 from .infotext import GenerationParams, format_infotext
-from .models.detect import ModelSpec, detect
-from .models.files import open_tensor_file
-from .models.load import Networks, build_networks
+from .models.detect import ModelSpec
+from .models.load import Networks
 from .embeddings import embedding_files, load_embedding
 from .hashing import sha256_file
 from .lora import LoraError, LoraStack, lora_files
@@ -41,6 +41,7 @@ from .runtime import tune_cpu_allocator
 from .sampling.denoiser import make_denoiser, step_locator
 from .sampling.registry import SamplerInfo, resolve_sampler, sampling_sigmas, schedule_label
 from .sampling.schedules import ModelSchedule, scaled_linear_schedule
+from .vae import Cancelled, decode_checked, stop_points
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,14 @@ class JobControl:
     ``interrupt()``: the current batch stops at the next step, its latest denoised
     latents are decoded and returned, and the remaining batches are skipped.
     ``skip()``: the same for the current batch only; the next batch still runs.
+    ``cancel()``: stop now, inside a step or a decode, and return nothing more
+    (pictures of batches already finished were handed out already).
     """
 
     def __init__(self) -> None:
         self.interrupted = False
         self.skipped = False
+        self.cancelled = False
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -114,11 +118,16 @@ class JobControl:
     def skip(self) -> None:
         self.skipped = True
 
+    def cancel(self) -> None:
+        self.cancelled = self.interrupted = True
+
+    def stopping(self) -> bool:
+        """Whether sampling should stop (checked inside the UNet too)."""
+        return self.interrupted or self.skipped
+
 
 class _Stopped(Exception):
-    def __init__(self, latents: torch.Tensor):
-        super().__init__("stopped")
-        self.latents = latents
+    """Raised from the step callback to leave the sampler early."""
 
 
 @dataclass
@@ -142,6 +151,7 @@ class LoadedModel:
     sha256: str
     schedule: ModelSchedule = field(default_factory=scaled_linear_schedule)
     preview_map: Optional[PreviewMap] = None  # fitted on first use
+    flops: dict[tuple[int, int], Flops] = field(default_factory=dict)  # per (width, height), for time estimates
 
     @property
     def name(self) -> str:
@@ -177,21 +187,6 @@ def noise_source(gens: list[torch.Generator], shape: tuple[int, int, int], devic
     return draw
 
 
-def estimate_activation_bytes(spec: ModelSpec, width: int, height: int, batch: int, cfg_scale: float, dtype_bytes: int) -> int:
-    """A deliberately generous estimate of the working memory of one generation.
-
-    UNet: every skip activation is kept until the decoder uses it; summed over the
-    levels that is about 4x the level-0 activation, and a block's working set adds
-    as much again; times 2 passes for CFG.  VAE: decoding (one image at a time)
-    keeps about five full-resolution tensors of the decoder's widest level.
-    """
-    tokens = (width // 8) * (height // 8)
-    passes = batch * (1 if cfg_scale == 1.0 else 2)
-    unet = passes * tokens * spec.unet.widths[0] * dtype_bytes * 16
-    vae = width * height * spec.vae.widths[0] * 4 * 5
-    return unet + vae
-
-
 @dataclass
 class PromptPlan:
     """Encoded prompts over the steps: each positive sub-prompt (split on AND, with
@@ -222,10 +217,11 @@ class PromptPlan:
 class Engine:
     """Loads checkpoints and generates images.  Not thread-safe: one job at a time."""
 
-    def __init__(self, home: DataHome | str | None = None, device: str | None = None, use_ema: bool = False):
+    def __init__(self, home: DataHome | str | None = None, device: str | None = None, use_ema: bool = False, max_job_seconds: Optional[float] = DEFAULT_MAX_JOB_SECONDS):
         self.home = home if isinstance(home, DataHome) else DataHome.resolve(home)
         self.placement: Placement = choose_placement(device)
         self.use_ema = use_ema
+        self.max_job_seconds = max_job_seconds  # refuse requests estimated to take longer (None: no limit)
         self.model: Optional[LoadedModel] = None
         self._vae_fp32 = False
         self.loras = LoraStack()
@@ -233,24 +229,32 @@ class Engine:
     # ------------------------------------------------------------- models
 
     def load(self, model: str | Path | None = None) -> LoadedModel:
-        """Load a checkpoint by name, stem, path or hash; keep it if already loaded."""
-        path = find_checkpoint(self.home, None if model is None else str(model))
-        mtime = path.stat().st_mtime
-        if self.model and self.model.path == path and self.model.mtime == mtime:
-            return self.model
-        self.model = None  # release the old weights before reading the new ones
-        self.loras = LoraStack()
-        t0 = time.perf_counter()
-        with open_tensor_file(path) as tf:
-            spec = detect(tf.shapes(), tf.metadata, tf.get, name=path.name)
+        """Load a checkpoint by name, stem, path or hash; keep it if already loaded.
+
+        A damaged file raises a one-line ModelFileError.  With no name, the default
+        is used, and damaged files are skipped with a warning (catalog.load_default)."""
+        from .catalog import load_default
+        from .models.load import load_checkpoint
+
+        def load_file(path: Path) -> LoadedModel:
+            mtime = path.stat().st_mtime
+            if self.model and self.model.path == path and self.model.mtime == mtime:
+                return self.model
+            self.model = None  # release the old weights before reading the new ones
+            self.loras = LoraStack()
+            t0 = time.perf_counter()
             p = self.placement
             vae_dtype = torch.float32 if self._vae_fp32 else p.dtype
-            networks = build_networks(spec, tf, p.dtype, p.device, vae_dtype=vae_dtype, use_ema=self.use_ema)
-        sha = hash_cache(self.home).get_sha256(path)
-        self.model = LoadedModel(path, mtime, spec, networks, sha)
-        remember_last_model(self.home, path)
-        log.info("loaded %s (%s) in %.1fs on %s", path.name, spec.label, time.perf_counter() - t0, p.label)
-        return self.model
+            spec, networks = load_checkpoint(path, p.dtype, p.device, vae_dtype=vae_dtype, use_ema=self.use_ema)
+            sha = hash_cache(self.home).get_sha256(path)
+            self.model = LoadedModel(path, mtime, spec, networks, sha)
+            remember_last_model(self.home, path)
+            log.info("loaded %s (%s) in %.1fs on %s", path.name, spec.label, time.perf_counter() - t0, p.label)
+            return self.model
+
+        if model is None:
+            return load_default(self.home, load_file)
+        return load_file(find_checkpoint(self.home, str(model)))
 
     # ------------------------------------------------------------- requests
 
@@ -276,13 +280,38 @@ class Engine:
                 f"{req.width}x{req.height} with batch size {req.batch_size} needs about {needed / 2**30:.1f} GiB of working memory, "
                 f"but only {free / 2**30:.1f} GiB is free on {self.placement.device.type}. Use a smaller size or batch size."
             )
+        self._check_time(req)
         return req
 
-    def txt2img(self, request: GenerationRequest, progress: Optional[Callable[[Progress], None]] = None, control: Optional[JobControl] = None) -> list[GeneratedImage]:
-        """Generate ``batch_count`` batches of ``batch_size`` images.
+    def estimate_time(self, req: GenerationRequest) -> TimeEstimate:
+        """Estimated run time of a completed request on this device (see budget.py)."""
+        m = self._require_model()
+        key = (req.width, req.height)
+        if key not in m.flops:
+            m.flops[key] = count_flops(m.spec, m.networks.unet, m.networks.vae, req.width, req.height)
+        rate = THROUGHPUT.rate(self.placement.device, self.placement.dtype)
+        return estimate_time(m.flops[key], rate, req.steps, req.batch_size, req.batch_count, float(req.cfg_scale))
 
-        With ``control``, another thread may interrupt or skip (see :class:`JobControl`);
-        a stopped batch still returns its partly denoised images."""
+    def _check_time(self, req: GenerationRequest) -> None:
+        limit = self.max_job_seconds
+        if not limit or not needs_time_check(req.width, req.height, req.steps, req.batch_size, req.batch_count, float(req.cfg_scale)):
+            return
+        est = self.estimate_time(req)
+        if est.seconds > limit:
+            raise RequestError(too_long_message(est, limit, req.width, req.height, req.steps, req.batch_size * req.batch_count, self.placement.label))
+
+    def txt2img(self, request: GenerationRequest, progress: Optional[Callable[[Progress], None]] = None, control: Optional[JobControl] = None) -> list[GeneratedImage]:
+        """Generate ``batch_count`` batches of ``batch_size`` images (all at once; see
+        :meth:`batches` to get each batch as soon as it is done)."""
+        return [img for batch in self.batches(request, progress, control) for img in batch]
+
+    def batches(self, request: GenerationRequest, progress: Optional[Callable[[Progress], None]] = None, control: Optional[JobControl] = None) -> Iterator[list[GeneratedImage]]:
+        """Generate batch after batch, yielding each batch's images as soon as they are
+        decoded, so a caller can save them before the next batch starts.
+
+        With ``control``, another thread may interrupt, skip or cancel (see
+        :class:`JobControl`); an interrupted or skipped batch still yields its partly
+        denoised images, a cancelled one yields nothing more."""
         req = self.complete(request)
         if self.placement.device.type == "cpu":
             # after loading: weights keep their fast mmap-backed allocations, while the
@@ -297,30 +326,55 @@ class Engine:
         plan = self._encode(req, tags.text)
         if plan.ti_hashes:
             extra["TI hashes"] = ", ".join(f"{n.replace(':', '').replace(',', '')}: {h}" for n, h in plan.ti_hashes.items())
-        images: list[GeneratedImage] = []
         for batch_index in range(req.batch_count):
-            seeds = [base_seed + batch_index * req.batch_size + i for i in range(req.batch_size)]
-            done_before = batch_index * req.steps
-
-            def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor, _done=done_before) -> None:
-                if progress is not None:
-                    progress(Progress(_done + i + 1, total, time.perf_counter() - t0, denoised))
-                if control is not None and (control.interrupted or control.skipped):
-                    raise _Stopped(denoised)
-
             if control is not None and control.interrupted:
-                break
-            complete = True
+                return
+            seeds = [base_seed + batch_index * req.batch_size + i for i in range(req.batch_size)]
+            batch_t0 = time.perf_counter()
             try:
-                latents = self.sample(req, sampler, schedule, seeds, plan, on_step)
-            except _Stopped as stop:
-                latents, complete = stop.latents, False
-                control.skipped = False
-            pixels = self.decode(latents)
+                latents, complete = self._sample_batch(req, sampler, schedule, seeds, plan, control, progress, batch_index * req.steps, total, t0)
+                if latents is None:
+                    continue  # stopped before its first step: nothing to show
+                pixels = self.decode(latents, control)
+            except Cancelled:
+                return
+            self._learn_speed(req, len(seeds), time.perf_counter() - batch_t0, complete)
+            images = []
             for seed, img in zip(seeds, pixels):
                 params = self._params(req, sampler, schedule, seed, extra)
                 images.append(GeneratedImage(img, seed, params, format_infotext(params), complete))
-        return images
+            yield images
+
+    def _sample_batch(self, req, sampler, schedule, seeds, plan, control, progress, done_before, total, t0) -> tuple[Optional[torch.Tensor], bool]:
+        """Sample one batch: (latents, complete).  Interrupt or skip keeps the last
+        denoised latents (None when no step finished); cancel raises Cancelled."""
+        last: list[Optional[torch.Tensor]] = [None]
+
+        def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            last[0] = denoised
+            if progress is not None:
+                progress(Progress(done_before + i + 1, total, time.perf_counter() - t0, denoised))
+            if control is not None and control.stopping():
+                raise _Stopped()
+
+        try:
+            with stop_points(self._require_model().networks.unet, None if control is None else control.stopping):
+                return self.sample(req, sampler, schedule, seeds, plan, on_step), True
+        except (_Stopped, Cancelled):
+            if control is not None and control.cancelled:
+                raise Cancelled() from None
+            if control is not None:
+                control.skipped = False
+            return last[0], False
+
+    def _learn_speed(self, req: GenerationRequest, batch: int, seconds: float, complete: bool) -> None:
+        """Feed a finished batch's real time back into the device speed (see budget.py)."""
+        m = self.model
+        flops = m.flops.get((req.width, req.height)) if m is not None else None
+        if flops is None or not complete:
+            return
+        one = estimate_time(flops, 1.0, req.steps, batch, 1, float(req.cfg_scale)).flops
+        THROUGHPUT.observe(self.placement.device, self.placement.dtype, one, seconds)
 
     # ------------------------------------------------------------- stages
 
@@ -463,32 +517,23 @@ class Engine:
         m = self._require_model()
         if latents.shape[-1] * latents.shape[-2] <= SMALL_PREVIEW_LATENT:
             with torch.inference_mode():
-                return _to_image(self._decode_one(m.networks.vae, latents[index : index + 1].float())[0])
+                return _to_image(decode_checked(m.networks.vae, latents[index : index + 1].float())[0][0])
         if m.preview_map is None:
             m.preview_map = fit_preview_map(m.networks.vae)
         return preview_image(m.preview_map.to_rgb(latents[index]))
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        """Latents -> RGB images, one at a time; retry the VAE in fp32 if fp16 overflows."""
-        m = self._require_model()
-        vae = m.networks.vae
+    def decode(self, latents: torch.Tensor, control: Optional[JobControl] = None) -> list[Image.Image]:
+        """Latents -> RGB images, one at a time (tiled when large, see vae.py); a
+        cancel stops it between blocks.  fp16 overflow is retried in fp32."""
+        vae = self._require_model().networks.vae
+        should_stop = None if control is None else (lambda: control.cancelled)
         images = []
         for lat in latents:
-            pixels = self._decode_one(vae, lat[None])
-            if not torch.isfinite(pixels).all() and next(vae.parameters()).dtype != torch.float32:
-                log.warning("the VAE produced NaNs in half precision; switching it to float32")
-                vae.to(torch.float32)
-                self._vae_fp32 = True
-                pixels = self._decode_one(vae, lat[None])
+            pixels, switched = decode_checked(vae, lat[None], should_stop)
+            self._vae_fp32 = self._vae_fp32 or switched
             images.append(_to_image(pixels[0]))
         return images
-
-    @staticmethod
-    def _decode_one(vae, latent: torch.Tensor) -> torch.Tensor:
-        dtype = next(vae.parameters()).dtype
-        scaled = (latent / vae.config.scaling_factor).to(dtype)
-        return vae.decode(scaled).sample
 
     def _params(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seed: int, extra: Optional[dict] = None) -> GenerationParams:
         m = self._require_model()

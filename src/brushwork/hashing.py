@@ -86,22 +86,28 @@ def legacy_model_hash(path: Path | str) -> str:
 def _header_length(handle: Any, path: Path | str, file_size: int) -> int:
     """Read and sanity-check the 8-byte little-endian header length."""
     raw = handle.read(_HEADER_LENGTH_BYTES)
+    name = Path(path).name
     if len(raw) < _HEADER_LENGTH_BYTES:
         raise SafetensorsHeaderError(
-            f"'{path}' is too short to be a .safetensors file (under 8 bytes); "
-            "the download may be incomplete"
+            f"{name} is too short to be a .safetensors file ({len(raw)} bytes, under 8); "
+            "it is empty or the download is incomplete"
         )
     (length,) = struct.unpack("<Q", raw)
     if length > min(file_size - _HEADER_LENGTH_BYTES, _MAX_HEADER_BYTES):
         raise SafetensorsHeaderError(
-            f"'{path}' claims a {length}-byte header, larger than the file allows; "
-            "it is not a valid .safetensors file (re-download it)"
+            f"{name} claims a {length}-byte header, larger than the file allows; "
+            "it is truncated or not a .safetensors file at all"
         )
     return length
 
 
 def read_safetensors_header(path: Path | str) -> dict[str, Any]:
-    """Return the JSON header of a ``.safetensors`` file without reading tensors."""
+    """Return the JSON header of a ``.safetensors`` file without reading tensors.
+
+    The header must be a JSON object, and its ``__metadata__`` (if any) an object
+    of strings, as the format defines; anything else raises
+    :class:`SafetensorsHeaderError`, never another exception."""
+    name = Path(path).name
     with open(path, "rb") as handle:
         length = _header_length(handle, path, os.fstat(handle.fileno()).st_size)
         raw = handle.read(length)
@@ -109,12 +115,40 @@ def read_safetensors_header(path: Path | str) -> dict[str, Any]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SafetensorsHeaderError(
-            f"'{path}' has a header that is not valid UTF-8 JSON ({exc}); "
+            f"{name} has a header that is not valid UTF-8 JSON ({exc}); "
             "it is not a valid .safetensors file"
-        ) from exc
+        ) from None
+    except RecursionError:
+        raise SafetensorsHeaderError(f"{name} has a header nested too deeply to read; it is not a valid .safetensors file") from None
     if not isinstance(header, dict):
-        raise SafetensorsHeaderError(f"'{path}' has a header that is not a JSON object; not a .safetensors file")
+        raise SafetensorsHeaderError(f"{name} has a header that is a JSON {_json_kind(header)}, not an object; it is not a .safetensors file")
+    problem = _metadata_problem(header.get("__metadata__"))
+    if problem:
+        raise SafetensorsHeaderError(f"{name} has malformed metadata: {problem}; the file is damaged or was written by a broken tool")
     return header
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _metadata_problem(metadata: Any) -> str | None:
+    """Why a header's ``__metadata__`` is not an object of strings (None: it is, or absent)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        return f"__metadata__ is a JSON {_json_kind(metadata)}, not an object of strings"
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            return f"the value of {key[:60]!r} is a JSON {_json_kind(value)}, where the format requires a string"
+    return None
 
 
 def _addnet_digest(path: Path | str, block: int = BLOCK_SIZE) -> str:

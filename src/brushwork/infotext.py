@@ -45,19 +45,30 @@ _TYPED_KEYS = frozenset(
     }
 )
 
-# One key/value pair of the parameter line.  A key is a word character
-# followed by at least one more word character, space, hyphen or slash; the
-# value is either a JSON-style double-quoted string or everything up to the
-# next comma.  The pair must end at a comma or at the end of the line, which
-# makes the quoted branch fall back to the plain branch when a quote is not
-# really closing the value.
+# The parameter line is a list of ``Key: value`` pairs.  A key is a word
+# character followed by at least one more word character, space, hyphen or
+# slash, then a colon; the value is either a JSON-style double-quoted string
+# (only when a comma or the end of the line follows its closing quote) or
+# everything up to the next comma.  Text that does not fit is skipped.
+#
+# _PAIR_RE reads this grammar in one pass over the line.  Every start inside
+# a run of key characters fails at the lookbehind at once, and once a key is
+# found the value never fails (the plain form always fits), so nothing is
+# retried: a hostile megabyte costs a fraction of a second.  The earlier
+# pattern let finditer retry every start inside a run and took quadratic time
+# (16k characters of "a" took seconds).  tests/test_infotext.py keeps that
+# pattern as the reference and checks that both read the same pairs.
 _PAIR_RE = re.compile(
     r"""
-    \s*
+    (?<! [\w\ /-] )                     # only at the start of a run of key characters
+    [\ /-]*+                            # spaces, slashes, hyphens before the key
     (?P<key> \w [\w\ /-]+ )
-    : \s*
-    (?P<value> " (?: \\. | [^\\"] )+ " | [^,]* )
-    (?: , | $ )
+    : \s*+
+    (?P<value>
+        " (?!") [^\\"]*+ (?: \\. [^\\"]*+ )*+ " (?= ,|$ )   # a quoted string, then , or the end
+      | [^,]*+                                             # else up to the next comma
+    )
+    ,?
     """,
     re.VERBOSE,
 )
@@ -189,7 +200,7 @@ def _decode_value(raw: str) -> str:
 
 
 def _find_pairs(line: str) -> list[tuple[str, str]]:
-    """Return the raw ``(key, value)`` pairs of a parameter-line candidate."""
+    """Return the raw ``(key, value)`` pairs of a parameter-line candidate (linear time)."""
     return [(m.group("key"), m.group("value")) for m in _PAIR_RE.finditer(line)]
 
 

@@ -10,16 +10,19 @@ names, and the original-layout names some SDXL LoRAs use).
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .models import convert
-from .models.detect import UNET, ModelSpec
+from .models.detect import FAMILY_LABELS, UNET, ModelSpec
 from .models.errors import ModelFileError
-from .models.files import open_tensor_file
+from .models.files import damage_reported, open_tensor_file, read_safetensors_header
+from .models.load import all_finite
 from .paths import files_by_stem
 
 log = logging.getLogger(__name__)
@@ -52,49 +55,82 @@ def _tucker(core: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torc
     return torch.einsum("ijkl,pi,jr->prkl", core, left, right)
 
 
-def delta_weight(group: dict[str, torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
-    """ΔW of one adapted layer (before the user's multiplier), in float32."""
-    g = {k: v.float() for k, v in group.items()}
+def _part(g: dict[str, torch.Tensor], *names: str) -> torch.Tensor:
+    """The first of ``names`` the group has; a missing part is a damaged file."""
+    for name in names:
+        if name in g:
+            return g[name]
+    raise LoraError(f"the part {' / '.join(names)} is missing")
+
+
+def _update(g: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int | None]:
+    """(raw update, rank) of one adapted layer, before alpha and the multiplier."""
     if "lora_down.weight" in g or "lora_A.weight" in g:
-        down = g.get("lora_down.weight", g.get("lora_A.weight"))
-        up = g.get("lora_up.weight", g.get("lora_B.weight"))
-        rank = down.shape[0]
+        down = _part(g, "lora_down.weight", "lora_A.weight")
+        up = _part(g, "lora_up.weight", "lora_B.weight")
         if "lora_mid.weight" in g:
-            delta = _tucker(g["lora_mid.weight"], up.flatten(1), down.flatten(1))
-        else:
-            delta = up.flatten(1) @ down.flatten(1)
-    elif "hada_w1_a" in g:
-        rank = g["hada_w1_b"].shape[0]
+            return _tucker(g["lora_mid.weight"], up.flatten(1), down.flatten(1)), down.shape[0]
+        return up.flatten(1) @ down.flatten(1), down.shape[0]
+    if "hada_w1_a" in g:
+        parts = [_part(g, n) for n in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")]
         if "hada_t1" in g:
-            w1 = _tucker(g["hada_t1"], g["hada_w1_a"], g["hada_w1_b"])
-            w2 = _tucker(g["hada_t2"], g["hada_w2_a"], g["hada_w2_b"])
+            w1 = _tucker(g["hada_t1"], parts[0], parts[1])
+            w2 = _tucker(_part(g, "hada_t2"), parts[2], parts[3])
         else:
-            w1 = g["hada_w1_a"] @ g["hada_w1_b"]
-            w2 = g["hada_w2_a"] @ g["hada_w2_b"]
-        delta = w1 * w2
-    elif "lokr_w1" in g or "lokr_w1_a" in g:
-        w1 = g["lokr_w1"] if "lokr_w1" in g else g["lokr_w1_a"] @ g["lokr_w1_b"]
+            w1, w2 = parts[0] @ parts[1], parts[2] @ parts[3]
+        return w1 * w2, parts[1].shape[0]
+    if "lokr_w1" in g or "lokr_w1_a" in g:
+        w1 = g["lokr_w1"] if "lokr_w1" in g else _part(g, "lokr_w1_a") @ _part(g, "lokr_w1_b")
         if "lokr_w2" in g:
             w2 = g["lokr_w2"]
         elif "lokr_t2" in g:
-            w2 = _tucker(g["lokr_t2"], g["lokr_w2_a"], g["lokr_w2_b"])
+            w2 = _tucker(g["lokr_t2"], _part(g, "lokr_w2_a"), _part(g, "lokr_w2_b"))
         else:
-            w2 = g["lokr_w2_a"] @ g["lokr_w2_b"]
+            w2 = _part(g, "lokr_w2_a") @ _part(g, "lokr_w2_b")
         rank = g["lokr_w2_b"].shape[0] if "lokr_w2_b" in g else g["lokr_w1_b"].shape[0] if "lokr_w1_b" in g else None
         while w1.ndim < w2.ndim:
             w1 = w1[..., None]
-        delta = torch.kron(w1, w2)
-    else:
-        raise LoraError(f"unknown adapter kind with parts {sorted(group)}")
-    if "scale" in g:
-        factor = float(g["scale"])
-    elif "alpha" in g and rank:
-        factor = float(g["alpha"]) / rank
-    else:
-        factor = 1.0
+        return torch.kron(w1, w2), rank
+    raise LoraError(f"unknown adapter kind with parts {sorted(g)}")
+
+
+def _fit(delta: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     if delta.numel() != torch.Size(shape).numel():
         raise LoraError(f"an update of shape {tuple(delta.shape)} does not fit a layer of shape {tuple(shape)}")
-    return delta.reshape(shape) * factor
+    return delta.reshape(shape)
+
+
+def _factor(g: dict[str, torch.Tensor], rank: int | None) -> float:
+    if "scale" in g:
+        return float(g["scale"])
+    if "alpha" in g and rank:
+        return float(g["alpha"]) / rank
+    return 1.0
+
+
+def delta_weight(group: dict[str, torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    """ΔW of one adapted layer (before the user's multiplier), in float32."""
+    g = {k: v.float() for k, v in group.items()}
+    delta, rank = _update(g)
+    return _fit(delta, shape) * _factor(g, rank)
+
+
+def check_group(group: dict[str, torch.Tensor], shape: tuple[int, ...]) -> None:
+    """Raise :class:`LoraError` unless ``group`` gives a finite update for a layer of
+    ``shape``.  The parts are checked for NaN/inf and scalar ``alpha``/``scale``; the
+    shapes are worked out on the ``meta`` device, so no update is computed."""
+    for name, t in group.items():
+        if t.is_floating_point() and not bool(all_finite(t)):
+            raise LoraError(f"{name} contains NaN or infinite values")
+    for name in ("alpha", "scale"):
+        if name in group and group[name].numel() != 1:
+            raise LoraError(f"{name} should be a single number but has shape {tuple(group[name].shape)}")
+    shapes = {k: tuple(v.shape) for k, v in group.items()}
+    try:
+        delta, _ = _update({k: v.to("meta", torch.float32) for k, v in group.items()})
+    except (RuntimeError, IndexError) as exc:
+        raise LoraError(f"its parts {shapes} do not combine into an update ({str(exc).splitlines()[0][:100]})") from None
+    _fit(delta, shape)
 
 
 def module_table(spec: ModelSpec, unet: torch.nn.Module, encoders: list[torch.nn.Module]) -> dict[str, tuple[torch.nn.Module, str]]:
@@ -120,12 +156,13 @@ def module_table(spec: ModelSpec, unet: torch.nn.Module, encoders: list[torch.nn
 
 def lora_family(metadata: dict[str, str]) -> str | None:
     """The base family kohya's metadata names, if any."""
-    base = metadata.get("ss_base_model_version", "")
+    base = str(metadata.get("ss_base_model_version", ""))
+    v2 = str(metadata.get("ss_v2", ""))
     if base.startswith("sdxl"):
         return "sdxl"
-    if metadata.get("ss_v2") == "True" or base.startswith("sd_v2"):
+    if v2 == "True" or base.startswith("sd_v2"):
         return "sd2"
-    if base.startswith("sd_v1") or metadata.get("ss_v2") == "False":
+    if base.startswith("sd_v1") or v2 == "False":
         return "sd1"
     return None
 
@@ -141,24 +178,70 @@ def lora_files(home) -> dict[str, Path]:
     return files_by_stem([*home.lora_dirs, PACKAGED_LORAS], LORA_SUFFIXES, fold_case=True)
 
 
+def _json_object(text) -> dict:
+    """``text`` parsed as a JSON object; {} for anything else (bad, too deep, not an object)."""
+    if not isinstance(text, str):
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _count(n) -> int | None:
+    """A tag count from kohya's metadata, if it is a finite number."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n):
+        return None
+    return int(n)
+
+
 def trigger_words(metadata: dict[str, str], limit: int = 5) -> list[str]:
     """The most frequent caption tags kohya recorded (``ss_tag_frequency``), or the
-    modelspec trigger phrase."""
-    import json
-
+    modelspec trigger phrase.  Malformed metadata gives no words, never an error."""
     phrase = metadata.get("modelspec.trigger_phrase")
-    if phrase:
-        return [phrase]
-    try:
-        freq = json.loads(metadata.get("ss_tag_frequency", "{}"))
-    except ValueError:
-        return []
+    if isinstance(phrase, str) and phrase.strip():
+        return [phrase.strip()]
     counts: dict[str, int] = {}
-    for tags in freq.values() if isinstance(freq, dict) else []:
-        if isinstance(tags, dict):
-            for tag, n in tags.items():
-                counts[tag.strip()] = counts.get(tag.strip(), 0) + int(n)
+    for tags in _json_object(metadata.get("ss_tag_frequency")).values():
+        for tag, n in (tags.items() if isinstance(tags, dict) else []):
+            if _count(n) is not None:
+                counts[tag.strip()] = counts.get(tag.strip(), 0) + _count(n)
     return [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
+
+
+def lora_metadata(path: Path) -> dict[str, str]:
+    """A LoRA file's safetensors metadata ({} for other formats); raises
+    :class:`LoraError` with the reason when the file is damaged."""
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    try:
+        return read_safetensors_header(path)[1]
+    except ModelFileError as exc:
+        raise LoraError(str(exc)) from None
+    except OSError as exc:
+        raise LoraError(f"{path.name} could not be read ({exc.strerror or exc}).") from None
+
+
+def listed_metadata(path: Path) -> dict[str, str]:
+    """:func:`lora_metadata` for listings: {} for a damaged file, never an error."""
+    try:
+        return lora_metadata(path)
+    except LoraError as exc:
+        log.info("LoRA listing: %s", exc)
+        return {}
+
+
+def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a LoRA file; any damage is a :class:`LoraError`."""
+    try:
+        with damage_reported(path, "LoRA file", LoraError):
+            with open_tensor_file(path) as tf:
+                return {k: tf.get(k) for k in tf.tensors}, dict(tf.metadata)
+    except LoraError:
+        raise
+    except ModelFileError as exc:
+        raise LoraError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -172,21 +255,20 @@ class LoraSummary:
 
 def summarize_loras(home) -> list[LoraSummary]:
     from .catalog import hash_cache
-    from .hashing import SafetensorsHeaderError, read_safetensors_header
+    from .hashing import SafetensorsHeaderError
 
     cache = hash_cache(home)
     out = []
-    labels = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
     for _, path in sorted(lora_files(home).items()):
-        metadata: dict[str, str] = {}
-        if path.suffix.lower() == ".safetensors":
-            try:
-                metadata = {str(k): str(v) for k, v in (read_safetensors_header(path).get("__metadata__") or {}).items()}
-            except SafetensorsHeaderError as exc:
-                out.append(LoraSummary(path.stem, path, f"unreadable: {exc}"[:60], "-", []))
-                continue
+        try:
+            metadata = lora_metadata(path)
+            addnet = cache.get_addnet_hash(path)[:12]
+        except (LoraError, SafetensorsHeaderError, OSError) as exc:
+            why = str(exc).removeprefix(path.name).lstrip(" :")
+            out.append(LoraSummary(path.stem, path, f"unreadable: {why}"[:60], "-", []))
+            continue
         fam = lora_family(metadata)
-        out.append(LoraSummary(path.stem, path, labels.get(fam or "", "unknown"), cache.get_addnet_hash(path)[:12], trigger_words(metadata)))
+        out.append(LoraSummary(path.stem, path, FAMILY_LABELS.get(fam or "", "unknown"), addnet, trigger_words(metadata)))
     return out
 
 
@@ -206,14 +288,33 @@ class LoraStack:
         self.applied.clear()
 
     def apply(self, spec: ModelSpec, unet, encoders, path: Path, te: float = 1.0, unet_mult: float = 1.0) -> int:
-        """Merge one LoRA file; returns how many layers it changed."""
-        with open_tensor_file(path) as tf:
-            tensors = {k: tf.get(k) for k in tf.tensors}
-            metadata = dict(tf.metadata)
+        """Merge one LoRA file; returns how many layers it changed.
+
+        All or nothing: the file is read and every layer's update checked before any
+        weight changes, so a :class:`LoraError` (damaged file, wrong model) leaves the
+        weights bit for bit as they were.  Should merging still fail (an update that
+        overflows the weights' dtype, running out of memory), the LoRAs merged before
+        this one are re-merged from the original weights and the error is raised."""
+        layers = self._plan(spec, unet, encoders, path, te, unet_mult)
+        merged = 0
+        try:
+            with torch.no_grad():
+                for key, param, group, mult in layers:
+                    self._merge(path, key, param, group, mult)
+                    merged += 1
+        except BaseException:
+            if merged:
+                self._replay(spec, unet, encoders)
+            raise
+        self.applied.append((str(path), te, unet_mult))
+        return len(layers)
+
+    def _plan(self, spec: ModelSpec, unet, encoders, path: Path, te: float, unet_mult: float) -> list[tuple[str, torch.nn.Parameter, dict, float]]:
+        """(key, weight, parts, multiplier) for every layer the file changes, all checked."""
+        tensors, metadata = read_lora(path)
         fam = lora_family(metadata)
         if fam is not None and fam != spec.family:
-            names = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-            raise LoraError(f"{path.name} was trained for {names[fam]}, but the loaded checkpoint is {names[spec.family]}; use it with a {names[fam]} checkpoint.")
+            raise LoraError(f"{path.name} was trained for {FAMILY_LABELS[fam]}, but the loaded checkpoint is {FAMILY_LABELS[spec.family]}; use it with a {FAMILY_LABELS[fam]} checkpoint.")
         table = module_table(spec, unet, encoders)
         groups = group_modules(tensors)
         if not groups:
@@ -221,22 +322,31 @@ class LoraStack:
         matched = [k for k in groups if k in table]
         if not matched:
             raise LoraError(f"none of the {len(groups)} layers in {path.name} exist in this checkpoint (e.g. {next(iter(groups))!r}); it is probably for another model family.")
-        changed = 0
-        with torch.no_grad():
-            for key in matched:
-                mod, part = table[key]
-                mult = te if part == "te" else unet_mult
-                param = mod.weight
-                try:
-                    delta = delta_weight(groups[key], tuple(param.shape))
-                except LoraError as exc:
-                    raise LoraError(f"{path.name}, layer {key}: {exc}; the LoRA is for another model or damaged.") from None
-                if id(param) not in self.backups:
-                    self.backups[id(param)] = (param, param.detach().clone())
-                param.add_((delta * mult).to(param.dtype))
-                changed += 1
+        layers = []
+        for key in matched:
+            mod, part = table[key]
+            try:
+                check_group(groups[key], tuple(mod.weight.shape))
+            except LoraError as exc:
+                raise LoraError(f"{path.name}, layer {key}: {exc}; the LoRA is for another model or damaged.") from None
+            layers.append((key, mod.weight, groups[key], te if part == "te" else unet_mult))
         skipped = len(groups) - len(matched)
         if skipped:
             log.warning("%s: %d of %d layers did not match this checkpoint and were skipped", path.name, skipped, len(groups))
-        self.applied.append((str(path), te, unet_mult))
-        return changed
+        return layers
+
+    def _merge(self, path: Path, key: str, param: torch.nn.Parameter, group: dict, mult: float) -> None:
+        """Add one checked layer's update, refusing one that would make the weight non-finite."""
+        merged = param + (delta_weight(group, tuple(param.shape)) * mult).to(param.dtype)
+        if not bool(all_finite(merged)):
+            raise LoraError(f"{path.name}, layer {key}: merging it makes the weights NaN or infinite in {param.dtype} (multiplier {mult}); the LoRA is damaged or the multiplier too large.")
+        if id(param) not in self.backups:
+            self.backups[id(param)] = (param, param.detach().clone())
+        param.copy_(merged)
+
+    def _replay(self, spec: ModelSpec, unet, encoders) -> None:
+        """Back to the original weights plus the LoRAs applied so far (after a failed merge)."""
+        earlier = list(self.applied)
+        self.restore()
+        for path, te, unet_mult in earlier:
+            self.apply(spec, unet, encoders, Path(path), te, unet_mult)

@@ -187,10 +187,17 @@ def _indices(shapes: Shapes, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for k in shapes if (m := rx.match(k))})
 
 
-def _need(shapes: Shapes, key: str, what: str) -> tuple[int, ...]:
+def _need(shapes: Shapes, key: str, what: str, ndim: int) -> tuple[int, ...]:
     if key not in shapes:
         raise UnsupportedModel(f"the {what} is incomplete: tensor {key!r} is missing. The file is damaged or not a Stable Diffusion checkpoint.")
-    return shapes[key]
+    return _dims(shapes[key], key, what, ndim)
+
+
+def _dims(shape: tuple[int, ...], key: str, what: str, ndim: int) -> tuple[int, ...]:
+    """``shape``, checked to have the ``ndim`` dimensions the layer needs."""
+    if len(shape) != ndim:
+        raise UnsupportedModel(f"the {what} tensor {key!r} has shape {tuple(shape)}, but that layer needs {ndim} dimensions; the file is damaged.")
+    return shape
 
 
 def norm_groups(widths: tuple[int, ...] | list[int]) -> int:
@@ -203,8 +210,8 @@ def norm_groups(widths: tuple[int, ...] | list[int]) -> int:
 
 def derive_unet(shapes: Shapes, family: str) -> UNetConfig:
     p = UNET
-    conv_in = _need(shapes, p + "input_blocks.0.0.weight", "UNet")
-    out = _need(shapes, p + "out.2.weight", "UNet")
+    conv_in = _need(shapes, p + "input_blocks.0.0.weight", "UNet", 4)
+    out = _need(shapes, p + "out.2.weight", "UNet", 4)
     n_inputs = len(_indices(shapes, re.escape(p) + r"input_blocks\.(\d+)\."))
     downsamplers = _indices(shapes, re.escape(p) + r"input_blocks\.(\d+)\.0\.op\.weight")
     levels = len(downsamplers) + 1
@@ -215,7 +222,7 @@ def derive_unet(shapes: Shapes, family: str) -> UNetConfig:
     widths, attn, depth = [], [], []
     for lvl in range(levels):
         first = 1 + lvl * per_level
-        widths.append(_need(shapes, f"{p}input_blocks.{first}.0.out_layers.3.weight", "UNet")[0])
+        widths.append(_need(shapes, f"{p}input_blocks.{first}.0.out_layers.3.weight", "UNet", 4)[0])
         blocks = _indices(shapes, re.escape(f"{p}input_blocks.{first}.1.transformer_blocks.") + r"(\d+)\.")
         attn.append(bool(blocks))
         depth.append(len(blocks))
@@ -223,15 +230,17 @@ def derive_unet(shapes: Shapes, family: str) -> UNetConfig:
     to_k = [k for k in shapes if k.startswith(p) and k.endswith("attn2.to_k.weight")]
     if not to_k:
         raise UnsupportedModel("the UNet has no cross-attention layers, so it cannot follow a prompt; it is not a Stable Diffusion checkpoint.")
-    context = shapes[to_k[0]][1]
+    context = _dims(shapes[to_k[0]], to_k[0], "UNet", 2)[1]
     proj_in = [k for k in shapes if k.startswith(p) and k.endswith(".proj_in.weight")]
+    if not proj_in:
+        raise UnsupportedModel("the UNet's attention blocks have no 'proj_in' layers; the file is damaged or not a Stable Diffusion checkpoint.")
     linear = len(shapes[proj_in[0]]) == 2
     if family == "sd1":
         heads = tuple(8 if w % 8 == 0 else 1 for w in widths)
     else:
         heads = tuple(max(1, w // 64) for w in widths)
     adm = shapes.get(p + "label_emb.0.0.weight")
-    adm_in = adm[1] if adm else None
+    adm_in = _dims(adm, p + "label_emb.0.0.weight", "UNet", 2)[1] if adm else None
     return UNetConfig(
         in_channels=conv_in[1],
         out_channels=out[0],
@@ -250,11 +259,11 @@ def derive_unet(shapes: Shapes, family: str) -> UNetConfig:
 
 def derive_vae(shapes: Shapes, scaling_factor: float) -> VAEConfig:
     p = VAE
-    conv_in = _need(shapes, p + "encoder.conv_in.weight", "VAE")
-    conv_out = _need(shapes, p + "decoder.conv_out.weight", "VAE")
-    quant = _need(shapes, p + "quant_conv.weight", "VAE")
+    conv_in = _need(shapes, p + "encoder.conv_in.weight", "VAE", 4)
+    conv_out = _need(shapes, p + "decoder.conv_out.weight", "VAE", 4)
+    quant = _need(shapes, p + "quant_conv.weight", "VAE", 4)
     levels = _indices(shapes, re.escape(p + "encoder.down.") + r"(\d+)\.")
-    widths = tuple(_need(shapes, f"{p}encoder.down.{i}.block.0.conv2.weight", "VAE")[0] for i in levels)
+    widths = tuple(_need(shapes, f"{p}encoder.down.{i}.block.0.conv2.weight", "VAE", 4)[0] for i in levels)
     layers = len(_indices(shapes, re.escape(p + "encoder.down.0.block.") + r"(\d+)\."))
     return VAEConfig(
         in_channels=conv_in[1],
@@ -272,17 +281,17 @@ def derive_text_encoder(shapes: Shapes, prefix: str, layout: str, with_projectio
     what = "text encoder"
     if layout == "hf":
         base = prefix + "text_model." if any(k.startswith(prefix + "text_model.") for k in shapes) else prefix
-        tok = _need(shapes, base + "embeddings.token_embedding.weight", what)
-        pos = _need(shapes, base + "embeddings.position_embedding.weight", what)
+        tok = _need(shapes, base + "embeddings.token_embedding.weight", what, 2)
+        pos = _need(shapes, base + "embeddings.position_embedding.weight", what, 2)
         layers = _indices(shapes, re.escape(base + "encoder.layers.") + r"(\d+)\.")
-        fc1 = _need(shapes, base + "encoder.layers.0.mlp.fc1.weight", what)
+        fc1 = _need(shapes, base + "encoder.layers.0.mlp.fc1.weight", what, 2)
         proj = None
     else:
-        tok = _need(shapes, prefix + "token_embedding.weight", what)
-        pos = _need(shapes, prefix + "positional_embedding", what)
+        tok = _need(shapes, prefix + "token_embedding.weight", what, 2)
+        pos = _need(shapes, prefix + "positional_embedding", what, 2)
         layers = _indices(shapes, re.escape(prefix + "transformer.resblocks.") + r"(\d+)\.")
-        fc1 = _need(shapes, prefix + "transformer.resblocks.0.mlp.c_fc.weight", what)
-        proj = _need(shapes, prefix + "text_projection", what)[1] if with_projection else None
+        fc1 = _need(shapes, prefix + "transformer.resblocks.0.mlp.c_fc.weight", what, 2)
+        proj = _need(shapes, prefix + "text_projection", what, 2)[1] if with_projection else None
     width = tok[1]
     return TextEncoderConfig(
         prefix=prefix,
@@ -402,7 +411,7 @@ def _detect_family(shapes: Shapes, metadata: Mapping[str, str], read_tensor: Opt
         prediction, why = ("v_prediction", "a v_pred marker key") if "v_pred" in shapes else ("epsilon", "the SD 1.x default")
         scale, resolution = 0.18215, 512
 
-    scale = float(metadata.get("brushwork.vae_scaling_factor", scale))
+    scale = _metadata_scale(metadata, scale)
     resolution = _metadata_resolution(metadata, resolution)
     vae = derive_vae(shapes, scale)
     factor = 2 ** (len(vae.widths) - 1)
@@ -435,6 +444,15 @@ def _metadata_defaults(metadata: Mapping[str, str]) -> dict:
             except (TypeError, ValueError):
                 continue
     return out
+
+
+def _metadata_scale(metadata: Mapping[str, str], default: float) -> float:
+    """``brushwork.vae_scaling_factor`` when it is a positive finite number, else the family's."""
+    try:
+        value = float(metadata.get("brushwork.vae_scaling_factor", default))
+    except (TypeError, ValueError):
+        return default
+    return value if math.isfinite(value) and value > 0 else default
 
 
 def _metadata_resolution(metadata: Mapping[str, str], default: int) -> int:

@@ -11,10 +11,13 @@
 """
 from __future__ import annotations
 
+import logging
+import math
 import mmap
 import os
 import pickle
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -24,6 +27,8 @@ import torch
 from ..hashing import SafetensorsHeaderError
 from ..hashing import read_safetensors_header as read_raw_header
 from .errors import CorruptCheckpoint, ModelFileError, UnsafePickle
+
+log = logging.getLogger(__name__)
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -84,7 +89,8 @@ class TensorFile:
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
     """(tensors, metadata, data_start) from a safetensors file, with every tensor's
-    byte range checked against the file size (a truncated download fails here)."""
+    dtype, shape and byte range checked against the file (a truncated download or
+    a damaged header fails here, with the reason)."""
     size = path.stat().st_size
     name = path.name
     if size < 8:
@@ -92,24 +98,44 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     try:
         header = read_raw_header(path)
     except SafetensorsHeaderError as exc:
-        raise CorruptCheckpoint(f"{name} is damaged or truncated: {exc}.") from None
+        raise CorruptCheckpoint(f"{exc}. Download it again.") from None
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
     metadata = header.pop("__metadata__", None) or {}
     data_len = size - 8 - header_len
-    tensors: dict[str, TensorInfo] = {}
-    for key, entry in header.items():
-        try:
-            dtype, shape, (start, end) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CorruptCheckpoint(f"{name}: the header entry for tensor {key!r} is malformed. Download the file again.") from None
-        if end > data_len or start > end:
-            raise CorruptCheckpoint(
-                f"{name} is truncated: tensor {key!r} ends at byte {end} of the data but the file holds only {data_len} bytes "
-                "of data. The download was probably interrupted; download it again."
-            )
-        tensors[key] = TensorInfo(dtype, shape, start, end)
-    return tensors, {str(k): str(v) for k, v in metadata.items()}, 8 + header_len
+    tensors = {key: _tensor_info(name, key, entry, data_len) for key, entry in header.items()}
+    return tensors, dict(metadata), 8 + header_len
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tensor_info(name: str, key: str, entry, data_len: int) -> TensorInfo:
+    """One header entry, validated: a known dtype, a shape of counts, and a byte
+    range inside the data section whose length fits the shape."""
+    def malformed(why: str) -> CorruptCheckpoint:
+        return CorruptCheckpoint(f"{name}: the header entry for tensor {key[:120]!r} is malformed ({why}); the file is damaged. Download it again.")
+
+    if not isinstance(entry, dict):
+        raise malformed("not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise CorruptCheckpoint(f"{name}: tensor {key[:120]!r} has dtype {dtype!r}, which Brushwork cannot read (known: {', '.join(SAFETENSORS_DTYPES)}).")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise malformed(f"shape {str(shape)[:60]} is not a list of whole numbers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets):
+        raise malformed(f"data_offsets {str(offsets)[:60]} are not two whole numbers")
+    start, end = offsets
+    if end > data_len or start > end:
+        raise CorruptCheckpoint(
+            f"{name} is truncated: tensor {key[:120]!r} ends at byte {end} of the data but the file holds only {data_len} bytes "
+            "of data. The download was probably interrupted; download it again."
+        )
+    need = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+    if end - start != need:
+        raise malformed(f"shape {shape} in {dtype} needs {need} bytes, the offsets give {end - start}")
+    return TensorInfo(dtype, tuple(shape), start, end)
 
 
 def _cast_copy(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -125,9 +151,6 @@ def open_safetensors(path: Path) -> TensorFile:
     resident memory next to the model being built from them.
     """
     tensors, metadata, data_start = read_safetensors_header(path)
-    for key, info in tensors.items():
-        if info.dtype not in SAFETENSORS_DTYPES:
-            raise CorruptCheckpoint(f"{path.name}: tensor {key!r} has dtype {info.dtype}, which Brushwork cannot read.")
     handle = open(path, "rb")
     size = path.stat().st_size
     mm = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
@@ -218,12 +241,13 @@ def _torch_load(path: Path, weights_only: bool):
 
 
 def _flatten_tensors(obj) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        inner = obj.get("state_dict")
-        if isinstance(inner, Mapping):
-            obj = inner
-        return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    raise CorruptCheckpoint("the file does not contain a dictionary of tensors")
+    if not isinstance(obj, Mapping):
+        raise CorruptCheckpoint(f"the file holds a value of type {type(obj).__name__}, not a dictionary of tensors")
+    if "state_dict" in obj:
+        obj = obj["state_dict"]
+        if not isinstance(obj, Mapping):
+            raise CorruptCheckpoint(f"its 'state_dict' is of type {type(obj).__name__}, not a dictionary of tensors")
+    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
 def open_pickle(path: Path) -> TensorFile:
@@ -264,9 +288,11 @@ def open_tensor_file(path: str | os.PathLike) -> TensorFile:
         )
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return open_safetensors(path)
+        with damage_reported(path, "tensor file"):
+            return open_safetensors(path)
     if suffix in (".ckpt", ".pt", ".pth", ".bin"):
-        return open_pickle(path)
+        with damage_reported(path, "tensor file"):
+            return open_pickle(path)
     raise ModelFileError(f"{path.name} is not a checkpoint file: expected .safetensors or .ckpt, got {suffix or 'no suffix'}.")
 
 
@@ -278,3 +304,31 @@ def iter_checkpoint_files(folder: Path) -> Iterator[Path]:
         name = p.name.lower()
         if p.is_file() and name.endswith((".safetensors", ".ckpt")) and not name.endswith((".vae.safetensors", ".vae.ckpt")):
             yield p
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
+
+
+@contextmanager
+def damage_reported(path: str | os.PathLike, what: str = "checkpoint", error: type[ModelFileError] = CorruptCheckpoint) -> Iterator[None]:
+    """Turn any failure while reading, recognising or building from ``path`` into a
+    one-line :class:`ModelFileError` that names the file (not its folder).
+
+    Our own ``ModelFileError`` messages pass through unchanged; a failure deep in
+    torch, diffusers or the pickle reader (``TypeError``, ``RecursionError``, a
+    ``load_state_dict`` report ...) means the file is not what it claims to be.
+    Running out of memory is not the file's fault and is re-raised as it is."""
+    name = Path(path).name
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except OSError as exc:
+        raise error(f"{name} could not be read ({exc.strerror or exc}). Check that the file is complete and readable.") from None
+    except Exception as exc:  # noqa: BLE001 - every other failure means a damaged file
+        log.debug("reading %s failed", path, exc_info=True)
+        raise error(f"{name} is damaged or not a {what} ({_first_line(exc)}). Download it again or remove it.") from None

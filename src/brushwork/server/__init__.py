@@ -2,7 +2,11 @@
 
 Layers, each a client of the one below: ``app.py``/``a1111.py`` (HTTP routes) ->
 ``studio.py`` (job queue, worker thread, events) -> the engine.  ``store.py`` keeps
-the history in SQLite; ``security.py`` decides who may connect.
+the history in SQLite; ``security.py`` decides who may connect (docs/security.md).
+
+uvicorn runs with ``proxy_headers=False`` unless ``--trust-proxy`` is given: otherwise
+any local client could pick its own address (and so its fair-queue line) with
+``X-Forwarded-For``.  Only a reverse proxy on this machine should be trusted.
 """
 from __future__ import annotations
 
@@ -29,6 +33,10 @@ class ServeOptions:
     max_body_mb: float = 32.0
     cors: list[str] = field(default_factory=list)
     preview_every: int = 5
+    allow_hosts: list[str] = field(default_factory=list)  # extra names accepted in Host (--allow-host)
+    max_job_minutes: Optional[float] = None  # refuse jobs estimated to take longer (None: default 60; 0: no limit)
+    max_queued_per_client: int = 200
+    trust_proxy: bool = False  # read X-Forwarded-For/-Proto from a proxy on 127.0.0.1 (--trust-proxy)
 
 
 def build(opts: ServeOptions):
@@ -36,25 +44,29 @@ def build(opts: ServeOptions):
     from ..engine import Engine
     from ..paths import DataHome
     from .app import create_app
-    from .security import Credentials, check_bind
+    from .security import Credentials, HostPolicy, check_bind
     from .store import JobStore
     from .studio import Studio
 
     credentials = Credentials.parse(opts.auth, opts.token)
     check_bind(opts.host, credentials, opts.insecure)
+    hosts = HostPolicy.from_options(opts.host, opts.allow_hosts)
     home = DataHome.resolve(opts.home)
     home.create()
-    engine = Engine(home, device=opts.device)
+    from ..budget import optional_limit
+
+    engine = Engine(home, device=opts.device, max_job_seconds=optional_limit(opts.max_job_minutes))
     engine.load(opts.model)  # fail early on a bad --model; the model stays loaded
-    store = JobStore(home.root / "brushwork.sqlite3")
-    studio = Studio(engine, store, preview_every=opts.preview_every)
-    app = create_app(studio, credentials, max_body=int(opts.max_body_mb * 2**20), cors_origins=opts.cors or None)
+    store = JobStore(home.root / "brushwork.sqlite3", outputs=home.outputs)
+    studio = Studio(engine, store, preview_every=opts.preview_every, max_queued_per_client=opts.max_queued_per_client)
+    app = create_app(studio, credentials, max_body=int(opts.max_body_mb * 2**20), cors_origins=opts.cors or None, hosts=hosts)
     return app, studio
 
 
 @contextlib.contextmanager
-def serve_in_thread(app, host: str = DEFAULT_HOST, port: int = 0):
-    """Run ``app`` with uvicorn in a background thread (tests, benchmarks); yields its base URL."""
+def serve_in_thread(app, host: str = DEFAULT_HOST, port: int = 0, trust_proxy: bool = False):
+    """Run ``app`` with uvicorn in a background thread (tests, benchmarks); yields its base URL.
+    ``trust_proxy`` as for ``brushwork serve --trust-proxy``."""
     import socket
     import threading
     import time
@@ -65,7 +77,7 @@ def serve_in_thread(app, host: str = DEFAULT_HOST, port: int = 0):
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=trust_proxy))
     thread = threading.Thread(target=server.run, name="brushwork-http", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -101,7 +113,7 @@ def serve(opts: ServeOptions) -> None:
     # ours, so that the worker is stopped and the database closed before the exit
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning", timeout_graceful_shutdown=5)
+        uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning", timeout_graceful_shutdown=5, proxy_headers=opts.trust_proxy)
     except _Stopped:
         pass
     finally:

@@ -5,6 +5,9 @@ docs/http-api.md for the list and for where we differ on purpose: unknown
 samplers, models and unsupported features are clear 4xx errors instead of
 silent fallbacks or 500s).  ``txt2img`` goes through the same job queue as the
 native API and blocks until its job is done, as AUTOMATIC1111's does.
+
+Like AUTOMATIC1111 (an older FastAPI), a body without a Content-Type is read as
+JSON here; a body sent as another type (text/plain, a form) is a 415.
 """
 from __future__ import annotations
 
@@ -18,17 +21,16 @@ from typing import Any, Optional
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .. import __version__
 from ..embeddings import embedding_files
 from ..engine import MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, GenerationRequest
-from ..hashing import SafetensorsHeaderError, read_safetensors_header
 from ..infotext import parse_infotext
-from ..lora import lora_files
+from ..lora import listed_metadata, lora_files
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULE_LABELS
-from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_PROMPT_CHARS, BadRequest, check_names
+from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_INFOTEXT_CHARS, MAX_JSON_DEPTH, MAX_PROMPT_CHARS, BadRequest, check_names, finite, nesting_depth, public_path, public_text
 from .studio import Studio
 
 PREFIX = "/sdapi/v1"
@@ -36,7 +38,11 @@ _STATUS_NAMES = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 409: "
 
 
 def error_response(request: Request, status: int, message: str, field: Optional[str] = None) -> JSONResponse:
-    """AUTOMATIC1111's error shape on its routes, ``{"detail": ...}`` elsewhere."""
+    """AUTOMATIC1111's error shape on its routes, ``{"detail": ...}`` elsewhere.  Every
+    error answer passes here, so this is where the data home's location is cut out."""
+    studio = getattr(request.app.state, "studio", None)
+    if studio is not None:
+        message = public_text(studio.home, message)
     if request.url.path.startswith(PREFIX):
         return JSONResponse({"error": _STATUS_NAMES.get(status, "HTTPException"), "detail": message, "body": "", "errors": message}, status_code=status)
     body: dict[str, Any] = {"detail": message}
@@ -48,7 +54,7 @@ def error_response(request: Request, status: int, message: str, field: Optional[
 class Txt2ImgBody(BaseModel):
     """AUTOMATIC1111's txt2img request: every field optional, unknown keys ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
@@ -58,8 +64,8 @@ class Txt2ImgBody(BaseModel):
     subseed_strength: float = 0.0
     seed_resize_from_h: int = -1
     seed_resize_from_w: int = -1
-    sampler_name: Optional[str] = None
-    scheduler: Optional[str] = None
+    sampler_name: Optional[str] = Field(None, max_length=64)
+    scheduler: Optional[str] = Field(None, max_length=64)
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
     n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
     steps: int = Field(50, ge=1, le=MAX_STEPS)
@@ -79,7 +85,7 @@ class Txt2ImgBody(BaseModel):
     s_noise: Optional[float] = None
     override_settings: Optional[dict[str, Any]] = None
     override_settings_restore_afterwards: bool = True
-    refiner_checkpoint: Optional[str] = None
+    refiner_checkpoint: Optional[str] = Field(None, max_length=512)
     refiner_switch_at: Optional[float] = None
     disable_extra_networks: bool = False
     comments: Optional[dict[str, Any]] = None
@@ -91,19 +97,26 @@ class Txt2ImgBody(BaseModel):
     hr_second_pass_steps: int = 0
     hr_resize_x: int = 0
     hr_resize_y: int = 0
-    hr_checkpoint_name: Optional[str] = None
-    hr_sampler_name: Optional[str] = None
-    hr_scheduler: Optional[str] = None
+    hr_checkpoint_name: Optional[str] = Field(None, max_length=512)
+    hr_sampler_name: Optional[str] = Field(None, max_length=64)
+    hr_scheduler: Optional[str] = Field(None, max_length=64)
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
-    force_task_id: Optional[str] = None
-    sampler_index: str = "Euler"
-    script_name: Optional[str] = None
+    force_task_id: Optional[str] = Field(None, max_length=256)
+    sampler_index: str = Field("Euler", max_length=64)
+    script_name: Optional[str] = Field(None, max_length=256)
     script_args: list[Any] = Field(default_factory=list)
     send_images: bool = True
     save_images: bool = False
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    infotext: Optional[str] = None
+    infotext: Optional[str] = Field(None, max_length=MAX_INFOTEXT_CHARS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_deep(cls, data: Any) -> Any:
+        if nesting_depth(data) > MAX_JSON_DEPTH:
+            raise ValueError(f"the request nests lists/objects more than {MAX_JSON_DEPTH} levels deep; no setting needs that")
+        return data
 
 
 class PngInfoRequest(BaseModel):
@@ -142,7 +155,9 @@ def unsupported(body: Txt2ImgBody) -> Optional[str]:
 
 
 def router(studio: Studio) -> APIRouter:
-    r = APIRouter(prefix=PREFIX, tags=["AUTOMATIC1111 compatible"])
+    from .app import KeepAliveRoute
+
+    r = APIRouter(prefix=PREFIX, tags=["AUTOMATIC1111 compatible"], strict_content_type=False, route_class=KeepAliveRoute)
     settings: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": studio.preview_every}
 
     @r.post("/txt2img")
@@ -151,8 +166,8 @@ def router(studio: Studio) -> APIRouter:
         loop: many waiting clients hold no threads."""
         from .app import client_of
 
-        if body.infotext:
-            body = _apply_infotext(body)
+        if body.infotext:  # parsing is linear, but a long text still takes a moment: not on the loop
+            body = await run_in_threadpool(_apply_infotext, body)
         problem = unsupported(body)
         if problem:
             raise BadRequest(problem)
@@ -165,7 +180,7 @@ def router(studio: Studio) -> APIRouter:
         model = None
         for key, value in (body.override_settings or {}).items():
             if key == "sd_model_checkpoint":
-                model = str(value)
+                model = _checkpoint_name(value, "override_settings.sd_model_checkpoint")
             elif key == "CLIP_stop_at_last_layers":
                 if not isinstance(value, int) or not 1 <= value <= 12:
                     raise BadRequest(f"override_settings.CLIP_stop_at_last_layers must be a whole number from 1 to 12; got {value!r}")
@@ -232,7 +247,8 @@ def router(studio: Studio) -> APIRouter:
             "version": f"brushwork {__version__}",
             "interrupted": job.state == "interrupted",
         }
-        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+        # strict JSON: a client's JSON reader refuses NaN/Infinity in the info string
+        return {"images": images, "parameters": finite(body.model_dump()), "info": json.dumps(finite(info), allow_nan=False)}
 
     @r.get("/progress")
     def progress(skip_current_image: bool = False) -> dict[str, Any]:
@@ -269,7 +285,7 @@ def router(studio: Studio) -> APIRouter:
     def sd_models() -> list[dict[str, Any]]:
         from .app import model_entries
 
-        return [{"title": m["title"], "model_name": m["name"].replace("/", "_").replace("\\", "_"), "hash": m["hash"], "sha256": m["sha256"], "filename": str(m["path"]), "config": None} for m in model_entries(studio)]
+        return [{"title": m["title"], "model_name": m["name"].replace("/", "_").replace("\\", "_"), "hash": m["hash"], "sha256": m["sha256"], "filename": public_path(studio.home, m["path"]), "config": None} for m in model_entries(studio)]
 
     @r.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:
@@ -283,13 +299,8 @@ def router(studio: Studio) -> APIRouter:
     def loras() -> list[dict[str, Any]]:
         out = []
         for _, path in sorted(lora_files(studio.home).items()):
-            meta: dict[str, str] = {}
-            if path.suffix.lower() == ".safetensors":
-                try:
-                    meta = {str(k): v for k, v in (read_safetensors_header(path).get("__metadata__") or {}).items()}
-                except SafetensorsHeaderError:
-                    meta = {}
-            out.append({"name": path.stem, "alias": meta.get("ss_output_name") or path.stem, "path": str(path), "metadata": meta})
+            meta = listed_metadata(path)  # {} for a damaged or unreadable file
+            out.append({"name": path.stem, "alias": meta.get("ss_output_name") or path.stem, "path": public_path(studio.home, path), "metadata": meta})
         return out
 
     @r.post("/refresh-loras")
@@ -330,9 +341,7 @@ def router(studio: Studio) -> APIRouter:
         model = None
         for key, value in body.items():
             if key == "sd_model_checkpoint":
-                if not isinstance(value, str) or not value.strip():
-                    raise BadRequest("sd_model_checkpoint must be a checkpoint title or name (see /sdapi/v1/sd-models)")
-                model = value
+                model = _checkpoint_name(value, "sd_model_checkpoint")
             elif key == "CLIP_stop_at_last_layers":
                 if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 12:
                     raise BadRequest(f"CLIP_stop_at_last_layers must be a whole number from 1 to 12; got {value!r}")
@@ -358,14 +367,14 @@ def router(studio: Studio) -> APIRouter:
 
     @r.post("/png-info")
     def png_info(body: PngInfoRequest) -> dict[str, Any]:
-        from .app import decode_image, image_infotext
+        from .app import image_text
 
         if not body.image:
             raise BadRequest("image is empty: send a base64 PNG (or a data: URL)", "image")
-        img = decode_image(body.image)
-        text, items = image_infotext(img)
+        found = image_text(body.image)
+        text = found.parameters
         params = {k: str(v) for k, v in parse_infotext(text).items()} if text else {}
-        return {"info": text, "items": items, "parameters": params}
+        return {"info": text, "items": found.items, "parameters": params}
 
     @r.get("/memory")
     def memory() -> dict[str, Any]:
@@ -374,22 +383,73 @@ def router(studio: Studio) -> APIRouter:
     return r
 
 
+def _checkpoint_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 512:
+        raise BadRequest(f"{where} must be a checkpoint title or name of at most 512 characters (see /sdapi/v1/sd-models); got {_shown(value)}")
+    return value
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A value for an error message, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _allowed(name: str) -> str:
+    """What a Txt2ImgBody field accepts, in words: "1 to 150", "64 to 4096, a multiple of 8"."""
+    meta = {type(m).__name__: m for m in Txt2ImgBody.model_fields[name].metadata}
+    if "MaxLen" in meta:
+        return f"at most {meta['MaxLen'].max_length} characters"
+    words = f"from {meta['Ge'].ge} to {meta['Le'].le}" if "Ge" in meta and "Le" in meta else "a finite number"
+    if "MultipleOf" in meta:
+        words += f", a multiple of {meta['MultipleOf'].multiple_of}"
+    return words
+
+
+#: infotext keys the reader derives from another one (``Size: 512x768``)
+_DERIVED_FROM = {"Size-1": "Size", "Size-2": "Size"}
+CLIP_SKIP_RANGE = (1, 12)
+
+
 def _apply_infotext(body: Txt2ImgBody) -> Txt2ImgBody:
-    """Fill the fields not sent explicitly from an infotext (AUTOMATIC1111's ``infotext`` field)."""
+    """Fill the fields not sent explicitly from an infotext (AUTOMATIC1111's ``infotext`` field).
+    A value out of range is a 400 that names the infotext key, its value and the range."""
     parsed = parse_infotext(body.infotext or "")
     updates: dict[str, Any] = {}
+    source: dict[str, str] = {}  # request field -> infotext key
     for key, (name, conv) in _FROM_INFOTEXT.items():
         if key in parsed and name not in body.model_fields_set and parsed[key] != "":
             try:
                 updates[name] = conv(parsed[key])
             except ValueError:
-                raise BadRequest(f"infotext: {key} {parsed[key]!r} is not a valid {conv.__name__}", "infotext") from None
+                raise BadRequest(f"infotext: {key} {_shown(parsed[key])} is not a valid {conv.__name__}", "infotext") from None
+            source[name] = key
     if "Clip skip" in parsed and not (body.override_settings or {}).get("CLIP_stop_at_last_layers"):
+        low, high = CLIP_SKIP_RANGE
         try:
-            updates["override_settings"] = {**(body.override_settings or {}), "CLIP_stop_at_last_layers": int(parsed["Clip skip"])}
+            clip_skip = int(parsed["Clip skip"])
         except ValueError:
-            raise BadRequest(f"infotext: Clip skip {parsed['Clip skip']!r} is not a whole number", "infotext") from None
-    return Txt2ImgBody.model_validate({**body.model_dump(), **updates})
+            raise BadRequest(f"infotext: Clip skip {_shown(parsed['Clip skip'])} is not a whole number", "infotext") from None
+        if not low <= clip_skip <= high:
+            raise BadRequest(f"infotext: Clip skip {clip_skip} is out of range: allowed from {low} to {high}", "infotext")
+        updates["override_settings"] = {**(body.override_settings or {}), "CLIP_stop_at_last_layers": clip_skip}
+    try:
+        return Txt2ImgBody.model_validate({**body.model_dump(), **updates})
+    except ValidationError as exc:
+        raise BadRequest(_infotext_problem(exc, parsed, source), "infotext") from None
+
+
+def _infotext_problem(exc: ValidationError, parsed: dict[str, str], source: dict[str, str]) -> str:
+    """The first invalid value an infotext gave, as a message that names its key."""
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error["loc"] else ""
+    key = source.get(name)
+    if key is None:
+        return f"infotext: {name}: {error['msg']}"
+    shown_key = _DERIVED_FROM.get(key, key)
+    value = _shown(parsed.get(shown_key, parsed[key]))
+    field = f" ({name})" if shown_key != key else ""
+    return f"infotext: {shown_key} {value}{field} is out of range: allowed {_allowed(name)}; correct it in the infotext or send {name} explicitly"
 
 
 def _ram() -> dict[str, int]:

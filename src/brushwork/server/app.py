@@ -12,28 +12,33 @@ import io
 import json
 import logging
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Path as PathParam, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from PIL import Image, UnidentifiedImageError
 
 from .. import __version__
 from ..catalog import hash_cache, list_checkpoints
 from ..engine import MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
+from ..imagemeta import ImageMetaError, ImageText, read_image_text
 from ..infotext import parse_infotext
 from ..lora import summarize_loras
 from ..models.errors import CheckpointNotFound
-from ..outputs import decode_user_comment
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULE_LABELS
-from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names
+from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_DB_ID, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names, public_text
 from .security import Credentials, GuardMiddleware
 from .store import JobRecord
-from .studio import Conflict, NotFound, Studio, image_view
+from .store import StorageFull
+from .studio import Conflict, NotFound, Studio, TooManyJobs, image_view
 
 log = logging.getLogger(__name__)
 
@@ -60,34 +65,42 @@ def client_of(request: Request) -> str:
     return request.client.host if request.client else "local"
 
 
-def decode_image(data: str, what: str = "image") -> Image.Image:
-    """base64 or a data: URL -> a PIL image, with 400s that say what was wrong."""
+#: full image decodes allowed at once: each can take hundreds of MB, and the thread
+#: pool would otherwise run dozens side by side
+DECODE_SLOTS = threading.BoundedSemaphore(2)
+
+
+def decode_base64(data: str, what: str = "image") -> bytes:
+    """base64 or a data: URL -> bytes, with 400s that say what was wrong."""
     if data.startswith("data:"):
         head, _, data = data.partition(",")
         if ";base64" not in head:
             raise BadRequest(f"{what}: only base64 data: URLs are accepted", what)
     try:
-        raw = base64.b64decode(data, validate=True)
+        return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest(f"{what} is not valid base64; send the file's bytes base64-encoded (or a data: URL)", what) from None
-    try:
-        img = Image.open(io.BytesIO(raw))
-        img.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise BadRequest(f"{what} is not a readable PNG, JPEG or WebP image ({exc})", what) from None
+
+
+def decode_image(data: str, what: str = "image") -> Image.Image:
+    """base64 or a data: URL -> a decoded PIL image, for routes that need the pixels
+    (at most :data:`DECODE_SLOTS` at once).  To read an image's text, use :func:`image_text`."""
+    raw = decode_base64(data, what)
+    with DECODE_SLOTS:
+        try:
+            img = Image.open(io.BytesIO(raw))
+            img.load()
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise BadRequest(f"{what} is not a readable PNG, JPEG or WebP image ({exc})", what) from None
     return img
 
 
-def image_infotext(img: Image.Image) -> tuple[str, dict[str, str]]:
-    """The ``parameters`` text (PNG chunk or EXIF UserComment) and the other text items."""
-    items = {k: v for k, v in img.info.items() if isinstance(v, str) and k not in ("parameters",)}
-    text = img.info.get("parameters")
-    if not isinstance(text, str):
-        text = ""
-        exif = img.getexif().get_ifd(0x8769).get(0x9286) if hasattr(img, "getexif") else None
-        if exif:
-            text = decode_user_comment(exif)
-    return text or "", items
+def image_text(data: str, what: str = "image") -> ImageText:
+    """The infotext and text items of a base64 image, read without decoding its pixels."""
+    try:
+        return read_image_text(decode_base64(data, what))
+    except ImageMetaError as exc:
+        raise BadRequest(f"{what} is not a readable PNG, JPEG or WebP image ({exc})", what) from None
 
 
 def model_entries(studio: Studio) -> list[dict[str, Any]]:
@@ -126,12 +139,24 @@ def job_view(studio: Studio, job: JobRecord, position: Any = "ask", images: Opti
         "total": running_live.total if running_live and running_live.total else job.total,
         "eta": round(running_live.eta, 2) if running_live and running_live.eta is not None else None,
         "position": studio.position(job.id) if position == "ask" else position,
-        "error": job.error,
+        "error": public_text(studio.home, job.error) if job.error else job.error,
         "error_kind": job.error_kind,
-        "warnings": job.warnings,
+        "warnings": [public_text(studio.home, w) for w in job.warnings],
         "images": [image_view(r) for r in (studio.images(job.id) if images is None else images)],
         "events": f"/api/v1/jobs/{job.id}/events",
     }
+
+
+def public_event(studio: Studio, data: dict[str, Any]) -> dict[str, Any]:
+    """An event's data with the data home cut out of its error and warnings."""
+    if not data.get("error") and not data.get("warnings"):
+        return data
+    out = dict(data)
+    if out.get("error"):
+        out["error"] = public_text(studio.home, out["error"])
+    if out.get("warnings"):
+        out["warnings"] = [public_text(studio.home, w) for w in out["warnings"]]
+    return out
 
 
 def form_options(studio: Studio) -> dict[str, Any]:
@@ -169,8 +194,37 @@ def form_options(studio: Studio) -> dict[str, Any]:
     }
 
 
+#: job states a ``state=`` filter may name
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+#: an image id in a path (SQLite integers are signed 64-bit)
+IMAGE_ID = PathParam(..., ge=0, le=MAX_DB_ID, description="an image id from /api/v1/images")
+#: the ``before`` cursor of the history listings
+BEFORE = Query(None, ge=0, le=MAX_DB_ID, description="only entries older than this id")
+
+
+def parse_states(state: Optional[str]) -> Optional[tuple[str, ...]]:
+    """``done,failed`` -> ("done", "failed"); an unknown name is a 400 listing the known ones."""
+    if not state:
+        return None
+    states = tuple(dict.fromkeys(s.strip() for s in state.split(",") if s.strip()))
+    unknown = [s for s in states if s not in JOB_STATES]
+    if unknown:
+        raise BadRequest(f"unknown job state {_cut(unknown[0])!r} in state=; use one or more of {', '.join(JOB_STATES)}, separated by commas", "state")
+    return states or None
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def last_event_id(request: Request) -> int:
+    """The ``Last-Event-ID`` a reconnecting stream sends (0 when absent or not a number)."""
+    after = request.headers.get("last-event-id", "0").strip()
+    return int(after) if after.isascii() and after.isdigit() and len(after) <= 18 else 0
+
+
 def native_router(studio: Studio) -> APIRouter:
-    r = APIRouter(prefix="/api/v1", tags=["brushwork"])
+    r = APIRouter(prefix="/api/v1", tags=["brushwork"], route_class=KeepAliveRoute)
 
     @r.get("/status")
     def status() -> dict[str, Any]:
@@ -224,9 +278,8 @@ def native_router(studio: Studio) -> APIRouter:
         return job_view(studio, job)
 
     @r.get("/jobs")
-    def jobs(limit: int = Query(50, ge=1, le=500), before: Optional[int] = Query(None, ge=0), state: Optional[str] = None) -> list[dict[str, Any]]:
-        states = tuple(s for s in state.split(",") if s) if state else None
-        return job_views(studio, studio.store.jobs(limit, before, states))
+    def jobs(limit: int = Query(50, ge=1, le=500), before: Optional[int] = BEFORE, state: Optional[str] = Query(None, max_length=256)) -> list[dict[str, Any]]:
+        return job_views(studio, studio.store.jobs(limit, before, parse_states(state)))
 
     @r.get("/jobs/{job_id}")
     def job(job_id: str) -> dict[str, Any]:
@@ -239,20 +292,19 @@ def native_router(studio: Studio) -> APIRouter:
     @r.get("/jobs/{job_id}/events")
     async def events(job_id: str, request: Request) -> StreamingResponse:
         studio.job(job_id)  # 404 before the stream starts
-        after = request.headers.get("last-event-id", "0")
-        start = int(after) if after.isdigit() else 0
+        start = last_event_id(request)
 
         async def stream():
             async for e in studio.stream(job_id, after=start):
                 if e is None:
                     yield ": keep-alive\n\n"
                 else:
-                    yield f"id: {e.seq}\nevent: {e.kind}\ndata: {json.dumps(e.data)}\n\n"
+                    yield f"id: {e.seq}\nevent: {e.kind}\ndata: {json.dumps(public_event(studio, e.data))}\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @r.get("/images")
-    def images(limit: int = Query(100, ge=1, le=1000), before: Optional[int] = Query(None, ge=0)) -> list[dict[str, Any]]:
+    def images(limit: int = Query(100, ge=1, le=1000), before: Optional[int] = BEFORE) -> list[dict[str, Any]]:
         return [image_view(x) for x in studio.store.images(limit, before)]
 
     def image_file(image_id: int) -> Path:
@@ -268,18 +320,18 @@ def native_router(studio: Studio) -> APIRouter:
         return path
 
     @r.get("/images/{image_id}")
-    def image(image_id: int) -> FileResponse:
+    def image(image_id: int = IMAGE_ID) -> FileResponse:
         return FileResponse(image_file(image_id), media_type="image/png", headers={"Cache-Control": "private, max-age=31536000, immutable"})
 
     @r.get("/images/{image_id}/thumb")
-    def thumb(image_id: int) -> FileResponse:
+    def thumb(image_id: int = IMAGE_ID) -> FileResponse:
         """A small JPEG for galleries (made once, kept in HOME/cache/thumbs)."""
         src = image_file(image_id)
         folder = studio.home.cache / "thumbs"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{image_id}.jpg"
         if not path.exists():
-            with Image.open(src) as im:
+            with DECODE_SLOTS, Image.open(src) as im:
                 im = im.convert("RGB")
                 im.thumbnail((THUMB, THUMB))
                 tmp = path.with_suffix(".tmp")
@@ -297,11 +349,96 @@ def native_router(studio: Studio) -> APIRouter:
 
     @r.post("/png-info")
     def png_info(body: PngInfoBody) -> dict[str, Any]:
-        img = decode_image(body.image)
-        text, items = image_infotext(img)
-        return {"infotext": text, "parameters": parse_infotext(text) if text else {}, "items": items}
+        found = image_text(body.image)
+        text = found.parameters
+        return {"infotext": text, "parameters": parse_infotext(text) if text else {}, "items": found.items}
 
     return r
+
+
+def _input_shown(got: Any) -> str:
+    """The offending input for a validation message, short, whatever its type."""
+    if got is None or isinstance(got, (dict, list)):
+        return ""
+    if isinstance(got, (bytes, bytearray)):
+        shown = repr(bytes(got[:60]))
+    else:
+        try:
+            shown = json.dumps(got)  # NaN and Infinity show as such
+        except (TypeError, ValueError):
+            shown = repr(got)
+    return f" (got {shown[:60]})"
+
+
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """pydantic's errors as one line: ``steps: Input should be ... (got 0); ...``."""
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        detail = e.get("ctx", {}).get("error") if e.get("type") == "json_invalid" else None
+        parts.append(f"{where}: {e.get('msg')}{f' ({detail})' if detail else ''}{_input_shown(e.get('input'))}")
+    return "; ".join(parts)
+
+
+def is_json_type(content_type: str) -> bool:
+    main = content_type.split(";", 1)[0].strip().lower()
+    return main == "application/json" or (main.startswith("application/") and main.endswith("+json"))
+
+
+def wrong_content_type(request: Request, errors: list[dict[str, Any]]) -> Optional[str]:
+    """How a body that FastAPI did not read as JSON was sent ("text/plain", "no
+    Content-Type"), when that is why the body is invalid; None otherwise."""
+    if not any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors):
+        return None
+    sent = request.headers.get("content-type", "")
+    if sent and not is_json_type(sent):
+        return f"Content-Type {_cut(sent)}"
+    if not sent and any(isinstance(e.get("input"), (bytes, bytearray)) for e in errors):
+        return "no Content-Type"
+    return None
+
+
+def unreadable_body(exc: HTTPException) -> Optional[str]:
+    """What was wrong with a JSON body FastAPI could not decode (its 400 says only that
+    there was an error), or None when ``exc`` is about something else."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None or exc.detail != "There was an error parsing the body":
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not UTF-8 text ({cause.reason} at byte {cause.start}); send JSON encoded as UTF-8"
+    if isinstance(cause, RecursionError):
+        return "the JSON nests lists/objects too deeply to read; no request needs more than a few levels"
+    return f"the body could not be read as JSON ({type(cause).__name__}: {_cut(str(cause), 120)})"
+
+
+def crash_response(request: Request, exc: Exception) -> JSONResponse:
+    from .a1111 import error_response
+
+    log.error("unhandled error on %s", request.url.path, exc_info=exc)
+    return error_response(request, 500, f"internal error ({type(exc).__name__}: {_cut(str(exc), 300)}); the server keeps running")
+
+
+def _has_handler(app: FastAPI, exc: Exception) -> bool:
+    return any(isinstance(key, type) and key is not Exception and isinstance(exc, key) for key in app.exception_handlers)
+
+
+class KeepAliveRoute(APIRoute):
+    """A route whose unexpected errors are answered here, inside the route, as a 500.
+    Starlette's last-resort handler answers them too but then re-raises, and the server
+    drops the connection: one bad request would cut a client's keep-alive connection."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request):
+            try:
+                return await handler(request)
+            except Exception as exc:  # noqa: BLE001 - errors with a handler of their own pass on
+                if _has_handler(request.app, exc):
+                    raise
+                return crash_response(request, exc)
+
+        return guarded
 
 
 def _error(status: int, message: str, field: Optional[str] = None) -> JSONResponse:
@@ -311,7 +448,7 @@ def _error(status: int, message: str, field: Optional[str] = None) -> JSONRespon
     return JSONResponse(body, status_code=status)
 
 
-def create_app(studio: Studio, credentials: Optional[Credentials] = None, max_body: int = 32 * 2**20, cors_origins: Optional[list[str]] = None, web: bool = True) -> FastAPI:
+def create_app(studio: Studio, credentials: Optional[Credentials] = None, max_body: int = 32 * 2**20, cors_origins: Optional[list[str]] = None, web: bool = True, hosts: Optional[Any] = None, body_timeout: Optional[float] = None) -> FastAPI:
     from . import a1111
 
     app = FastAPI(title="Brushwork", version=__version__, description="Local image generation: native API (/api/v1) and the AUTOMATIC1111-compatible subset (/sdapi/v1).")
@@ -320,14 +457,17 @@ def create_app(studio: Studio, credentials: Optional[Credentials] = None, max_bo
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        parts = []
-        for e in errors[:5]:
-            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
-            got = e.get("input")
-            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {json.dumps(got)[:60]})"
-            parts.append(f"{where}: {e.get('msg')}{shown}")
-        clean = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
-        return JSONResponse({"detail": clean, "message": "; ".join(parts)}, status_code=422)
+        sent_as = wrong_content_type(request, errors)
+        if sent_as:
+            return a1111.error_response(request, 415, f"this route takes a JSON object: send it with Content-Type: application/json (the request had {sent_as})")
+        return JSONResponse({"detail": [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors], "message": validation_message(errors)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        problem = unreadable_body(exc)
+        if problem:
+            return a1111.error_response(request, 422, problem)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(BadRequest)
     async def on_bad_request(request: Request, exc: BadRequest) -> JSONResponse:
@@ -339,16 +479,23 @@ def create_app(studio: Studio, credentials: Optional[Credentials] = None, max_bo
 
     @app.exception_handler(NotFound)
     async def on_not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return a1111.error_response(request, 404, str(exc).strip("'\""))
+        return a1111.error_response(request, 404, str(exc))
 
     @app.exception_handler(Conflict)
     async def on_conflict(request: Request, exc: Conflict) -> JSONResponse:
         return a1111.error_response(request, 409, str(exc))
 
+    @app.exception_handler(TooManyJobs)
+    async def on_too_many(request: Request, exc: TooManyJobs) -> JSONResponse:
+        return a1111.error_response(request, 429, str(exc))
+
+    @app.exception_handler(StorageFull)
+    async def on_storage_full(request: Request, exc: StorageFull) -> JSONResponse:
+        return a1111.error_response(request, 507, f"{exc}; the job was not accepted. Jobs already accepted keep their state.")
+
     @app.exception_handler(Exception)
-    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s", request.url.path)
-        return a1111.error_response(request, 500, f"internal error ({type(exc).__name__}: {exc}); the server keeps running")
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:  # errors outside the routes
+        return crash_response(request, exc)
 
     @app.middleware("http")
     async def timing(request: Request, call_next):
@@ -367,7 +514,10 @@ def create_app(studio: Studio, credentials: Optional[Credentials] = None, max_bo
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
-    app.add_middleware(GuardMiddleware, credentials=credentials or Credentials(), max_body=max_body)
+    # added last, so outermost: Host, cross-site and credential checks and body limits come
+    # before anything else; CORS preflights from --cors origins pass through to CORSMiddleware.
+    # hosts: a security.HostPolicy (None: no Host check); body_timeout None: the 30 s default
+    app.add_middleware(GuardMiddleware, credentials=credentials or Credentials(), max_body=max_body, cors_origins=cors_origins or (), hosts=hosts, body_timeout=body_timeout)
     return app
 
 

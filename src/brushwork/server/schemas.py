@@ -1,13 +1,22 @@
-"""Request bodies of the native API, with the ranges a form needs.
+"""Request bodies of the native API, with the ranges a form needs, and the rules
+every answer follows at the HTTP boundary.
 
 The native API is strict: JSON numbers must be numbers, unknown fields are
-refused (a typo like ``stpes`` would otherwise be silently ignored).  The
-AUTOMATIC1111 bodies live in ``a1111.py`` and follow that API's lax rules.
+refused (a typo like ``stpes`` would otherwise be silently ignored), and
+numbers must be finite (Python's JSON reader accepts ``NaN`` and ``Infinity``).
+The AUTOMATIC1111 bodies live in ``a1111.py`` and follow that API's lax rules.
+
+What goes out: no absolute paths (:func:`public_path`, :func:`public_text`:
+clients see paths relative to the data home) and no non-finite numbers
+(:func:`finite`: JSON has none, so they become null).
 """
 from __future__ import annotations
 
 import difflib
-from typing import Optional
+import math
+import re
+from pathlib import Path
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +28,12 @@ from ..sampling.registry import resolve_sampler
 MAX_PROMPT_CHARS = 100_000
 MAX_BATCH_SIZE = 16
 MAX_BATCH_COUNT = 100
+#: an infotext is a prompt, a negative prompt and one line of settings
+MAX_INFOTEXT_CHARS = 2 * MAX_PROMPT_CHARS + 16_384
+#: the largest id SQLite can hold (a signed 64-bit integer)
+MAX_DB_ID = 2**63 - 1
+#: how deeply free-form JSON (AUTOMATIC1111's override_settings and the like) may nest
+MAX_JSON_DEPTH = 32
 
 
 class BadRequest(ValueError):
@@ -30,7 +45,7 @@ class BadRequest(ValueError):
 
 
 class GenerateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="positive prompt, AUTOMATIC1111 syntax, <lora:name:weight> tags")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
@@ -83,3 +98,56 @@ def check_names(home, req: GenerationRequest) -> None:
             close = difflib.get_close_matches(tag.name.lower(), list(known), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else (" No LoRAs are installed." if not known else f" Installed: {', '.join(sorted(known)[:20])}.")
             raise BadRequest(f"unknown LoRA {tag.name!r} in the prompt.{hint} LoRA files go in {home.lora_dirs[0]}.", "prompt")
+
+
+# ---------------------------------------------------------------- what goes out
+
+
+def _home_roots(home) -> list[str]:
+    """The data home as written in paths: as given and fully resolved, longest first."""
+    root = Path(home.root)
+    return sorted({str(root), str(root.resolve())}, key=len, reverse=True)
+
+
+def public_path(home, path) -> str:
+    """``path`` as HTTP clients see it: relative to the data home
+    (``models/loras/x.safetensors``), or only the file name when it lies elsewhere."""
+    p = Path(path)
+    for root in _home_roots(home):
+        if p.is_relative_to(root):
+            return p.relative_to(root).as_posix()
+    return p.name
+
+
+def public_text(home, text: str) -> str:
+    """``text`` (an error message, a warning) with the data home's absolute location
+    cut out of the paths in it: ``/home/ann/.local/share/brushwork/models/loras``
+    becomes ``models/loras``, the home itself "the data home"."""
+    for root in _home_roots(home):
+        inside = re.compile(re.escape(root) + r"[/\\]")
+        bare = re.compile(re.escape(root) + r"(?=$|[\s'\",;:)\]]|\.(?:\s|$))")
+        text = bare.sub("the data home", inside.sub("", text))
+    return text
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply lists and objects nest in a JSON value (counted without recursion)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-Infinity) replaced by None,
+    so that it serialises as strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
