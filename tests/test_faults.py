@@ -55,6 +55,25 @@ def make_home(root) -> DataHome:
     return home
 
 
+@contextlib.contextmanager
+def studio_over(engine, **kw):
+    """A Studio on ``engine`` with a client of its app; closed afterwards."""
+    studio = Studio(engine, JobStore(engine.home.root / "db.sqlite3"), **kw)
+    try:
+        yield studio, TestClient(create_app(studio))
+    finally:
+        if engine.gate is not None:
+            engine.gate.set()
+        studio.close()
+        studio.store.close()
+
+
+def gated(home):
+    engine = FakeEngine(home)
+    engine.gate = threading.Event()
+    return engine
+
+
 def wait_until(cond, timeout=30.0, every=0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -204,10 +223,7 @@ def test_each_batch_is_recorded_as_it_finishes_and_kept_when_a_later_one_fails(t
 
 
 def test_a_stream_resumed_past_its_end_ends_at_once(tmp_path):
-    home = make_home(tmp_path / "home")
-    studio = Studio(FakeEngine(home), JobStore(home.root / "db.sqlite3"))
-    client = TestClient(create_app(studio))
-    try:
+    with studio_over(FakeEngine(make_home(tmp_path / "home"))) as (studio, client):
         job = client.post("/api/v1/jobs", json={"prompt": "x", "steps": 2}).json()
         assert studio.wait(job["id"], 20).state == "done"
         last = end_of_stream(client, job["id"])[-1][0]
@@ -215,45 +231,26 @@ def test_a_stream_resumed_past_its_end_ends_at_once(tmp_path):
         events = end_of_stream(client, job["id"], after=last + 10**9)
         assert events[-1][1] == "done" and time.monotonic() - t0 < 2
         assert end_of_stream(client, job["id"], after=last)[-1][1] == "done"
-    finally:
-        studio.close()
-        studio.store.close()
 
 
 def test_event_ids_never_repeat_across_a_restart(tmp_path):
     home = make_home(tmp_path / "home")
-    engine = FakeEngine(home)
-    engine.gate = threading.Event()
-    studio = Studio(engine, JobStore(home.root / "db.sqlite3"))
-    client = TestClient(create_app(studio))
-    first = client.post("/api/v1/jobs", json={"prompt": "a", "steps": 2}).json()["id"]
-    waiting = client.post("/api/v1/jobs", json={"prompt": "b", "steps": 2}).json()["id"]
-    before = [e.seq for e in studio.events_after(waiting, 0)]
-    engine.gate.set()
-    studio.close()  # the waiting job stays queued for the next start
-    studio.store.close()
+    with studio_over(gated(home)) as (studio, client):
+        client.post("/api/v1/jobs", json={"prompt": "a", "steps": 2})
+        waiting = client.post("/api/v1/jobs", json={"prompt": "b", "steps": 2}).json()["id"]
+        before = [e.seq for e in studio.events_after(waiting, 0)]
+    # closed: the waiting job stays queued for the next start
     time.sleep(0.01)
-    studio2 = Studio(FakeEngine(home), JobStore(home.root / "db.sqlite3"))
-    client2 = TestClient(create_app(studio2))
-    try:
+    with studio_over(FakeEngine(home)) as (studio2, client2):
         assert studio2.wait(waiting, 20).state == "done"
         # a client that saw the old run's ids resumes from its last one: it gets this run's events
         events = end_of_stream(client2, waiting, after=max(before))
         assert [k for _, k in events][0] == "state" and events[-1][1] == "done"
         assert min(s for s, _ in events) > max(before)
-        assert first
-    finally:
-        studio2.close()
-        studio2.store.close()
 
 
 def test_one_client_cannot_fill_the_queue_for_everyone(tmp_path):
-    home = make_home(tmp_path / "home")
-    engine = FakeEngine(home)
-    engine.gate = threading.Event()
-    studio = Studio(engine, JobStore(home.root / "db.sqlite3"), max_queued_per_client=3)
-    client = TestClient(create_app(studio))
-    try:
+    with studio_over(gated(make_home(tmp_path / "home")), max_queued_per_client=3) as (studio, client):
         codes = [client.post("/api/v1/jobs", json={"prompt": "x"}, headers={"X-Brushwork-Client": "flood"}).status_code for _ in range(5)]
         assert codes[:3] == [202, 202, 202] and codes[-1] == 429
         r = client.post("/api/v1/jobs", json={"prompt": "x"}, headers={"X-Brushwork-Client": "flood"})
@@ -262,7 +259,3 @@ def test_one_client_cannot_fill_the_queue_for_everyone(tmp_path):
         with pytest.raises(TooManyJobs):
             for _ in range(3):
                 studio.submit(GenerationRequest(prompt="z"), "other")
-    finally:
-        engine.gate.set()
-        studio.close()
-        studio.store.close()

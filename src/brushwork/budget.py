@@ -170,7 +170,7 @@ def too_long_message(est: TimeEstimate, limit: float, width: int, height: int, s
     return (
         f"{width}x{height}, {steps} steps, {images} image(s) would take about {est.text()} on {device} "
         f"(estimated from {est.flops / 1e12:.1f} TFLOP), longer than the limit of {limit_text}. "
-        "Use a smaller size, fewer steps or fewer images (or a GPU), or raise the limit with --max-minutes."
+        "Use a smaller size, fewer steps or fewer images (or a GPU), or raise the limit (brushwork generate --max-minutes N, brushwork serve --max-job-minutes N; 0: no limit)."
     )
 
 
