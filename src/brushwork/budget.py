@@ -32,6 +32,11 @@ EFFICIENCY = 0.7
 _SMALL_WORK = 64 * 64 * 2 * 30
 
 
+def cfg_passes(cfg_scale: float) -> int:
+    """UNet calls per step and sample: CFG 1 needs no unconditional pass."""
+    return 1 if cfg_scale == 1.0 else 2
+
+
 def estimate_activation_bytes(spec: ModelSpec, width: int, height: int, batch: int, cfg_scale: float, dtype_bytes: int) -> int:
     """A deliberately generous estimate of the working memory of one generation.
 
@@ -41,7 +46,7 @@ def estimate_activation_bytes(spec: ModelSpec, width: int, height: int, batch: i
     time) keeps about five full-resolution tensors of the decoder's widest level.
     """
     tokens = (width // 8) * (height // 8)
-    passes = batch * (1 if cfg_scale == 1.0 else 2)
+    passes = batch * cfg_passes(cfg_scale)
     unet = passes * tokens * spec.unet.widths[0] * dtype_bytes * 16
     tile_px = min(width, TILE * 8) * min(height, TILE * 8)
     vae = tile_px * spec.vae.widths[0] * 4 * 5
@@ -149,20 +154,20 @@ class TimeEstimate:
         return f"{s / 3600:.1f} h"
 
 
-def work_units(width: int, height: int, steps: int, batch: int, batch_count: int, cfg_scale: float) -> int:
-    passes = 1 if cfg_scale == 1.0 else 2
-    return (width // 8) * (height // 8) * passes * batch * batch_count * steps
-
-
 def needs_time_check(width: int, height: int, steps: int, batch: int, batch_count: int, cfg_scale: float) -> bool:
-    return work_units(width, height, steps, batch, batch_count, cfg_scale) > _SMALL_WORK
+    """Whether a request is big enough (latent tokens x UNet calls) for the time check."""
+    return (width // 8) * (height // 8) * cfg_passes(cfg_scale) * batch * batch_count * steps > _SMALL_WORK
+
+
+def job_flops(flops: Flops, steps: int, batch: int, batch_count: int, cfg_scale: float) -> float:
+    """Operations of a whole request: every UNet call of every step, and every decode."""
+    per_batch = steps * cfg_passes(cfg_scale) * batch * flops.unet + batch * flops.decode
+    return per_batch * batch_count
 
 
 def estimate_time(flops: Flops, rate: float, steps: int, batch: int, batch_count: int, cfg_scale: float) -> TimeEstimate:
-    passes = 1 if cfg_scale == 1.0 else 2
-    per_batch = steps * passes * batch * flops.unet + batch * flops.decode
-    flops = per_batch * batch_count
-    return TimeEstimate(flops / rate, flops)
+    total = job_flops(flops, steps, batch, batch_count, cfg_scale)
+    return TimeEstimate(total / rate, total)
 
 
 def too_long_message(est: TimeEstimate, limit: float, width: int, height: int, steps: int, images: int, device: str) -> str:

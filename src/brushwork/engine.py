@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .budget import DEFAULT_MAX_JOB_SECONDS, THROUGHPUT, Flops, TimeEstimate, count_flops, estimate_activation_bytes, estimate_time, needs_time_check, too_long_message
+from .budget import DEFAULT_MAX_JOB_SECONDS, THROUGHPUT, Flops, TimeEstimate, count_flops, estimate_activation_bytes, estimate_time, job_flops, needs_time_check, too_long_message
 from .catalog import find_checkpoint, hash_cache, remember_last_model
 from .conditioning import TextConditioning, encode_prompt, pad_context
 from .devices import Placement, choose_placement, free_memory_bytes
@@ -41,7 +41,7 @@ from .runtime import tune_cpu_allocator
 from .sampling.denoiser import make_denoiser, step_locator
 from .sampling.registry import SamplerInfo, resolve_sampler, sampling_sigmas, schedule_label
 from .sampling.schedules import ModelSchedule, scaled_linear_schedule
-from .vae import Cancelled, decode_checked, stop_points
+from .vae import Cancelled, decode_checked, decode_latent, stop_points
 
 log = logging.getLogger(__name__)
 
@@ -373,8 +373,8 @@ class Engine:
         flops = m.flops.get((req.width, req.height)) if m is not None else None
         if flops is None or not complete:
             return
-        one = estimate_time(flops, 1.0, req.steps, batch, 1, float(req.cfg_scale)).flops
-        THROUGHPUT.observe(self.placement.device, self.placement.dtype, one, seconds)
+        done = job_flops(flops, req.steps, batch, 1, float(req.cfg_scale))
+        THROUGHPUT.observe(self.placement.device, self.placement.dtype, done, seconds)
 
     # ------------------------------------------------------------- stages
 
@@ -517,7 +517,7 @@ class Engine:
         m = self._require_model()
         if latents.shape[-1] * latents.shape[-2] <= SMALL_PREVIEW_LATENT:
             with torch.inference_mode():
-                return _to_image(decode_checked(m.networks.vae, latents[index : index + 1].float())[0][0])
+                return _to_image(decode_latent(m.networks.vae, latents[index : index + 1].float())[0])
         if m.preview_map is None:
             m.preview_map = fit_preview_map(m.networks.vae)
         return preview_image(m.preview_map.to_rgb(latents[index]))

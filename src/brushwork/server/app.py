@@ -36,8 +36,7 @@ from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULE_LABELS
 from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_DB_ID, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names, public_text
 from .security import Credentials, GuardMiddleware
-from .store import JobRecord
-from .store import StorageFull
+from .store import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, JobRecord, StorageFull
 from .studio import Conflict, NotFound, Studio, TooManyJobs, image_view
 
 log = logging.getLogger(__name__)
@@ -195,7 +194,7 @@ def form_options(studio: Studio) -> dict[str, Any]:
 
 
 #: job states a ``state=`` filter may name
-JOB_STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+JOB_STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED)
 #: an image id in a path (SQLite integers are signed 64-bit)
 IMAGE_ID = PathParam(..., ge=0, le=MAX_DB_ID, description="an image id from /api/v1/images")
 #: the ``before`` cursor of the history listings

@@ -76,7 +76,7 @@ class DiskFull(OSError):
 def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is a full disk or quota."""
     while exc is not None:
-        if isinstance(exc, (StorageFull, DiskFull)) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+        if isinstance(exc, StorageFull) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
