@@ -86,6 +86,12 @@ class GenerationRequest:
     batch_size: int = 1
     batch_count: int = 1
     clip_skip: int = 1
+    #: prompt style names from HOME/styles.csv, applied in order (prompts/styles.py)
+    styles: list[str] = field(default_factory=list)
+    #: where the starting noise comes from: "CPU" (default), "GPU" or "NV" (noise.py)
+    rng: str = "CPU"
+    #: AUTOMATIC1111's Eta noise seed delta: step noise of ENSD samplers re-seeded with seed + ensd
+    ensd: int = 0
 
 
 @dataclass
@@ -181,7 +187,7 @@ def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> tuple[torch.
 
 def noise_source(gens: list[torch.Generator], shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
     """Fresh per-step noise for stochastic samplers, from the same per-image generators."""
-    def draw() -> torch.Tensor:
+    def draw(sigma=None, sigma_next=None) -> torch.Tensor:  # the step's sigmas, for Brownian-tree sources
         return torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens]).to(device, dtype)
 
     return draw

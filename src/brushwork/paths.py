@@ -8,6 +8,7 @@ Layout (AUTOMATIC1111's folder names are accepted as well)::
     HOME/models/embeddings    (or embeddings)
     HOME/outputs
     HOME/cache
+    HOME/styles.csv           (saved prompt styles)
 
 HOME is ``--home``, else ``$BRUSHWORK_HOME``, else the platform's data folder.
 """
@@ -60,6 +61,11 @@ class DataHome:
     @property
     def outputs(self) -> Path:
         return self.root / "outputs"
+
+    @property
+    def styles_file(self) -> Path:
+        """Saved prompt styles, in AUTOMATIC1111's styles.csv format."""
+        return self.root / "styles.csv"
 
     @property
     def cache(self) -> Path:
