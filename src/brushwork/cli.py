@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import datetime as _dt
 import logging
 import sys
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None, help="images per batch (run together)")
     g.add_argument("--batch-count", type=int, default=None, help="how many batches to run one after another")
     g.add_argument("--clip-skip", type=int, default=None, help="use an earlier text-encoder layer (1 = last)")
+    g.add_argument("--style", action="append", default=None, metavar="NAME", help="apply a saved prompt style from HOME/styles.csv (repeatable, applied in order; see: brushwork styles)")
     g.add_argument("--model", "-m", help="checkpoint: name, file name, path or model hash (default: the last one used)")
     g.add_argument("--out", "-o", help="output folder (default: HOME/outputs/DATE)")
     g.add_argument("--from", dest="from_image", metavar="IMAGE", help="re-create an image from the parameters stored in it")
@@ -100,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     common(hr)
 
     sub.add_parser("samplers", help="list sampler and schedule names")
+
+    st = sub.add_parser("styles", help="list or save prompt styles (HOME/styles.csv, AUTOMATIC1111's format)", description="Without arguments: list the saved styles. With --add NAME: save a style; {prompt} in its text marks where your prompt goes (otherwise the style is appended after a comma).")
+    st.add_argument("--add", metavar="NAME", help="save a new style under NAME (an existing name is refused unless --replace)")
+    st.add_argument("--prompt", default="", help="the style's prompt text, e.g. \"{prompt}, watercolor, soft light\"")
+    st.add_argument("--negative", default="", help="the style's negative prompt text")
+    st.add_argument("--replace", action="store_true", help="with --add: replace a style of the same name")
+    common(st)
     return p
 
 
@@ -109,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE
-    handler = {"generate": cmd_generate, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history}[args.command]
+    handler = {"generate": cmd_generate, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history, "styles": cmd_styles}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -129,6 +138,7 @@ def _is_user_error(exc: Exception) -> bool:
     from .models.errors import ModelFileError
     from .outputs import NotAnImageError, OutputError
     from .lora import LoraError
+    from .prompts.styles import StylesFileError
     from .lora_train import DatasetError
     from .sampling.registry import UnknownSamplerError
     from .server.security import BindError
@@ -136,7 +146,7 @@ def _is_user_error(exc: Exception) -> bool:
 
     if isinstance(exc, ValueError) and str(exc).startswith("--port"):
         return True
-    return isinstance(exc, (HistoryDamaged, StorageFull, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
+    return isinstance(exc, (HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
 
 
 # ------------------------------------------------------------------ generate
@@ -184,6 +194,20 @@ def _model_for_image(home, params) -> str:
     )
 
 
+def _unstyled(home, req, names: str):
+    """An infotext's prompts hold its styles' words already: take the styles back
+    out, so they are applied once (a style changed since then keeps the words)."""
+    from dataclasses import replace
+
+    from .prompts.styles import extract_styles, read_styles
+
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    found = extract_styles(req.prompt, req.negative_prompt, wanted, read_styles(home.styles_file))
+    for warning in found.warnings:
+        print(f"note: {warning}", file=sys.stderr)
+    return replace(req, prompt=found.prompt, negative_prompt=found.negative_prompt, styles=found.applied)
+
+
 def cmd_generate(args) -> int:
     from dataclasses import replace
 
@@ -218,6 +242,10 @@ def cmd_generate(args) -> int:
         "clip_skip": args.clip_skip,
     }
     req = replace(req, **{k: v for k, v in overrides.items() if v is not None})
+    if args.from_image and "Styles" in params.extra and args.style is None:
+        req = _unstyled(home, req, params.extra["Styles"])
+    if args.style is not None:
+        req = replace(req, styles=args.style)
     if args.sampler is not None and args.schedule is None and args.from_image:
         req = replace(req, schedule=None)
 
@@ -328,6 +356,27 @@ def cmd_loras(args) -> int:
         print(f"{r.name:<{name_w}}  {r.family:<10}  {r.addnet_hash:<12}  {', '.join(r.triggers) or '-'}{built_in}")
     if all(r.path.parent == PACKAGED_LORAS for r in rows):
         print(f"\nNo LoRAs of your own yet. {hint}")
+    return 0
+
+
+def cmd_styles(args) -> int:
+    from .paths import DataHome
+    from .prompts.styles import PromptStyle, add_style, read_styles
+
+    home = DataHome.resolve(args.home)
+    path = home.styles_file
+    if args.add is not None:
+        add_style(path, PromptStyle(args.add.strip(), args.prompt, args.negative), replace=args.replace)
+        print(f"saved style {args.add.strip()!r} in {path}; use it with: brushwork generate \"...\" --style {shlex.quote(args.add.strip())}")
+        return 0
+    styles = read_styles(path)
+    if not styles:
+        print(f"No styles saved yet. Add one with: brushwork styles --add NAME --prompt \"{{prompt}}, watercolor\"  (or copy AUTOMATIC1111's styles.csv to {path})")
+        return 0
+    name_w = max(len(st.name) for st in styles)
+    print(f"{'NAME':<{name_w}}  PROMPT  |  NEGATIVE PROMPT")
+    for st in styles:
+        print(f"{st.name:<{name_w}}  {st.prompt or '-'}  |  {st.negative_prompt or '-'}")
     return 0
 
 

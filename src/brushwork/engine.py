@@ -37,6 +37,7 @@ from .models.errors import ModelFileError
 from .paths import DataHome
 from .previews import PreviewMap, fit_preview_map, preview_image
 from .prompts import extract_extra_networks, schedule_prompt, split_and
+from .prompts.styles import StylesFileError, apply_styles, read_styles
 from .runtime import tune_cpu_allocator
 from .sampling.denoiser import make_denoiser, step_locator
 from .sampling.registry import SamplerInfo, resolve_sampler, sampling_sigmas, schedule_label
@@ -318,7 +319,7 @@ class Engine:
         With ``control``, another thread may interrupt, skip or cancel (see
         :class:`JobControl`); an interrupted or skipped batch still yields its partly
         denoised images, a cancelled one yields nothing more."""
-        req = self.complete(request)
+        req = self.with_styles(self.complete(request))
         if self.placement.device.type == "cpu":
             # after loading: weights keep their fast mmap-backed allocations, while the
             # sampler's scratch buffers are kept for reuse (see runtime.py)
@@ -329,6 +330,8 @@ class Engine:
         t0 = time.perf_counter()
         tags = extract_extra_networks(req.prompt)
         extra = self._apply_loras(tags)
+        if req.styles:
+            extra["Styles"] = ", ".join(req.styles)
         plan = self._encode(req, tags.text)
         if plan.ti_hashes:
             extra["TI hashes"] = ", ".join(f"{n.replace(':', '').replace(',', '')}: {h}" for n, h in plan.ti_hashes.items())
@@ -350,6 +353,20 @@ class Engine:
                 params = self._params(req, sampler, schedule, seed, extra)
                 images.append(GeneratedImage(img, seed, params, format_infotext(params), complete))
             yield images
+
+    def with_styles(self, req: GenerationRequest) -> GenerationRequest:
+        """The request with its saved prompt styles applied to both prompts (``styles``
+        then names only the styles applied); unknown names are warnings."""
+        if not req.styles:
+            return req
+        try:
+            saved = read_styles(self.home.styles_file)
+        except StylesFileError as exc:
+            raise RequestError(f"{exc}. Fix the file or generate without styles.") from None
+        styled = apply_styles(req.prompt, req.negative_prompt, req.styles, saved)
+        for warning in styled.warnings:
+            log.warning(warning)
+        return replace(req, prompt=styled.prompt, negative_prompt=styled.negative_prompt, styles=styled.applied)
 
     def _sample_batch(self, req, sampler, schedule, seeds, plan, control, progress, done_before, total, t0) -> tuple[Optional[torch.Tensor], bool]:
         """Sample one batch: (latents, complete).  Interrupt or skip keeps the last

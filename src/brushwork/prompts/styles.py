@@ -139,24 +139,20 @@ def unknown_style_message(name: str, available: list[PromptStyle]) -> str:
 def unmerge_prompt(style_text: str, prompt: str) -> tuple[bool, str]:
     """Undo :func:`merge_prompt`: (True, the prompt before the style) when ``prompt``
     is what applying ``style_text`` gives, else (False, ``prompt``)."""
-    style_text = style_text.strip()
-    if not style_text:
-        return True, prompt
     if PLACEHOLDER in style_text:
         left, _, right = style_text.partition(PLACEHOLDER)
-        right = right.replace(PLACEHOLDER, "")  # only the first placeholder can be undone
-        stripped = prompt.strip()
-        if len(stripped) >= len(left.strip()) + len(right.strip()) and stripped.startswith(left.strip()) and stripped.endswith(right.strip()):
-            inner = prompt[prompt.find(left) + len(left) :] if left else prompt
-            inner = inner[: len(inner) - len(right)] if right and inner.endswith(right) else inner
-            if merge_prompt(style_text, inner) .strip() == prompt.strip():
+        if len(prompt) >= len(left) + len(right) and prompt.startswith(left) and prompt.endswith(right):
+            inner = prompt[len(left) : len(prompt) - len(right)]
+            if merge_prompt(style_text, inner) == prompt:
                 return True, inner
         return False, prompt
-    if prompt.strip() == style_text:
+    text = style_text.strip()
+    if not text:
+        return True, prompt
+    if prompt == text:
         return True, ""
-    tail = ", " + style_text
-    if prompt.rstrip().endswith(tail):
-        return True, prompt.rstrip()[: -len(tail)]
+    if prompt.endswith(", " + text):
+        return True, prompt[: -len(text) - 2]
     return False, prompt
 
 
@@ -176,8 +172,48 @@ def extract_styles(prompt: str, negative_prompt: str, names: list[str], availabl
         ok_p, new_p = unmerge_prompt(style.prompt, prompt)
         ok_n, new_n = unmerge_prompt(style.negative_prompt, negative_prompt)
         if not (ok_p and ok_n):
-            warnings.append(f"style {name!r} has changed since the image was made; the prompt is used as it was written")
+            warnings.append(f"style {name!r} could not be taken out of the prompt (changed since the image was made, or the prompt was edited); the prompt is used as it was written")
             continue
         prompt, negative_prompt = new_p, new_n
         taken.insert(0, name)
     return Styled(prompt, negative_prompt, taken, warnings)
+
+
+def add_style(path: Path, style: PromptStyle, replace: bool = False) -> None:
+    """Save ``style`` in the styles file at ``path`` (created with a header when
+    missing).  A new style is appended as one row, leaving every other byte of the
+    file as it was; an existing name is refused unless ``replace``, which rewrites
+    only that row's three cells (other columns and rows are kept)."""
+    if not style.name or style.name != style.name.strip():
+        raise StylesFileError("a style needs a name without leading or trailing spaces")
+    if style.name == "None":
+        raise StylesFileError("'None' means 'no style' to AUTOMATIC1111 clients; choose another name")
+    existing = read_styles(path)
+    taken = any(s.name == style.name for s in existing)
+    if taken and not replace:
+        raise StylesFileError(f"a style named {style.name!r} is already saved in {path}; pass --replace to change it")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(format_styles([style]), encoding="utf-8")
+        return
+    text = path.read_text(encoding="utf-8")
+    if not taken:
+        row = io.StringIO()
+        csv.writer(row, lineterminator="\n").writerow([style.name, style.prompt, style.negative_prompt])
+        with path.open("a", encoding="utf-8", newline="") as fh:
+            fh.write(("" if text.endswith("\n") or not text else "\n") + row.getvalue())
+        return
+    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
+    names = [h.strip().lower() for h in rows[0]]
+    col = {c: names.index(c) for c in COLUMNS if c in names}
+    for row in rows[1:]:
+        if col["name"] < len(row) and row[col["name"]].strip() == style.name:
+            row.extend([""] * (max(col.values()) + 1 - len(row)))
+            for c, value in zip(COLUMNS, (style.name, style.prompt, style.negative_prompt)):
+                if c in col:
+                    row[col[c]] = value
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(out.getvalue(), encoding="utf-8")
+    tmp.replace(path)
