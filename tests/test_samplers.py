@@ -62,7 +62,7 @@ def test_ddim_equals_euler_on_the_same_grid():
 
 def noise_from(seed):
     g = torch.Generator().manual_seed(seed)
-    return lambda: torch.randn(65536, generator=g, dtype=torch.float64)
+    return lambda sigma, sigma_next: torch.randn(65536, generator=g, dtype=torch.float64)
 
 
 def final_std(fn, steps):
@@ -84,7 +84,7 @@ def test_lcm_step_is_denoise_then_renoise():
     sigmas = torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64)
     z = torch.full((4,), 0.5, dtype=torch.float64)
     x = torch.ones(4, dtype=torch.float64)
-    out = S.sample_lcm(lambda xx, s: xx * 0.1, x, sigmas, noise=lambda: z)
+    out = S.sample_lcm(lambda xx, s: xx * 0.1, x, sigmas, noise=lambda s, s_next: z)
     # step 1: 0.1 * 1 + 1.0 * 0.5 = 0.6; step 2 (to sigma 0): 0.1 * 0.6, no noise
     assert torch.allclose(out, torch.full((4,), 0.06, dtype=torch.float64))
 

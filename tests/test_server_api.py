@@ -49,6 +49,7 @@ class FakeEngine:
     placement: FakePlacement = field(default_factory=FakePlacement)
     loads: list[str] = field(default_factory=list)
     runs: list[tuple[str, str]] = field(default_factory=list)  # (model, prompt) in run order
+    seen: list[GenerationRequest] = field(default_factory=list)  # every request run, as the engine got it
     gate: threading.Event | None = None  # when set, jobs wait for it before starting
 
     def load(self, path=None):
@@ -71,6 +72,7 @@ class FakeEngine:
         steps = req.steps or 4
         w, h = req.width or 64, req.height or 64
         self.runs.append((self.model.name, req.prompt))
+        self.seen.append(req)
         for b in range(req.batch_count):
             complete = True
             for i in range(steps):

@@ -124,7 +124,7 @@ def test_a1111_txt2img_progress_and_interrupt(http, server):
     assert data["parameters"]["steps"] == 4 and data["parameters"]["seed"] == 9
     # errors say what to fix instead of falling back or failing with a 500
     r = http.post("/sdapi/v1/txt2img", json={"sampler_name": "Eulr", "steps": 2, "width": 64, "height": 64})
-    assert r.status_code == 400 and "Euler" in r.json()["detail"] and r.json()["error"] == "BadRequest"
+    assert r.status_code == 400 and "Euler" in r.json()["detail"] and r.json()["error"] == {"type": "BadRequest", "message": r.json()["detail"], "code": 400}
     r = http.post("/sdapi/v1/txt2img", json={"enable_hr": True, "width": 64, "height": 64})
     assert r.status_code == 400 and "hires" in r.json()["detail"]
     r = http.post("/sdapi/v1/txt2img", json={"steps": "many"})
@@ -171,8 +171,9 @@ def test_a1111_listings_options_and_png_info(http, server):
     assert loras[0]["alias"] == "balloon" and loras[0]["metadata"]["ss_base_model_version"] == "sd_v1"
     opts = http.get("/sdapi/v1/options").json()
     assert opts["sd_model_checkpoint"].startswith("tiny-sd1.safetensors [") and opts["CLIP_stop_at_last_layers"] == 1
+    # unknown settings are ignored with a log line, as AUTOMATIC1111 clients expect (issue 12.1)
     r = http.post("/sdapi/v1/options", json={"not_a_setting": 1})
-    assert r.status_code == 400 and "not_a_setting" in r.json()["detail"]
+    assert r.status_code == 200 and r.json() is None and r.headers["x-brushwork-ignored-settings"] == "not_a_setting"
     r = http.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd9"})
     assert r.status_code == 404 and "tiny-sd1" in r.json()["detail"]
     mem = http.get("/sdapi/v1/memory").json()
@@ -182,7 +183,7 @@ def test_a1111_listings_options_and_png_info(http, server):
     r = http.post("/sdapi/v1/png-info", json={"image": "data:image/png;base64," + base64.b64encode(png).decode()})
     assert r.json()["info"].startswith("info me") and r.json()["parameters"]["Seed"] == "3"
     r = http.post("/sdapi/v1/png-info", json={"image": base64.b64encode(b"GIF89a nonsense").decode()})
-    assert r.status_code == 400 and r.json()["error"] == "BadRequest"
+    assert r.status_code == 400 and r.json()["error"]["type"] == "BadRequest"
 
 
 def test_the_webuiapi_client_from_pypi_works(server):

@@ -201,3 +201,63 @@ def test_cli_styles_lists_and_adds(home, capsys):
 def test_cli_without_styles_file_says_how_to_add_one(tmp_path, capsys):
     code, out, _ = run(capsys, "styles", "--home", str(tmp_path))
     assert code == 0 and "No styles saved yet" in out and "brushwork styles --add" in out
+
+
+# ------------------------------------------------------------------ native HTTP API
+
+
+@pytest.fixture
+def api(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from brushwork.paths import DataHome
+    from brushwork.server.app import create_app
+    from brushwork.server.store import JobStore
+    from brushwork.server.studio import Studio
+    from test_server_api import FakeEngine
+
+    home = DataHome(tmp_path / "home")
+    home.create()
+    home.styles_file.write_text(A1111_CSV, encoding="utf-8")
+    engine = FakeEngine(home)
+    studio = Studio(engine, JobStore(home.root / "db.sqlite3"))
+    with TestClient(create_app(studio, web=False), raise_server_exceptions=False) as c:
+        yield c, engine, home
+    studio.close()
+
+
+def test_native_api_lists_styles_and_passes_them_to_the_engine(api):
+    client, engine, _ = api
+    assert client.get("/api/v1/styles").json()[0] == {"name": "Watercolor", "prompt": "{prompt}, watercolor, soft light", "negative_prompt": "photo, 3d"}
+    job = client.post("/api/v1/jobs", json={"prompt": "a cat", "steps": 1, "styles": ["Watercolor", "Cinematic"]}).json()
+    assert job["request"]["styles"] == ["Watercolor", "Cinematic"]
+    r = client.post("/api/v1/jobs", json={"prompt": "a cat", "styles": "Watercolor"})
+    assert r.status_code == 422  # a list of names, not a string
+
+
+def test_native_png_info_gives_the_prompts_without_their_styles(api):
+    client, _, _ = api
+    import base64
+    import io
+
+    from PIL import PngImagePlugin
+
+    styled = apply_styles("a cat", "ugly", ["Watercolor"], STYLES)
+    text = f"{styled.prompt}\nNegative prompt: {styled.negative_prompt}\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Styles: Watercolor"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG", pnginfo=info)
+    r = client.post("/api/v1/png-info", json={"image": base64.b64encode(buf.getvalue()).decode()}).json()
+    assert r["parameters"]["Prompt"] == "a cat, watercolor, soft light"
+    assert r["unstyled"] == {"prompt": "a cat", "negative_prompt": "ugly", "styles": ["Watercolor"], "warnings": []}
+
+
+def test_a_broken_styles_file_is_explained_on_both_apis(api):
+    client, _, home = api
+    home.styles_file.write_bytes(b"\xff\xfe not csv")
+    for path in ("/api/v1/styles", "/sdapi/v1/prompt-styles"):
+        r = client.get(path)
+        assert r.status_code == 500
+        body = r.json()
+        assert "not UTF-8" in body["detail"] and str(home.root) not in body["detail"]

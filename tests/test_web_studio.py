@@ -45,6 +45,7 @@ def server(tiny_home, tmp_path_factory):
     (home / "models" / "loras").mkdir(parents=True, exist_ok=True)
     save_file({f"{key}.lora_down.weight": torch.randn(4, 32, generator=g) * 0.1, f"{key}.lora_up.weight": torch.randn(32, 4, generator=g) * 0.1, f"{key}.alpha": torch.tensor(4.0)},
               str(home / "models" / "loras" / "shiny.safetensors"), metadata={"ss_base_model_version": "sd_v1", "ss_tag_frequency": '{"d": {"shiny": 3}}'})
+    (home / "styles.csv").write_text('name,prompt,negative_prompt\nWatercolor,"{prompt}, watercolor",photo\nCinematic,cinematic light,\n', encoding="utf-8")
     app, studio = build(ServeOptions(home=str(home), model="tiny-sd1", device="cpu", preview_every=1))
     with serve_in_thread(app) as url:
         yield url, studio
@@ -345,3 +346,25 @@ def test_history_pages_through_hundreds_of_images(page, server, capsys):
     assert first.startswith("bulk 299")
     page.click("#history li:nth-child(3) button")
     assert "bulk 297" in page.get_attribute("#image", "alt")
+
+
+def test_styles_are_picked_in_order_applied_and_restored_from_the_picture(page):
+    """Issue #12 item 4: the style chips, the styled infotext, and Reuse settings
+    giving back the plain prompt with the same styles picked (not applied twice)."""
+    small_settings(page, "a lamp", steps=2)
+    page.click("#style-picker summary")
+    page.click("button[data-style=Cinematic]")
+    page.click("button[data-style=Watercolor]")
+    assert page.inner_text("button[data-style=Cinematic]") == "1. Cinematic"
+    assert page.get_attribute("button[data-style=Watercolor]", "aria-pressed") == "true"
+    shown = generate_and_wait(page)
+    assert "a lamp, cinematic light, watercolor" in shown["params"]
+    assert "Styles: \"Cinematic, Watercolor\"" in shown["params"]
+    page.click("button[data-style=Cinematic]")  # unpick one, then restore from the picture
+    page.fill("#prompt", "something else")
+    page.click("#reuse-settings")
+    page.wait_for_function("() => document.getElementById('prompt').value === 'a lamp'")
+    assert page.inner_text("#styles-summary") == "(Cinematic, Watercolor)"
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.inner_text("#styles-summary") == "(Cinematic, Watercolor)"  # kept over a reload

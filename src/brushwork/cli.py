@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None, help="images per batch (run together)")
     g.add_argument("--batch-count", type=int, default=None, help="how many batches to run one after another")
     g.add_argument("--clip-skip", type=int, default=None, help="use an earlier text-encoder layer (1 = last)")
+    g.add_argument("--rng", type=str.upper, choices=["CPU", "GPU", "NV"], default=None, help="where the noise comes from: CPU (default; the same on any machine), GPU or NV (AUTOMATIC1111's NVIDIA noise, re-created on any machine)")
+    g.add_argument("--ensd", type=int, default=None, metavar="N", help="AUTOMATIC1111's eta noise seed delta: step noise re-seeded with seed+N (0 = off; 31337 is common)")
     g.add_argument("--style", action="append", default=None, metavar="NAME", help="apply a saved prompt style from HOME/styles.csv (repeatable, applied in order; see: brushwork styles)")
     g.add_argument("--model", "-m", help="checkpoint: name, file name, path or model hash (default: the last one used)")
     g.add_argument("--out", "-o", help="output folder (default: HOME/outputs/DATE)")
@@ -154,13 +156,14 @@ def _is_user_error(exc: Exception) -> bool:
 
 def _request_from_image(path: str):
     from .engine import GenerationRequest
-    from .infotext import InfotextError, params_from_infotext
+    from .infotext import InfotextError, noise_settings, params_from_infotext
     from .outputs import read_infotext
 
     text = read_infotext(path)
     if not text:
         raise InfotextError(f"{path} carries no generation parameters (no 'parameters' text in the file), so it cannot be re-created.")
     p = params_from_infotext(text)
+    rng, ensd = noise_settings(p)  # no RNG key means GPU, AUTOMATIC1111's default
     req = GenerationRequest(
         prompt=p.prompt,
         negative_prompt=p.negative_prompt,
@@ -172,6 +175,8 @@ def _request_from_image(path: str):
         width=p.width,
         height=p.height,
         clip_skip=p.clip_skip,
+        rng=rng,
+        ensd=ensd,
     )
     return req, p
 
@@ -240,6 +245,8 @@ def cmd_generate(args) -> int:
         "batch_size": args.batch_size,
         "batch_count": args.batch_count,
         "clip_skip": args.clip_skip,
+        "rng": args.rng,
+        "ensd": args.ensd,
     }
     req = replace(req, **{k: v for k, v in overrides.items() if v is not None})
     if args.from_image and "Styles" in params.extra and args.style is None:
@@ -401,11 +408,30 @@ def cmd_samplers(args) -> int:
     from .sampling.registry import SAMPLERS
     from .sampling.schedules import SCHEDULE_LABELS
 
-    print("Samplers:")
+    notes = {
+        "dpm_adaptive": "picks its own step sizes; progress still shows the requested steps",
+        "restart": "from 20 steps on, re-noises and re-walks part of the path",
+        "ddim_cfgpp": "guides with CFG / 12.5; always runs the negative prompt",
+    }
+    print("Samplers (AUTOMATIC1111's names, in its order; all work):")
     for info in SAMPLERS.values():
-        auto = "own grid" if info.fixed_grid else SCHEDULE_LABELS[info.default_schedule]
-        print(f"  {info.label:<14} (Automatic schedule: {auto})")
-    print("Schedules: " + ", ".join(SCHEDULE_LABELS.values()))
+        if info.fixed_grid:
+            auto = "none, runs on DDIM's timestep grid"
+        elif info.model_range:
+            auto = "none, own steps over the model's sigma range"
+        else:
+            auto = SCHEDULE_LABELS[info.default_schedule]
+        traits = [", ".join(info.aliases)]
+        if info.calls_per_step > 1 and not info.model_range:
+            traits.append(f"{info.calls_per_step} model calls per step")
+        if info.stochastic:
+            traits.append("stochastic")
+        if info.key in notes:
+            traits.append(notes[info.key])
+        print(f"  {info.label:<18} (Automatic schedule: {auto})  [{'; '.join(traits)}]")
+    print("Schedules (all work with every sampler except those that run on their own grid):")
+    print("  " + ", ".join(f"{label} ({name})" for name, label in SCHEDULE_LABELS.items()))
+    print("  Align Your Steps: NVIDIA's SD 1.5 table (also for SD 2.x) or its SDXL table, by the model's family.")
     print('A schedule can also be appended to the sampler name, e.g. "DPM++ 2M Karras".')
     return 0
 

@@ -4,7 +4,7 @@ It knows nothing about the command line or the web; the CLI (and later the HTTP
 server) are thin clients of :class:`Engine`.  A generation is::
 
     prompt --(conditioning)--> text features
-    seed   --(per-image CPU generator)--> initial noise
+    seed   --(per-image generator: CPU, GPU or NV source, noise.py)--> initial noise
     noise, features --(sampler over sigmas, denoiser with CFG)--> latents
     latents --(VAE)--> pixels --(infotext)--> GeneratedImage
 """
@@ -30,6 +30,7 @@ from .devices import Placement, choose_placement, free_memory_bytes
 from .infotext import GenerationParams, format_infotext
 from .models.detect import ModelSpec
 from .models.load import Networks
+from .noise import RNG_SOURCES, BrownianNoise, initial_noise, noise_source
 from .embeddings import embedding_files, load_embedding
 from .hashing import sha256_file
 from .lora import LoraError, LoraStack, lora_files
@@ -178,22 +179,6 @@ def resolve_seed(seed: Optional[int], rng: Optional[random.Random] = None) -> in
     return seed
 
 
-def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """One CPU generator per image, seeded with its seed, and each image's noise drawn
-    from it: the same seed gives the same noise on any device and in any batch."""
-    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    noise = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
-    return noise, gens
-
-
-def noise_source(gens: list[torch.Generator], shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
-    """Fresh per-step noise for stochastic samplers, from the same per-image generators."""
-    def draw(sigma=None, sigma_next=None) -> torch.Tensor:  # the step's sigmas, for Brownian-tree sources
-        return torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens]).to(device, dtype)
-
-    return draw
-
-
 @dataclass
 class PromptPlan:
     """Encoded prompts over the steps: each positive sub-prompt (split on AND, with
@@ -254,7 +239,7 @@ class Engine:
             vae_dtype = torch.float32 if self._vae_fp32 else p.dtype
             spec, networks = load_checkpoint(path, p.dtype, p.device, vae_dtype=vae_dtype, use_ema=self.use_ema)
             sha = hash_cache(self.home).get_sha256(path)
-            self.model = LoadedModel(path, mtime, spec, networks, sha)
+            self.model = LoadedModel(path, mtime, spec, networks, sha, schedule=scaled_linear_schedule(spec.family))
             remember_last_model(self.home, path)
             log.info("loaded %s (%s) in %.1fs on %s", path.name, spec.label, time.perf_counter() - t0, p.label)
             return self.model
@@ -504,7 +489,8 @@ class Engine:
         p = self.placement
         channels = m.spec.unet.in_channels
         shape = (channels, req.height // 8, req.width // 8)
-        start, gens = initial_noise(seeds, shape)
+        # per-image generators of the request's source; ENSD re-seeds the step noise (noise.py)
+        start, gens = initial_noise(seeds, shape, req.rng, req.ensd, p.device)
         if noise is not None:
             start = noise
         sigmas = sampling_sigmas(sampler, schedule, req.steps, m.schedule)
@@ -527,7 +513,12 @@ class Engine:
         denoise = make_denoiser(net, m.schedule, m.spec.prediction, batch_at, weights, float(req.cfg_scale), step_locator(sigmas))
         # sigmas stay float64 on the CPU: as 0-d tensors they act as scalars on any device
         x = start.to(p.device, torch.float32) * float(sigmas[0])
-        noise_fn = noise_source(gens, shape, p.device, torch.float32) if sampler.stochastic else None
+        noise_fn = None
+        if sampler.stochastic and getattr(sampler, "brownian", False):
+            # the DPM++ SDE family: one Brownian tree per image seed (ENSD does not apply, as in A1111)
+            noise_fn = BrownianNoise(seeds, shape, sigmas, p.device, torch.float32, req.rng)
+        elif sampler.stochastic:
+            noise_fn = noise_source(gens, shape, p.device, torch.float32)
         with torch.inference_mode():
             return sampler.fn(denoise, x, sigmas, noise=noise_fn, callback=on_step)
 
@@ -560,6 +551,14 @@ class Engine:
 
     def _params(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seed: int, extra: Optional[dict] = None) -> GenerationParams:
         m = self._require_model()
+        # the noise keys as AUTOMATIC1111 writes them (base keys 20 and 24, right after
+        # Clip skip): ENSD only when set and the sampler is one A1111 lists as using it,
+        # RNG only when it is not A1111's default GPU (a missing RNG reads back as GPU)
+        noise_keys: dict = {}
+        if req.ensd and getattr(sampler, "uses_ensd", False):
+            noise_keys["ENSD"] = req.ensd
+        if req.rng != "GPU":
+            noise_keys["RNG"] = req.rng
         return GenerationParams(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt,
@@ -573,8 +572,7 @@ class Engine:
             model_name=m.name,
             model_hash=m.short_hash,
             clip_skip=req.clip_skip,
-            # noise is drawn on the CPU: this tells AUTOMATIC1111 to do the same when it re-creates the image
-            extra={"RNG": "CPU", **(extra or {})},
+            extra={**noise_keys, **(extra or {})},
             version=f"brushwork {__version__}",
         )
 
@@ -606,4 +604,8 @@ def validate_request(req: GenerationRequest) -> None:
         raise RequestError(f"batch count must be from 1 to 1000; got {req.batch_count}.")
     if not 1 <= req.clip_skip <= 12:
         raise RequestError(f"clip skip must be from 1 to 12; got {req.clip_skip}.")
+    if req.rng not in RNG_SOURCES:
+        raise RequestError(f"rng (where the noise comes from) must be one of {', '.join(RNG_SOURCES)}; got {req.rng!r}. CPU gives the same picture on any machine; GPU and NV re-create AUTOMATIC1111's NVIDIA noise.")
+    if not isinstance(req.ensd, int) or isinstance(req.ensd, bool) or not 0 <= req.ensd <= MAX_SEED:
+        raise RequestError(f"ENSD (eta noise seed delta) must be a whole number from 0 to {MAX_SEED}; got {req.ensd!r}. 0 turns it off; 31337 is the usual value.")
     resolve_seed(req.seed if req.seed != -1 else 0)

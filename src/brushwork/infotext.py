@@ -17,12 +17,19 @@ from dataclasses import dataclass, field
 __all__ = [
     "GenerationParams",
     "InfotextError",
+    "RNG_SOURCES",
     "format_infotext",
+    "noise_settings",
     "parse_infotext",
     "params_from_infotext",
 ]
 
 NEGATIVE_PREFIX = "Negative prompt:"
+
+#: The noise sources of the "RNG" key (A1111's randn_source setting); noise.py makes them.
+RNG_SOURCES = ("CPU", "GPU", "NV")
+#: A1111 writes "RNG" only when it is not its default, so a text without it means GPU.
+DEFAULT_RNG = "GPU"
 
 # The keys Brushwork writes from typed fields.  Anything else read from an
 # infotext ends up in ``GenerationParams.extra`` so that nothing is lost.
@@ -346,3 +353,21 @@ def params_from_infotext(source: str | Mapping[str, str]) -> GenerationParams:
         extra=extra,
         version=_optional(data, "Version"),
     )
+
+
+def noise_settings(source: GenerationParams | Mapping[str, str]) -> tuple[str, int]:
+    """The noise an infotext asks for: (RNG source, ENSD).
+
+    A missing "RNG" means GPU, AUTOMATIC1111's default, which it leaves out of the
+    text; a missing "ENSD" means 0 (A1111 writes it only for the samplers whose step
+    noise it changes).  The source name is read case-insensitively."""
+    data = source.extra if isinstance(source, GenerationParams) else source
+    rng_text = _optional(data, "RNG")
+    rng = DEFAULT_RNG if rng_text is None else rng_text.strip().upper()
+    if rng not in RNG_SOURCES:
+        raise InfotextError(f"the image's parameters have 'RNG' = {rng_text!r}; expected one of {', '.join(RNG_SOURCES)}")
+    ensd_text = _optional(data, "ENSD")
+    ensd = 0 if ensd_text is None else _to_int("ENSD", ensd_text.strip())
+    if ensd < 0:
+        raise InfotextError(f"the image's parameters have 'ENSD' = {ensd_text!r}; the eta noise seed delta is a whole number from 0 up")
+    return rng, ensd

@@ -10,7 +10,9 @@
   x0 = uncond + sum_i w_i * cfg * (cond_i - uncond).  With a single sub-prompt of
   weight 1 at CFG 1 the negative pass is skipped entirely;
 * asks the caller for the conditioning of the current step, so prompts can
-  change during sampling (prompt editing).
+  change during sampling (prompt editing);
+* on request (:meth:`CFGDenoiser.with_uncond`) also returns the unconditional
+  estimate, for samplers built on it (DDIM CFG++).
 """
 from __future__ import annotations
 
@@ -60,22 +62,47 @@ def step_locator(sigmas: torch.Tensor) -> Callable[[torch.Tensor], int]:
     return step_of
 
 
-def make_denoiser(net: NetCall, schedule: ModelSchedule, prediction: str, batch_at: BatchAt, weights: list[float], cfg_scale: float, step_of: Callable[[torch.Tensor], int]):
-    """Build ``denoise(x, sigma) -> x0`` for one generation (``weights``: one per
-    positive sub-prompt)."""
-    with_negative = not (cfg_scale == 1.0 and weights == [1.0])
-    k = len(weights) + int(with_negative)
+class CFGDenoiser:
+    """``denoise(x, sigma) -> x0`` for one generation, with classifier-free guidance.
 
-    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        conditioning = batch_at(step_of(sigma), with_negative)
+    Calling it gives the guided estimate, as every sampler wants.  Samplers that also
+    need the unconditional (negative-prompt) estimate, such as DDIM CFG++, call
+    :meth:`with_uncond`, which always runs the negative pass (even at CFG 1, where a
+    plain call skips it).
+    """
+
+    def __init__(self, net: NetCall, schedule: ModelSchedule, prediction: str, batch_at: BatchAt, weights: list[float], cfg_scale: float, step_of: Callable[[torch.Tensor], int]):
+        self.net, self.schedule, self.prediction = net, schedule, prediction
+        self.batch_at, self.weights, self.cfg_scale, self.step_of = batch_at, weights, cfg_scale, step_of
+        #: a plain call needs the negative pass unless guidance is the identity
+        self.needs_negative = not (cfg_scale == 1.0 and weights == [1.0])
+
+    def _estimates(self, x: torch.Tensor, sigma, with_negative: bool) -> tuple[torch.Tensor, ...]:
+        """x0 of each batched conditioning: [negative,] each positive sub-prompt."""
+        k = len(self.weights) + int(with_negative)
+        conditioning = self.batch_at(self.step_of(sigma), with_negative)
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
-        t = schedule.sigma_to_t(sigma).to(torch.float32)
+        t = self.schedule.sigma_to_t(sigma).to(torch.float32)
         s = sigma.to(x.dtype)
         x_rep = torch.cat([x] * k) if k > 1 else x
-        out = net(x_rep / (s**2 + 1) ** 0.5, t, conditioning).to(x.dtype)
-        x0 = x0_from_output(x_rep, s, out, prediction).chunk(k)
-        if not with_negative:
-            return x0[0]
-        return cfg_combine(x0[0], list(x0[1:]), weights, cfg_scale)
+        out = self.net(x_rep / (s**2 + 1) ** 0.5, t, conditioning).to(x.dtype)
+        return x0_from_output(x_rep, s, out, self.prediction).chunk(k)
 
-    return denoise
+    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        x0 = self._estimates(x, sigma, self.needs_negative)
+        if not self.needs_negative:
+            return x0[0]
+        return cfg_combine(x0[0], list(x0[1:]), self.weights, self.cfg_scale)
+
+    def with_uncond(self, x: torch.Tensor, sigma, scale_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(guided x0, unconditional x0) from one batched network call.  The guided
+        estimate uses the guidance scale times ``scale_factor`` (A1111's CFG++
+        samplers guide with CFG / 12.5)."""
+        x0 = self._estimates(x, sigma, True)
+        return cfg_combine(x0[0], list(x0[1:]), self.weights, self.cfg_scale * scale_factor), x0[0]
+
+
+def make_denoiser(net: NetCall, schedule: ModelSchedule, prediction: str, batch_at: BatchAt, weights: list[float], cfg_scale: float, step_of: Callable[[torch.Tensor], int]) -> CFGDenoiser:
+    """Build ``denoise(x, sigma) -> x0`` for one generation (``weights``: one per
+    positive sub-prompt); see :class:`CFGDenoiser`."""
+    return CFGDenoiser(net, schedule, prediction, batch_at, weights, cfg_scale, step_of)

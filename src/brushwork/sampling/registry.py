@@ -15,7 +15,10 @@ from typing import Callable
 import torch
 
 from . import samplers as S
-from .schedules import SCHEDULE_ALIASES, SCHEDULE_LABELS, ModelSchedule, ddim_timesteps, make_sigmas
+from .dpm_solver import sample_dpm_adaptive, sample_dpm_fast
+from .restart import sample_restart
+from .schedules import SCHEDULE_ALIASES, SCHEDULE_LABELS, ModelSchedule, ddim_timesteps, exponential, make_sigmas
+from .timestep import sample_ddim_cfgpp, sample_plms, sample_unipc
 
 
 @dataclass(frozen=True)
@@ -26,25 +29,39 @@ class SamplerInfo:
     aliases: tuple[str, ...] = ()
     default_schedule: str = "uniform"  # what "Automatic" means for this sampler
     discard_penultimate: bool = False
-    stochastic: bool = False
-    fixed_grid: bool = False  # ignores the schedule (DDIM)
+    stochastic: bool = False  # calls noise(sigma, sigma_next); the engine then supplies a source
+    fixed_grid: bool = False  # ignores the schedule: runs on DDIM's timestep grid (A1111's timestep samplers)
+    model_range: bool = False  # ignores the schedule: own steps over the model's sigma range (DPM fast/adaptive)
+    #: model calls per step (per sample and CFG pass).  Exact for all but DPM adaptive,
+    #: whose 3 calls are per *attempted* step and whose attempts its error control decides.
     calls_per_step: int = 1
+    uses_ensd: bool = False  # A1111 re-seeds its step noise with seed + ENSD
+    brownian: bool = False  # A1111 draws its step noise from a Brownian tree over the sigma range
 
 
+#: In A1111's order (shared/reference/a1111-compat.md e.1); keys are our lower-case names.
 SAMPLERS: dict[str, SamplerInfo] = {
     info.key: info
     for info in [
         SamplerInfo("dpmpp_2m", "DPM++ 2M", S.sample_dpmpp_2m, ("k_dpmpp_2m",), "karras"),
-        SamplerInfo("dpmpp_sde", "DPM++ SDE", S.sample_dpmpp_sde, ("k_dpmpp_sde",), "karras", stochastic=True, calls_per_step=2),
-        SamplerInfo("dpmpp_2m_sde", "DPM++ 2M SDE", S.sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde",), "exponential", stochastic=True),
-        SamplerInfo("dpmpp_2s_a", "DPM++ 2S a", S.sample_dpmpp_2s_ancestral, ("k_dpmpp_2s_a",), "karras", stochastic=True, calls_per_step=2),
-        SamplerInfo("euler_a", "Euler a", S.sample_euler_ancestral, ("k_euler_a", "k_euler_ancestral"), stochastic=True),
+        SamplerInfo("dpmpp_sde", "DPM++ SDE", S.sample_dpmpp_sde, ("k_dpmpp_sde",), "karras", stochastic=True, calls_per_step=2, brownian=True),
+        SamplerInfo("dpmpp_2m_sde", "DPM++ 2M SDE", S.sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde",), "exponential", stochastic=True, brownian=True),
+        SamplerInfo("dpmpp_2m_sde_heun", "DPM++ 2M SDE Heun", S.sample_dpmpp_2m_sde_heun, ("k_dpmpp_2m_sde_heun",), "exponential", stochastic=True, brownian=True),
+        SamplerInfo("dpmpp_2s_a", "DPM++ 2S a", S.sample_dpmpp_2s_ancestral, ("k_dpmpp_2s_a",), "karras", stochastic=True, calls_per_step=2, uses_ensd=True),
+        SamplerInfo("dpmpp_3m_sde", "DPM++ 3M SDE", S.sample_dpmpp_3m_sde, ("k_dpmpp_3m_sde",), "exponential", discard_penultimate=True, stochastic=True, brownian=True),
+        SamplerInfo("euler_a", "Euler a", S.sample_euler_ancestral, ("k_euler_a", "k_euler_ancestral"), stochastic=True, uses_ensd=True),
         SamplerInfo("euler", "Euler", S.sample_euler, ("k_euler",)),
         SamplerInfo("lms", "LMS", S.sample_lms, ("k_lms",)),
         SamplerInfo("heun", "Heun", S.sample_heun, ("k_heun",), calls_per_step=2),
         SamplerInfo("dpm2", "DPM2", S.sample_dpm_2, ("k_dpm_2",), "karras", discard_penultimate=True, calls_per_step=2),
-        SamplerInfo("dpm2_a", "DPM2 a", S.sample_dpm_2_ancestral, ("k_dpm_2_a",), "karras", discard_penultimate=True, stochastic=True, calls_per_step=2),
+        SamplerInfo("dpm2_a", "DPM2 a", S.sample_dpm_2_ancestral, ("k_dpm_2_a",), "karras", discard_penultimate=True, stochastic=True, calls_per_step=2, uses_ensd=True),
+        SamplerInfo("dpm_fast", "DPM fast", sample_dpm_fast, ("k_dpm_fast",), model_range=True, stochastic=True, uses_ensd=True),
+        SamplerInfo("dpm_adaptive", "DPM adaptive", sample_dpm_adaptive, ("k_dpm_ad",), model_range=True, stochastic=True, calls_per_step=3, uses_ensd=True),
+        SamplerInfo("restart", "Restart", sample_restart, ("restart",), "karras", stochastic=True, calls_per_step=2),
         SamplerInfo("ddim", "DDIM", S.sample_ddim, ("ddim",), fixed_grid=True),
+        SamplerInfo("ddim_cfgpp", "DDIM CFG++", sample_ddim_cfgpp, ("ddim_cfgpp",), fixed_grid=True),
+        SamplerInfo("plms", "PLMS", sample_plms, ("plms",), fixed_grid=True),
+        SamplerInfo("unipc", "UniPC", sample_unipc, ("unipc",), fixed_grid=True),
         SamplerInfo("lcm", "LCM", S.sample_lcm, ("k_lcm",), stochastic=True),
     ]
 }
@@ -127,14 +144,22 @@ def effective_schedule(info: SamplerInfo, schedule: str) -> str:
 
 
 def sampling_sigmas(info: SamplerInfo, schedule: str, steps: int, model: ModelSchedule) -> torch.Tensor:
-    """The sigmas a sampler runs over for ``steps`` steps."""
+    """The sigmas a sampler runs over for ``steps`` steps.
+
+    The timestep samplers get DDIM's grid.  DPM fast / adaptive get the model's
+    whole range, log-uniform: they take only its ends and length from it (and the
+    engine its levels for progress and prompt editing)."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
     if info.fixed_grid:
         return ddim_timesteps(steps, model)
+    if info.model_range:
+        return exponential(steps, model)
     return make_sigmas(effective_schedule(info, schedule), steps, model, discard_penultimate=info.discard_penultimate)
 
 
 def schedule_label(info: SamplerInfo, schedule: str) -> str:
     """The label written into the infotext's 'Schedule type' (resolved like A1111)."""
-    if info.fixed_grid:
+    if info.fixed_grid or info.model_range:
         return SCHEDULE_LABELS["automatic"]
     return SCHEDULE_LABELS[effective_schedule(info, schedule)]

@@ -11,13 +11,19 @@ Every sampler has one signature::
 * ``x`` is the starting latent, already scaled to ``sigmas[0]``; it is never
   modified in place.
 * ``sigmas`` is a decreasing 1-D tensor ending in 0 (:mod:`.schedules`).
-* ``noise()`` returns fresh standard-normal noise shaped like ``x``; only
-  ancestral/SDE samplers call it.  It is injected so that every image of a batch
-  draws from its own seeded generator.
+* ``noise(sigma, sigma_next)`` returns fresh standard-normal noise shaped like
+  ``x`` for the move from ``sigma`` to ``sigma_next``; only stochastic samplers call
+  it.  It is injected so that every image of a batch draws from its own seeded
+  generator; the two noise levels let a Brownian-tree source (A1111's choice for
+  the DPM++ SDE family) return the matching increment.  Sub-steps pass their own
+  pair, as k-diffusion does.
 * ``callback(i, x, denoised)`` is called once per step for progress and previews.
 
 The update rules follow the papers named in each docstring, in the notation of
 Karras et al. (2022): the probability-flow ODE is dx/dsigma = (x - D(x, sigma)) / sigma.
+The k-diffusion family lives here; DPM fast / adaptive (which choose their own
+steps) are in :mod:`.dpm_solver`, Restart in :mod:`.restart`, and A1111's timestep
+samplers PLMS, UniPC and DDIM CFG++ in :mod:`.timestep`.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-NoiseSource = Callable[[], torch.Tensor]
+NoiseSource = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
@@ -129,7 +135,7 @@ def _ancestral(step, label: str, name: str, doc: str):
             sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
             x = step(denoise, x, sigmas[i], sigma_down, denoised)
             if sigmas[i + 1] > 0:
-                x = x + noise() * sigma_up
+                x = x + noise(sigmas[i], sigmas[i + 1]) * sigma_up
             _report(callback, i, x, denoised)
         return x
 
@@ -175,11 +181,19 @@ def sample_lms(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, order
 
 
 @torch.no_grad()
-def sample_dpmpp_2m_sde(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
-    """DPM-Solver++(2M) SDE, midpoint form (Lu et al. 2022): the second-order multistep
-    update in log-sigma, with a share ``eta`` of each step taken as fresh noise.
-    First order for the first step; the final step to sigma 0 returns the denoised
-    estimate.  With eta = 0 this is exactly DPM-Solver++(2M)."""
+def sample_dpmpp_2m_sde(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0, solver_type: str = "midpoint") -> torch.Tensor:
+    """DPM-Solver++(2M) SDE (Lu et al., "DPM-Solver++", 2022): the second-order
+    multistep update in log-sigma, with a share ``eta`` of each step taken as fresh
+    noise.  First order for the first step; the final step to sigma 0 returns the
+    denoised estimate.
+
+    ``solver_type`` picks the weight of the correction built from the last two
+    denoised estimates, for the step's g = (1 + eta) h: "midpoint" uses (1 - e^-g)/2
+    (with eta = 0 exactly DPM-Solver++(2M), the paper's Algorithm 2), "heun" uses the
+    exact Taylor weight 1 - (1 - e^-g)/g (the DPM-Solver code's "taylor" form;
+    A1111's "DPM++ 2M SDE Heun").  Both are second order."""
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     if eta:
         noise = _require_noise(noise, "DPM++ 2M SDE")
     old_denoised = None
@@ -195,9 +209,14 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x, sigmas, *, noise=None, callback=No
             x = (sigma_next / sigma) * (-eta_h).exp() * x - torch.expm1(-h - eta_h) * denoised
             if old_denoised is not None:
                 r = h_last / h
-                x = x - 0.5 * torch.expm1(-h - eta_h) * (1 / r) * (denoised - old_denoised)
+                g = h + eta_h
+                if solver_type == "heun":
+                    weight = 1 + torch.expm1(-g) / g
+                else:
+                    weight = -0.5 * torch.expm1(-g)
+                x = x + weight * (1 / r) * (denoised - old_denoised)
             if eta:
-                x = x + noise() * sigma_next * (-torch.expm1(-2 * eta_h)) ** 0.5
+                x = x + noise(sigma, sigma_next) * sigma_next * (-torch.expm1(-2 * eta_h)) ** 0.5
             h_last = h
         old_denoised = denoised
         _report(callback, i, x, denoised)
@@ -207,6 +226,55 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x, sigmas, *, noise=None, callback=No
 def sample_dpmpp_2m(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): the noise-free case of the above."""
     return sample_dpmpp_2m_sde(denoise, x, sigmas, callback=callback, eta=0.0)
+
+
+def sample_dpmpp_2m_sde_heun(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE with the "heun" correction (Lu et al. 2022), A1111's
+    "DPM++ 2M SDE Heun"; see :func:`sample_dpmpp_2m_sde`."""
+    return sample_dpmpp_2m_sde(denoise, x, sigmas, noise=noise, callback=callback, eta=eta, solver_type="heun")
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(denoise: Denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(3M) SDE (Lu et al., "DPM-Solver++", 2022, third-order multistep),
+    in k-diffusion's SDE form: with g = (1 + eta) h for the step's h in log-sigma,
+
+        x <- e^-g x + (1 - e^-g) D + phi2(g) D1 - phi3(g) D2 (+ noise),
+
+    phi2(g) = 1 - (1 - e^-g)/g and phi3(g) = phi2(g)/g - 1/2, where D1 and D2 are the
+    first and second divided differences of the last three denoised estimates in
+    log-sigma.  The first step is first order, the second second order; the final
+    step to sigma 0 returns the denoised estimate.  eta = 0 is the ODE solver."""
+    if eta:
+        noise = _require_noise(noise, "DPM++ 3M SDE")
+    d_1 = d_2 = None  # the previous two denoised estimates
+    h_1 = h_2 = None  # and the log-sigma steps that led to them
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, sigma)
+        h = None
+        if sigma_next == 0:
+            x = denoised
+        else:
+            h = _log_sigma_t(sigma_next) - _log_sigma_t(sigma)
+            g = h * (1 + eta)
+            x = (-g).exp() * x - torch.expm1(-g) * denoised
+            phi2 = 1 + torch.expm1(-g) / g
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                diff_0 = (denoised - d_1) / r0
+                diff_1 = (d_1 - d_2) / r1
+                first = diff_0 + (diff_0 - diff_1) * r0 / (r0 + r1)
+                second = (diff_0 - diff_1) / (r0 + r1)
+                x = x + phi2 * first - (phi2 / g - 0.5) * second
+            elif h_1 is not None:
+                x = x + phi2 * (denoised - d_1) / (h_1 / h)
+            if eta:
+                x = x + noise(sigma, sigma_next) * sigma_next * (-torch.expm1(-2 * eta * h)) ** 0.5
+        d_1, d_2 = denoised, d_1
+        h_1, h_2 = h, h_1
+        _report(callback, i, x, denoised)
+    return x
 
 
 @torch.no_grad()
@@ -228,13 +296,13 @@ def sample_dpmpp_sde(denoise: Denoiser, x, sigmas, *, noise=None, callback=None,
             sd, su = ancestral_step(_sigma_of_t(t), _sigma_of_t(s), eta)
             s_ = _log_sigma_t(sd)
             x_2 = (_sigma_of_t(s_) / _sigma_of_t(t)) * x - torch.expm1(t - s_) * denoised
-            x_2 = x_2 + noise() * su
+            x_2 = x_2 + noise(sigma, _sigma_of_t(s)) * su
             denoised_2 = denoise(x_2, _sigma_of_t(s))
             sd, su = ancestral_step(_sigma_of_t(t), _sigma_of_t(t_next), eta)
             t_next_ = _log_sigma_t(sd)
             blended = (1 - fac) * denoised + fac * denoised_2
             x = (_sigma_of_t(t_next_) / _sigma_of_t(t)) * x - torch.expm1(t - t_next_) * blended
-            x = x + noise() * su
+            x = x + noise(sigma, sigma_next) * su
         _report(callback, i, x, denoised)
     return x
 
@@ -248,7 +316,7 @@ def sample_lcm(denoise: Denoiser, x, sigmas, *, noise=None, callback=None) -> to
         denoised = denoise(x, sigmas[i])
         x = denoised
         if sigmas[i + 1] > 0:
-            x = x + noise() * sigmas[i + 1]
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
         _report(callback, i, x, denoised)
     return x
 

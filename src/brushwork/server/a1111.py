@@ -8,17 +8,25 @@ native API and blocks until its job is done, as AUTOMATIC1111's does.
 
 Like AUTOMATIC1111 (an older FastAPI), a body without a Content-Type is read as
 JSON here; a body sent as another type (text/plain, a form) is a 415.
+
+Errors on these routes carry AUTOMATIC1111's four keys, with the message where
+the clients read it: ``detail`` and ``errors`` (a string), and ``error`` as an
+object ``{"type", "message", "code"}``, because Open WebUI reads ``error["message"]`` (see
+:func:`error_response`).  Routes of AUTOMATIC1111's API that Brushwork does not
+have yet answer 501 naming the feature (:data:`NOT_YET`).
 """
 from __future__ import annotations
 
 import base64
 import datetime as _dt
 import json
+import logging
 import os
+import re
 import time
-from typing import Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,29 +34,64 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .. import __version__
 from ..embeddings import embedding_files
 from ..engine import MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, GenerationRequest
-from ..infotext import parse_infotext
+from ..infotext import RNG_SOURCES, parse_infotext
 from ..lora import listed_metadata, lora_files
+from ..prompts.styles import StylesFileError, read_styles
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULE_LABELS
 from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_INFOTEXT_CHARS, MAX_JSON_DEPTH, MAX_PROMPT_CHARS, BadRequest, check_names, finite, nesting_depth, public_path, public_text
 from .studio import Studio
 
+log = logging.getLogger(__name__)
+
 PREFIX = "/sdapi/v1"
-_STATUS_NAMES = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 409: "Conflict", 413: "PayloadTooLarge", 422: "UnprocessableEntity", 500: "InternalServerError"}
+DOCS = "docs/http-api.md"
+_STATUS_NAMES = {
+    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed", 408: "RequestTimeout",
+    409: "Conflict", 413: "PayloadTooLarge", 415: "UnsupportedMediaType", 422: "UnprocessableEntity", 429: "TooManyRequests",
+    500: "InternalServerError", 501: "NotImplemented", 507: "InsufficientStorage",
+}
 
 
-def error_response(request: Request, status: int, message: str, field: Optional[str] = None) -> JSONResponse:
-    """AUTOMATIC1111's error shape on its routes, ``{"detail": ...}`` elsewhere.  Every
-    error answer passes here, so this is where the data home's location is cut out."""
+def a1111_error(status: int, message: str, kind: Optional[str] = None) -> dict[str, Any]:
+    """The error body of the ``/sdapi/v1`` routes.
+
+    AUTOMATIC1111 sends ``{"error": <exception class>, "detail": <message>, "body": "",
+    "errors": <message>}``.  The message stays in ``detail`` and ``errors`` (what
+    webuiapi, SillyTavern and most scripts show: the body text, or ``detail``), but
+    ``error`` is an object ``{"type": <name>, "message": <message>, "code": <status>}``: Open WebUI
+    (0.5/0.6, ``routers/images.py``) reads ``data["error"]["message"]`` from a failed
+    txt2img, and crashes with a 500 on AUTOMATIC1111's plain string."""
+    name = kind or _STATUS_NAMES.get(status, "HTTPException")
+    return {"detail": message, "error": {"type": name, "message": message, "code": status}, "errors": message, "body": ""}
+
+
+def error_response(request: Request, status: int, message: str, field: Optional[str] = None, headers: Optional[dict[str, str]] = None) -> JSONResponse:
+    """AUTOMATIC1111's error shape (:func:`a1111_error`) on its routes, ``{"detail": ...}``
+    elsewhere.  Every error answer passes here, so this is where the data home's
+    location is cut out."""
     studio = getattr(request.app.state, "studio", None)
     if studio is not None:
         message = public_text(studio.home, message)
     if request.url.path.startswith(PREFIX):
-        return JSONResponse({"error": _STATUS_NAMES.get(status, "HTTPException"), "detail": message, "body": "", "errors": message}, status_code=status)
+        return JSONResponse(a1111_error(status, message), status_code=status, headers=headers)
     body: dict[str, Any] = {"detail": message}
     if field:
         body["field"] = field
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def validation_body(errors: list[dict[str, Any]], message: str) -> dict[str, Any]:
+    """A 422 for a body that failed validation on ``/sdapi/v1``: FastAPI's ``detail`` list
+    (what AUTOMATIC1111 sends, and what clients written against FastAPI parse), plus the
+    readable ``message`` and the ``error``/``errors``/``body`` keys of :func:`a1111_error`."""
+    body = a1111_error(422, message, "RequestValidationError")
+    body["detail"] = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+    return {"detail": body.pop("detail"), "message": message, **body}
+
+
+#: a prompt style name as sent in ``styles``
+StyleName = Annotated[str, Field(max_length=256)]
 
 
 class Txt2ImgBody(BaseModel):
@@ -58,7 +101,7 @@ class Txt2ImgBody(BaseModel):
 
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    styles: Optional[list[str]] = None
+    styles: Optional[list[StyleName]] = Field(None, max_length=64)
     seed: int = Field(-1, ge=-1, le=MAX_SEED)
     subseed: int = -1
     subseed_strength: float = 0.0
@@ -70,8 +113,9 @@ class Txt2ImgBody(BaseModel):
     n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
     steps: int = Field(50, ge=1, le=MAX_STEPS)
     cfg_scale: float = Field(7.0, ge=0, le=30)
-    width: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
-    height: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
+    # not necessarily multiples of 8: rounded down like AUTOMATIC1111 (txt2img says so in info)
+    width: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE)
+    height: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE)
     restore_faces: Optional[bool] = None
     tiling: Optional[bool] = None
     do_not_save_samples: bool = False
@@ -136,29 +180,104 @@ _FROM_INFOTEXT = {
     "Size-2": ("height", int),
 }
 
-#: settings we report and accept; a POST may set these to the values listed (None: any)
-_SETTINGS_FIXED = {"samples_format": "png", "sd_vae": ("Automatic", "None"), "randn_source": "CPU", "eta_noise_seed_delta": 0, "emphasis": "Original", "comma_padding_backtrack": 20, "enable_pnginfo": True, "live_previews_enable": True}
+#: settings a POST may send only with the value GET reports (or one of those listed):
+#: we cannot honour others (a 400 says so)
+_SETTINGS_FIXED: dict[str, Any] = {"samples_format": "png", "sd_vae": ("Automatic", "None"), "emphasis": "Original", "comma_padding_backtrack": 20, "enable_pnginfo": True, "live_previews_enable": True}
+#: settings GET reports that follow from others: a POST may send them back with any value
+#: (Open WebUI sends the old model's hash together with the new model), they are ignored
+_SETTINGS_DERIVED = ("sd_checkpoint_hash",)
+CLIP_SKIP_RANGE = (1, 12)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_clip_skip(value: Any, where: str = "CLIP_stop_at_last_layers") -> int:
+    low, high = CLIP_SKIP_RANGE
+    if not _whole(value) or not low <= value <= high:
+        raise BadRequest(f"{where} must be a whole number from {low} to {high}; got {_shown(value)}")
+    return value
+
+
+def check_rng(value: Any, where: str = "randn_source") -> str:
+    if value not in RNG_SOURCES:
+        raise BadRequest(f"{where} must be one of {', '.join(map(repr, RNG_SOURCES))}; got {_shown(value)}")
+    return value
+
+
+def check_ensd(value: Any, where: str = "eta_noise_seed_delta") -> int:
+    if not _whole(value) or not 0 <= value <= MAX_SEED:
+        raise BadRequest(f"{where} must be a whole number from 0 to {MAX_SEED}; got {_shown(value)}")
+    return value
+
+
+def check_preview_every(value: Any, where: str = "show_progress_every_n_steps") -> int:
+    if not _whole(value) or value < 1:
+        raise BadRequest(f"{where} must be a whole number of at least 1; got {_shown(value)}")
+    return value
+
+
+#: settings a POST may change (and txt2img's ``override_settings`` may set per request), with their checks
+_SETTINGS_STORED: dict[str, Callable[[Any, str], Any]] = {
+    "CLIP_stop_at_last_layers": check_clip_skip,
+    "randn_source": check_rng,
+    "eta_noise_seed_delta": check_ensd,
+    "show_progress_every_n_steps": check_preview_every,
+}
+#: ... of which these apply to a single txt2img through ``override_settings``
+_PER_REQUEST = ("CLIP_stop_at_last_layers", "randn_source", "eta_noise_seed_delta")
+
+#: AUTOMATIC1111 routes Brushwork does not have (yet): method, path, what is missing.
+#: They answer 501 with that text instead of a bare "Not Found".
+NOT_YET: tuple[tuple[str, str, str], ...] = (
+    ("POST", "/img2img", "img2img (and inpainting) is not implemented in Brushwork yet; use txt2img"),
+    ("POST", "/extra-single-image", "the extras tab (upscaling and face restoration of an image) is not implemented in Brushwork yet"),
+    ("POST", "/extra-batch-images", "the extras tab (upscaling and face restoration of images) is not implemented in Brushwork yet"),
+    ("POST", "/interrogate", "interrogate (CLIP / DeepDanbooru captions of an image) is not implemented in Brushwork"),
+    ("POST", "/create/embedding", "creating textual-inversion embeddings is not implemented in Brushwork"),
+    ("POST", "/create/hypernetwork", "hypernetworks are not supported by Brushwork"),
+    ("POST", "/train/embedding", "training textual-inversion embeddings is not implemented in Brushwork; `brushwork train-lora` trains LoRAs"),
+    ("POST", "/train/hypernetwork", "hypernetworks are not supported by Brushwork"),
+    ("POST", "/unload-checkpoint", "unloading the model is not implemented: Brushwork keeps one model loaded; switching with POST /sdapi/v1/options frees the previous one"),
+    ("POST", "/reload-checkpoint", "reloading the model is not implemented: Brushwork keeps one model loaded; switching with POST /sdapi/v1/options frees the previous one"),
+    ("POST", "/server-kill", "stopping the server over HTTP is not implemented; stop `brushwork serve` with Ctrl+C or SIGTERM"),
+    ("POST", "/server-restart", "restarting the server over HTTP is not implemented; stop `brushwork serve` with Ctrl+C or SIGTERM and start it again"),
+    ("POST", "/server-stop", "stopping the server over HTTP is not implemented; stop `brushwork serve` with Ctrl+C or SIGTERM"),
+)
+
+#: AUTOMATIC1111 has a "None" upscaler (no upscaling) whatever is installed
+_NO_UPSCALER = {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+_SAFE_KEY = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def unsupported(body: Txt2ImgBody) -> Optional[str]:
     """The first requested feature we do not have yet (a 400, never silently dropped)."""
     checks = [
         (body.enable_hr, "hires fix (enable_hr) is not supported yet; generate at the size you want"),
-        (body.restore_faces, "face restoration (restore_faces) is not supported"),
+        (body.restore_faces, "face restoration (restore_faces) is not supported: Brushwork has no face restorer yet (GET /sdapi/v1/face-restorers lists none); send restore_faces false"),
         (body.tiling, "tiling is not supported yet"),
         (body.subseed_strength not in (0, None), "variation seeds (subseed_strength) are not supported yet"),
         (body.seed_resize_from_w > 0 or body.seed_resize_from_h > 0, "seed resize (seed_resize_from_w/h) is not supported yet"),
-        (bool(body.styles), "prompt styles are not supported; put the style words into the prompt"),
         (bool(body.refiner_checkpoint), "the SDXL refiner (refiner_checkpoint) is not supported yet"),
     ]
     return next((msg for cond, msg in checks if cond), None)
+
+
+def rounded_size(width: int, height: int) -> tuple[int, int, Optional[str]]:
+    """AUTOMATIC1111 makes pictures of the requested size rounded down to a multiple of
+    8 (the latent is 1/8 the size); the note says so when it changed anything."""
+    w, h = width // 8 * 8, height // 8 * 8
+    if (w, h) == (width, height):
+        return w, h, None
+    return w, h, f"the size {width}x{height} was rounded down to {w}x{h} (a multiple of 8), as AUTOMATIC1111 does; width and height here are the real ones"
 
 
 def router(studio: Studio) -> APIRouter:
     from .app import KeepAliveRoute
 
     r = APIRouter(prefix=PREFIX, tags=["AUTOMATIC1111 compatible"], strict_content_type=False, route_class=KeepAliveRoute)
-    settings: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": studio.preview_every}
+    settings: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "randn_source": GenerationRequest.rng, "eta_noise_seed_delta": GenerationRequest.ensd, "show_progress_every_n_steps": studio.preview_every}
 
     @r.post("/txt2img")
     async def txt2img(body: Txt2ImgBody, request: Request) -> dict[str, Any]:
@@ -172,29 +291,30 @@ def router(studio: Studio) -> APIRouter:
         if problem:
             raise BadRequest(problem)
         if body.script_name:
-            return error_response(request, 422, f"script {body.script_name!r} not found: Brushwork has no scripts")
+            return error_response(request, 422, f"script {body.script_name!r} not found: Brushwork has no scripts (GET /sdapi/v1/scripts lists none)")
         if body.alwayson_scripts:
             names = ", ".join(body.alwayson_scripts)
-            return error_response(request, 422, f"always-on script(s) {names} not found: Brushwork has no extensions")
-        clip_skip = int(settings["CLIP_stop_at_last_layers"])
+            return error_response(request, 422, f"always-on script(s) {names} not found: Brushwork has no extensions (GET /sdapi/v1/scripts lists none)")
+        per_request = {k: settings[k] for k in _PER_REQUEST}
         model = None
         for key, value in (body.override_settings or {}).items():
             if key == "sd_model_checkpoint":
                 model = _checkpoint_name(value, "override_settings.sd_model_checkpoint")
-            elif key == "CLIP_stop_at_last_layers":
-                if not isinstance(value, int) or not 1 <= value <= 12:
-                    raise BadRequest(f"override_settings.CLIP_stop_at_last_layers must be a whole number from 1 to 12; got {value!r}")
-                clip_skip = value
+            elif key in per_request:
+                per_request[key] = _SETTINGS_STORED[key](value, f"override_settings.{key}")
         sampler = body.sampler_name or body.sampler_index
         prompt = body.prompt
         if body.disable_extra_networks:
             from ..prompts import extract_extra_networks
 
             prompt = extract_extra_networks(prompt).text
+        width, height, size_note = rounded_size(body.width, body.height)
+        clip_skip = per_request["CLIP_stop_at_last_layers"]
         req = GenerationRequest(
             prompt=prompt, negative_prompt=body.negative_prompt, seed=body.seed,
-            steps=body.steps, cfg_scale=body.cfg_scale, sampler=sampler, schedule=body.scheduler, width=body.width,
-            height=body.height, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
+            steps=body.steps, cfg_scale=body.cfg_scale, sampler=sampler, schedule=body.scheduler, width=width,
+            height=height, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
+            styles=list(body.styles or []), rng=per_request["randn_source"], ensd=per_request["eta_noise_seed_delta"],
         )
         check_names(studio.home, req)
         job = studio.submit(req, client_of(request), model=model)
@@ -202,9 +322,10 @@ def router(studio: Studio) -> APIRouter:
         if job.state == "failed":
             status = 400 if job.error_kind == "request" else 500
             return error_response(request, status, job.error or "generation failed")
-        if job.state == "cancelled":
-            return error_response(request, 409, "the job was cancelled before it finished")
         records = studio.images(job.id)
+        if job.state == "cancelled":
+            kept = f"; the {len(records)} picture(s) finished before are kept in the history (GET /api/v1/jobs/{job.id})" if records else "; nothing was made"
+            return error_response(request, 409, f"the job was {job.error or 'cancelled before it finished'}{kept}")
         images = []
         if body.send_images:
             root = studio.home.root
@@ -212,6 +333,7 @@ def router(studio: Studio) -> APIRouter:
                 data = await run_in_threadpool((root / rec.path).read_bytes)
                 images.append(base64.b64encode(data).decode())
         seeds = [rec.seed for rec in records]
+        warnings = ([size_note] if size_note else []) + [public_text(studio.home, w) for w in job.warnings]
         info = {
             "prompt": body.prompt,
             "all_prompts": [rec.prompt for rec in records],
@@ -222,8 +344,8 @@ def router(studio: Studio) -> APIRouter:
             "subseed": -1,
             "all_subseeds": [-1] * len(seeds),
             "subseed_strength": 0,
-            "width": body.width,
-            "height": body.height,
+            "width": width,
+            "height": height,
             "sampler_name": sampler,
             "cfg_scale": body.cfg_scale,
             "steps": body.steps,
@@ -240,12 +362,13 @@ def router(studio: Studio) -> APIRouter:
             "extra_generation_params": {},
             "index_of_first_image": 0,
             "infotexts": [rec.infotext for rec in records],
-            "styles": [],
+            "styles": list(body.styles or []),
             "job_timestamp": _dt.datetime.fromtimestamp(job.submitted).strftime("%Y%m%d%H%M%S"),
             "clip_skip": clip_skip,
             "is_using_inpainting_conditioning": False,
             "version": f"brushwork {__version__}",
             "interrupted": job.state == "interrupted",
+            "warnings": warnings,
         }
         # strict JSON: a client's JSON reader refuses NaN/Infinity in the info string
         return {"images": images, "parameters": finite(body.model_dump()), "info": json.dumps(finite(info), allow_nan=False)}
@@ -272,13 +395,20 @@ def router(studio: Studio) -> APIRouter:
         return {"progress": fraction, "eta_relative": elapsed / fraction - elapsed if fraction > 0 else 0.0, "state": state, "current_image": image, "textinfo": None}
 
     @r.post("/interrupt")
-    def interrupt() -> dict:
-        studio.interrupt_current()
+    def interrupt(request: Request) -> dict:
+        """Stops the caller's own generation (see Studio.interrupt_client): never another
+        client's, and a waiting one is cancelled before it starts."""
+        from .app import client_of
+
+        studio.interrupt_client(client_of(request))
         return {}
 
     @r.post("/skip")
-    def skip() -> None:
-        studio.skip_current()
+    def skip(request: Request) -> None:
+        """Skips the current batch of the caller's own running generation."""
+        from .app import client_of
+
+        studio.skip_client(client_of(request))
         return None
 
     @r.get("/sd-models")
@@ -291,9 +421,21 @@ def router(studio: Studio) -> APIRouter:
     def refresh_checkpoints() -> None:
         return None  # listings read the folders on every request
 
+    @r.post("/refresh-vae")
+    def refresh_vae() -> None:
+        return None  # no VAE files are listed (sd-vae); nothing to re-read
+
+    @r.post("/refresh-embeddings")
+    def refresh_embeddings() -> None:
+        return None  # the embeddings listing reads the folders on every request
+
     @r.get("/sd-vae")
-    def sd_vae() -> list:
-        return []
+    def sd_vae() -> list[dict[str, str]]:
+        return []  # each checkpoint's own VAE is used; there are no separate VAE files to choose
+
+    @r.get("/sd-modules")
+    def sd_modules() -> list[dict[str, str]]:
+        return []  # Forge's separate VAE / text-encoder files: Brushwork has none
 
     @r.get("/loras")
     def loras() -> list[dict[str, Any]]:
@@ -317,11 +459,80 @@ def router(studio: Studio) -> APIRouter:
 
     @r.get("/schedulers")
     def schedulers() -> list[dict[str, Any]]:
-        return [{"name": k, "label": v, "aliases": None, "default_rho": 7.0 if k == "karras" else -1, "need_inner_model": False} for k, v in SCHEDULE_LABELS.items()]
+        return [{"name": k, "label": v, "aliases": ["SGMUniform"] if k == "sgm_uniform" else None, "default_rho": {"karras": 7.0, "polyexponential": 1.0}.get(k, -1), "need_inner_model": False} for k, v in SCHEDULE_LABELS.items()]
+
+    @r.get("/upscalers")
+    def upscalers() -> list[dict[str, Any]]:
+        return [dict(_NO_UPSCALER)]  # no upscaler models: only AUTOMATIC1111's "None" (no upscaling)
+
+    @r.get("/latent-upscale-modes")
+    def latent_upscale_modes() -> list[dict[str, str]]:
+        return []  # no hires fix yet, so no latent upscale modes
+
+    @r.get("/realesrgan-models")
+    def realesrgan_models() -> list[dict[str, Any]]:
+        return []
+
+    @r.get("/face-restorers")
+    def face_restorers() -> list[dict[str, Any]]:
+        return []  # no face restorer (restore_faces: true is a 400)
+
+    @r.get("/hypernetworks")
+    def hypernetworks() -> list[dict[str, Any]]:
+        return []  # hypernetworks are not supported
+
+    @r.get("/prompt-styles")
+    def prompt_styles(request: Request):
+        """The styles saved in HOME/styles.csv (AUTOMATIC1111's file format)."""
+        try:
+            styles = read_styles(studio.home.styles_file)
+        except StylesFileError as exc:
+            log.warning("prompt-styles: %s", exc)
+            return error_response(request, 500, f"{exc}. Fix styles.csv in the data home (a header row name,prompt,negative_prompt, then one style per row) or move it away")
+        return [{"name": st.name, "prompt": st.prompt, "negative_prompt": st.negative_prompt} for st in styles]
 
     @r.get("/scripts")
     def scripts() -> dict[str, list]:
         return {"txt2img": [], "img2img": []}
+
+    @r.get("/script-info")
+    def script_info() -> list[dict[str, Any]]:
+        return []
+
+    @r.get("/extensions")
+    def extensions() -> list[dict[str, Any]]:
+        return []
+
+    @r.get("/cmd-flags")
+    def cmd_flags(request: Request) -> dict[str, Any]:
+        """The AUTOMATIC1111 command-line flags clients read, as far as they mean anything
+        here.  Credentials are never shown (AUTOMATIC1111 shows --api-auth's password);
+        folders are relative to the data home."""
+        host, port = (request.scope.get("server") or ("", None))[:2]
+        home = studio.home
+        return {
+            "api": True,
+            "nowebui": not any(getattr(route, "path", None) == "/" for route in request.app.routes),
+            "listen": str(host) not in ("127.0.0.1", "::1", "localhost", "testserver"),
+            "port": port,
+            "share": False,
+            "api_auth": None,
+            "gradio_auth": None,
+            "api_log": False,
+            "data_dir": ".",
+            "models_dir": "models",
+            "ckpt_dir": public_path(home, home.checkpoint_dirs[0]),
+            "lora_dir": public_path(home, home.lora_dirs[0]),
+            "vae_dir": public_path(home, home.vae_dirs[0]),
+            "embeddings_dir": public_path(home, home.embedding_dirs[0]),
+            "hypernetwork_dir": None,
+            "styles_file": [public_path(home, home.styles_file)],
+            "medvram": False,
+            "lowvram": False,
+            "no_half": False,
+            "brushwork_version": __version__,
+            "brushwork_device": studio.engine.placement.label,
+        }
 
     @r.get("/options")
     def get_options() -> dict[str, Any]:
@@ -331,38 +542,45 @@ def router(studio: Studio) -> APIRouter:
         return {
             "sd_model_checkpoint": current["title"] if current else studio.model_name(),
             "sd_checkpoint_hash": current["sha256"] if current else None,
-            "sd_vae": "Automatic",
             **{k: (v[0] if isinstance(v, tuple) else v) for k, v in _SETTINGS_FIXED.items()},
             **settings,
         }
 
     @r.post("/options")
-    def set_options(body: dict[str, Any]) -> None:
+    def set_options(body: dict[str, Any], response: Response) -> None:
+        """Every key GET returns is accepted back: unchanged values do nothing, derived
+        ones (sd_checkpoint_hash) are ignored; values we cannot honour are a 400 before
+        anything changes; unknown keys are ignored with a log line (and named in the
+        X-Brushwork-Ignored-Settings header)."""
         model = None
+        changes: dict[str, Any] = {}
+        ignored: list[str] = []
         for key, value in body.items():
             if key == "sd_model_checkpoint":
                 model = _checkpoint_name(value, "sd_model_checkpoint")
-            elif key == "CLIP_stop_at_last_layers":
-                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 12:
-                    raise BadRequest(f"CLIP_stop_at_last_layers must be a whole number from 1 to 12; got {value!r}")
-            elif key == "show_progress_every_n_steps":
-                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                    raise BadRequest(f"show_progress_every_n_steps must be a whole number of at least 1; got {value!r}")
+            elif key in _SETTINGS_STORED:
+                changes[key] = _SETTINGS_STORED[key](value, key)
             elif key in _SETTINGS_FIXED:
                 allowed = _SETTINGS_FIXED[key] if isinstance(_SETTINGS_FIXED[key], tuple) else (_SETTINGS_FIXED[key],)
-                if value not in allowed:
-                    raise BadRequest(f"{key} can only be {' or '.join(map(repr, allowed))} in Brushwork; got {value!r}")
-            else:
-                raise BadRequest(f"unknown or unsupported setting {key!r}; settable here: sd_model_checkpoint, CLIP_stop_at_last_layers, show_progress_every_n_steps")
-        for key in ("CLIP_stop_at_last_layers", "show_progress_every_n_steps"):
-            if key in body:
-                settings[key] = body[key]
-        if "show_progress_every_n_steps" in body:
-            studio.preview_every = int(body["show_progress_every_n_steps"])
-        if model is not None:
-            job = studio.wait(studio.switch_model(model).id)
-            if job.state != "done":
-                raise BadRequest(job.error or f"could not load {model}")
+                if not any(value == a and type(value) is type(a) for a in allowed):
+                    raise BadRequest(f"{key} can only be {' or '.join(map(repr, allowed))} in Brushwork; got {_shown(value)}")
+            elif key not in _SETTINGS_DERIVED:
+                ignored.append(key)
+        resolved = studio.resolve_model(model) if model is not None else None  # an unknown model is a 404 before anything changes
+        if ignored:
+            shown = [_SAFE_KEY.sub("_", k)[:64] for k in ignored[:20]]
+            log.warning("options POST: ignored %d setting(s) Brushwork does not have: %s%s", len(ignored), ", ".join(shown), " ..." if len(ignored) > 20 else "")
+            response.headers["X-Brushwork-Ignored-Settings"] = ", ".join(shown)
+        if resolved is not None:
+            loaded = studio.engine.model
+            unchanged = resolved == studio.model_name() and loaded is not None and loaded.name == resolved
+            if not unchanged:  # an unchanged model is AUTOMATIC1111's no-op: nothing to load or wait for
+                job = studio.wait(studio.switch_model(resolved).id)
+                if job.state != "done":
+                    raise BadRequest(job.error or f"could not load {resolved}")
+        settings.update(changes)
+        if "show_progress_every_n_steps" in changes:
+            studio.preview_every = changes["show_progress_every_n_steps"]
         return None
 
     @r.post("/png-info")
@@ -380,7 +598,19 @@ def router(studio: Studio) -> APIRouter:
     def memory() -> dict[str, Any]:
         return {"ram": _ram(), "cuda": _cuda()}
 
+    for method, path, missing in NOT_YET:
+        r.add_api_route(path, _not_yet(missing), methods=[method], include_in_schema=False)
+
     return r
+
+
+def _not_yet(missing: str):
+    """A handler answering 501 for an AUTOMATIC1111 route Brushwork does not have."""
+
+    async def handler(request: Request) -> JSONResponse:
+        return error_response(request, 501, f"{request.url.path}: {missing}. The AUTOMATIC1111 routes Brushwork answers are listed in {DOCS}")
+
+    return handler
 
 
 def _checkpoint_name(value: Any, where: str) -> str:
@@ -403,12 +633,13 @@ def _allowed(name: str) -> str:
     words = f"from {meta['Ge'].ge} to {meta['Le'].le}" if "Ge" in meta and "Le" in meta else "a finite number"
     if "MultipleOf" in meta:
         words += f", a multiple of {meta['MultipleOf'].multiple_of}"
+    elif name in ("width", "height"):
+        words += " (rounded down to a multiple of 8)"
     return words
 
 
 #: infotext keys the reader derives from another one (``Size: 512x768``)
 _DERIVED_FROM = {"Size-1": "Size", "Size-2": "Size"}
-CLIP_SKIP_RANGE = (1, 12)
 
 
 def _apply_infotext(body: Txt2ImgBody) -> Txt2ImgBody:
@@ -433,6 +664,21 @@ def _apply_infotext(body: Txt2ImgBody) -> Txt2ImgBody:
         if not low <= clip_skip <= high:
             raise BadRequest(f"infotext: Clip skip {clip_skip} is out of range: allowed from {low} to {high}", "infotext")
         updates["override_settings"] = {**(body.override_settings or {}), "CLIP_stop_at_last_layers": clip_skip}
+    # the noise settings an infotext records (reference a.5), unless override_settings has them
+    overrides = dict(updates.get("override_settings", body.override_settings or {}))
+    for key, setting in (("RNG", "randn_source"), ("ENSD", "eta_noise_seed_delta")):
+        if key in parsed and parsed[key] != "" and setting not in (body.override_settings or {}):
+            value: Any = parsed[key]
+            if setting == "eta_noise_seed_delta":
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise BadRequest(f"infotext: ENSD {_shown(parsed[key])} is not a whole number", "infotext") from None
+            try:
+                overrides[setting] = _SETTINGS_STORED[setting](value, f"infotext: {key}")
+            except BadRequest as exc:
+                raise BadRequest(str(exc), "infotext") from None
+            updates["override_settings"] = overrides
     try:
         return Txt2ImgBody.model_validate({**body.model_dump(), **updates})
     except ValidationError as exc:

@@ -32,6 +32,7 @@ from ..imagemeta import ImageMetaError, ImageText, read_image_text
 from ..infotext import parse_infotext
 from ..lora import summarize_loras
 from ..models.errors import CheckpointNotFound
+from ..prompts.styles import StylesFileError, extract_styles, read_styles
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULE_LABELS
 from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_DB_ID, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names, public_text
@@ -346,11 +347,28 @@ def native_router(studio: Studio) -> APIRouter:
         n, chunks = count_tokens(body.text)
         return {"tokens": n, "chunks": chunks, "limit": 75 * chunks}
 
+    @r.get("/styles")
+    def styles() -> list[dict[str, str]]:
+        """The saved prompt styles (HOME/styles.csv), in file order."""
+        return [{"name": st.name, "prompt": st.prompt, "negative_prompt": st.negative_prompt} for st in read_styles(studio.home.styles_file)]
+
     @r.post("/png-info")
     def png_info(body: PngInfoBody) -> dict[str, Any]:
+        """The picture's infotext, parsed; with ``unstyled`` when it names styles
+        saved here: its prompts with those styles' words taken back out."""
         found = image_text(body.image)
         text = found.parameters
-        return {"infotext": text, "parameters": parse_infotext(text) if text else {}, "items": found.items}
+        parameters = parse_infotext(text) if text else {}
+        out = {"infotext": text, "parameters": parameters, "items": found.items}
+        if parameters.get("Styles"):
+            names = [n.strip() for n in parameters["Styles"].split(",") if n.strip()]
+            try:
+                back = extract_styles(parameters.get("Prompt", ""), parameters.get("Negative prompt", ""), names, read_styles(studio.home.styles_file))
+            except StylesFileError:
+                back = None  # the parameters alone still restore the picture
+            if back is not None and back.applied:
+                out["unstyled"] = {"prompt": back.prompt, "negative_prompt": back.negative_prompt, "styles": back.applied, "warnings": back.warnings}
+        return out
 
     return r
 
@@ -410,6 +428,18 @@ def unreadable_body(exc: HTTPException) -> Optional[str]:
     return f"the body could not be read as JSON ({type(cause).__name__}: {_cut(str(cause), 120)})"
 
 
+def sdapi_http_message(request: Request, exc: HTTPException) -> str:
+    """What an HTTP error from routing means on ``/sdapi/v1`` (Starlette only says "Not Found")."""
+    from .a1111 import DOCS
+
+    path = _cut(request.url.path, 120)
+    if exc.status_code == 404:
+        return f"{request.method} {path} is not a route of Brushwork's AUTOMATIC1111-compatible API; the routes it answers are listed in {DOCS} (and at /docs)"
+    if exc.status_code == 405:
+        return f"{request.method} is not allowed on {path}; see {DOCS} for the method each route takes"
+    return str(exc.detail)
+
+
 def crash_response(request: Request, exc: Exception) -> JSONResponse:
     from .a1111 import error_response
 
@@ -459,13 +489,18 @@ def create_app(studio: Studio, credentials: Optional[Credentials] = None, max_bo
         sent_as = wrong_content_type(request, errors)
         if sent_as:
             return a1111.error_response(request, 415, f"this route takes a JSON object: send it with Content-Type: application/json (the request had {sent_as})")
-        return JSONResponse({"detail": [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors], "message": validation_message(errors)}, status_code=422)
+        message = validation_message(errors)
+        if request.url.path.startswith(a1111.PREFIX):  # AUTOMATIC1111 clients read error.message / detail
+            return JSONResponse(a1111.validation_body(errors, message), status_code=422)
+        return JSONResponse({"detail": [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors], "message": message}, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
         problem = unreadable_body(exc)
         if problem:
             return a1111.error_response(request, 422, problem)
+        if request.url.path.startswith(a1111.PREFIX):
+            return a1111.error_response(request, exc.status_code, sdapi_http_message(request, exc), headers=getattr(exc, "headers", None))
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(BadRequest)
@@ -475,6 +510,10 @@ def create_app(studio: Studio, credentials: Optional[Credentials] = None, max_bo
     @app.exception_handler(CheckpointNotFound)
     async def on_no_model(request: Request, exc: CheckpointNotFound) -> JSONResponse:
         return a1111.error_response(request, 404, str(exc), "model")
+
+    @app.exception_handler(StylesFileError)
+    async def on_bad_styles(request: Request, exc: StylesFileError) -> JSONResponse:
+        return a1111.error_response(request, 500, f"{exc}. Fix styles.csv in the data home (a header row name,prompt,negative_prompt, then one style per row) or move it away", "styles")
 
     @app.exception_handler(NotFound)
     async def on_not_found(request: Request, exc: NotFound) -> JSONResponse:

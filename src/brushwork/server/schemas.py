@@ -16,7 +16,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +32,9 @@ MAX_BATCH_COUNT = 100
 MAX_INFOTEXT_CHARS = 2 * MAX_PROMPT_CHARS + 16_384
 #: the largest id SQLite can hold (a signed 64-bit integer)
 MAX_DB_ID = 2**63 - 1
+#: prompt styles one request may name, and the longest name
+MAX_STYLES = 32
+MAX_STYLE_NAME = 200
 #: how deeply free-form JSON (AUTOMATIC1111's override_settings and the like) may nest
 MAX_JSON_DEPTH = 32
 
@@ -59,6 +62,9 @@ class GenerateBody(BaseModel):
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
     batch_count: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
     clip_skip: int = Field(1, ge=1, le=12)
+    styles: list[Annotated[str, Field(max_length=MAX_STYLE_NAME)]] = Field(default_factory=list, max_length=MAX_STYLES, description="saved prompt styles (GET /api/v1/styles), applied in order; an unknown name is a warning")
+    rng: Literal["CPU", "GPU", "NV"] = Field("CPU", description="starting-noise source: CPU (default), GPU or NV (an NVIDIA GPU's numbers on any device)")
+    ensd: int = Field(0, ge=0, le=2**32 - 1, description="AUTOMATIC1111's Eta noise seed delta")
     model: Optional[str] = Field(None, max_length=512, description="checkpoint name; null: the current one")
 
     def to_request(self) -> GenerationRequest:
@@ -66,6 +72,7 @@ class GenerateBody(BaseModel):
             prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed, steps=self.steps, cfg_scale=self.cfg_scale,
             sampler=self.sampler, schedule=self.schedule, width=self.width, height=self.height,
             batch_size=self.batch_size, batch_count=self.batch_count, clip_skip=self.clip_skip,
+            styles=list(self.styles), rng=self.rng, ensd=self.ensd,
         )
 
 

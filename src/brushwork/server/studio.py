@@ -43,6 +43,9 @@ from .store import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, ImageR
 
 log = logging.getLogger(__name__)
 
+#: the error recorded on a waiting job that its client's interrupt cancelled
+INTERRUPTED_WHILE_QUEUED = "cancelled before it started: this client called interrupt while the job was waiting in the queue"
+
 #: errors that mean "the request was wrong" (a 4xx), not "the server failed"
 REQUEST_ERRORS = (RequestError, UnknownSamplerError, CheckpointNotFound, LoraError, ModelFileError, ValueError)
 
@@ -131,6 +134,10 @@ class FairQueue:
 
     def waiting(self, client: str) -> int:
         return len(self._clients.get(client, ()))
+
+    def line(self, client: str) -> list[str]:
+        """The jobs ``client`` has waiting, oldest first (priority jobs not included)."""
+        return list(self._clients.get(client, ()))
 
     def remove(self, job_id: str) -> bool:
         if job_id in self._priority:
@@ -276,12 +283,14 @@ class Studio:
         with self._cv:
             return ([self._current] if self._current else []) + self._queue.order()
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str, reason: Optional[str] = None) -> JobRecord:
+        """Cancel a waiting job (``reason``, if given, is recorded as its error), or stop
+        a running one."""
         job = self.job(job_id)
         with self._cv:
             if self._queue.remove(job_id):
-                self.store.update_job(job_id, state=CANCELLED, finished=time.time())
-                self._emit(job_id, "done", {"state": CANCELLED})
+                self.store.update_job(job_id, state=CANCELLED, finished=time.time(), **({"error": reason} if reason else {}))
+                self._emit(job_id, "done", {"state": CANCELLED, **({"error": reason} if reason else {})})
             elif self._current == job_id:
                 live = self._live_for(job_id)
                 live.cancel_requested = True
@@ -290,17 +299,44 @@ class Studio:
                 raise Conflict(f"job {job_id} already finished ({job.state}); nothing to cancel")
         return self.job(job_id)
 
-    def interrupt_current(self) -> Optional[str]:
-        with self._cv:
-            if self._current:
-                self._live_for(self._current).control.interrupt()
-            return self._current
+    def interrupt_client(self, client: str) -> Optional[str]:
+        """AUTOMATIC1111's *interrupt*, limited to one client's own jobs.
 
-    def skip_current(self) -> Optional[str]:
+        If ``client`` has a generation running, it stops at the next step: the partly
+        denoised pictures of the current batch are kept and its later batches skipped
+        (its other waiting jobs still run, as requests waiting on AUTOMATIC1111's lock
+        do).  If none is running, its next waiting generation is cancelled before it
+        starts (a client that gave up on a queued request).  Other clients' jobs are
+        never touched.  Returns the id of the job acted on, None if there was none."""
+        with self._cv:  # a re-entrant lock: cancel() below takes it again
+            running = self._running_of(client)
+            if running is not None:
+                self._live_for(running).control.interrupt()
+                return running
+            waiting = self._queue.line(client)
+            if not waiting:
+                return None
+            self.cancel(waiting[0], reason=INTERRUPTED_WHILE_QUEUED)
+            return waiting[0]
+
+    def skip_client(self, client: str) -> Optional[str]:
+        """AUTOMATIC1111's *skip*, limited to ``client``'s running generation: its current
+        batch stops at the next step (partly denoised pictures kept), the next batch
+        runs.  Waiting jobs have no current batch, so nothing happens to them."""
         with self._cv:
-            if self._current:
-                self._live_for(self._current).control.skip()
-            return self._current
+            running = self._running_of(client)
+            if running is not None:
+                self._live_for(running).control.skip()
+            return running
+
+    def _running_of(self, client: str) -> Optional[str]:
+        """The generation running now if ``client`` submitted it (caller holds the lock)."""
+        if self._current is None:
+            return None
+        job = self.store.job(self._current)
+        if job is None or job.client != client or job.kind != "txt2img" or job.final:
+            return None
+        return job.id
 
     def current(self) -> tuple[Optional[JobRecord], Optional[Live]]:
         with self._cv:

@@ -4,7 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const API = "/api/v1";
 const STORE_KEY = "brushwork.form.v1";
-const FIELDS = ["prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "schedule", "width", "height", "batch_size", "batch_count"];
+const FIELDS = ["prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "schedule", "width", "height", "batch_size", "batch_count", "styles"];
 
 const state = {
   options: null,       // /api/v1/options
@@ -134,6 +134,7 @@ function requestBody() {
     height: num(v.height),
     batch_size: num(v.batch_size) ?? 1,
     batch_count: num(v.batch_count) ?? 1,
+    styles: chosenStyles(),
   };
 }
 
@@ -225,6 +226,66 @@ async function loadLoras() {
     li.append(b);
     list.append(li);
   }
+}
+
+// ------------------------------------------------------------------ prompt styles
+
+function chosenStyles() {
+  try {
+    const v = JSON.parse($("styles").value || "[]");
+    return Array.isArray(v) ? v.filter((x) => typeof x === "string") : [];
+  } catch { return []; }
+}
+
+function setStyles(names) {
+  $("styles").value = JSON.stringify(names);
+  state.dirty.add("styles");
+  renderStyles();
+  saveForm();
+}
+
+function toggleStyle(name) {
+  const names = chosenStyles();
+  const at = names.indexOf(name);
+  if (at >= 0) names.splice(at, 1); else names.push(name);
+  setStyles(names);
+}
+
+function renderStyles() {
+  const chosen = chosenStyles();
+  const saved = state.styles || [];
+  const list = $("style-list");
+  list.innerHTML = "";
+  $("styles-summary").textContent = chosen.length ? `(${chosen.join(", ")})` : "";
+  const missing = chosen.filter((n) => !saved.some((s) => s.name === n));
+  if (!saved.length) {
+    list.innerHTML = '<li class="muted">No styles saved yet: add rows <code>name,prompt,negative_prompt</code> to styles.csv, or run <code>brushwork styles --add NAME --prompt "{prompt}, watercolor"</code>.</li>';
+  }
+  for (const st of saved) {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.dataset.style = st.name;
+    const on = chosen.includes(st.name);
+    b.setAttribute("aria-pressed", on ? "true" : "false");
+    b.title = [st.prompt && "prompt: " + st.prompt, st.negative_prompt && "negative: " + st.negative_prompt].filter(Boolean).join("\n");
+    b.textContent = on ? `${chosen.indexOf(st.name) + 1}. ${st.name}` : st.name;
+    b.addEventListener("click", () => toggleStyle(st.name));
+    li.append(b);
+    list.append(li);
+  }
+  $("styles-error").textContent = missing.length ? `Not saved on this server (skipped): ${missing.join(", ")}` : "";
+}
+
+async function loadStyles() {
+  try {
+    state.styles = await api("/styles");
+  } catch (err) {
+    state.styles = [];
+    $("styles-error").textContent = err.message;
+    return;
+  }
+  renderStyles();
 }
 
 function insertAtCursor(area, text) {
@@ -486,7 +547,14 @@ async function refreshHistory() {
 
 // ------------------------------------------------------------------ reuse and drop
 
-function applyParameters(p) {
+function applyParameters(p, unstyled) {
+  if (unstyled) {
+    // the picture's prompts hold its styles' words: show them without, and pick the styles
+    p = { ...p, Prompt: unstyled.prompt, "Negative prompt": unstyled.negative_prompt };
+    setStyles(unstyled.styles);
+  } else if (p.Prompt !== undefined) {
+    setStyles([]);
+  }
   const map = { Prompt: "prompt", "Negative prompt": "negative_prompt", Steps: "steps", "CFG scale": "cfg_scale", Seed: "seed", "Size-1": "width", "Size-2": "height" };
   for (const [k, f] of Object.entries(map)) if (p[k] !== undefined) { setField(f, p[k]); state.dirty.add(f); }
   if (p.Sampler) {
@@ -507,7 +575,7 @@ function applyParameters(p) {
 async function reuseSettings() {
   if (!state.lastImage) return;
   const r = await api("/png-info", { method: "POST", body: { image: await urlToBase64(state.lastImage.url) } });
-  applyParameters(r.parameters);
+  applyParameters(r.parameters, r.unstyled);
 }
 
 function reuseSeed() {
@@ -540,7 +608,7 @@ async function dropFile(file) {
       $("form-error").textContent = `${file.name} has no generation parameters in it (it was not made by Brushwork or AUTOMATIC1111, or they were stripped).`;
       return;
     }
-    applyParameters(r.parameters);
+    applyParameters(r.parameters, r.unstyled);
     $("model-status").textContent = r.parameters.Model ? `Settings restored from ${file.name} (made with ${r.parameters.Model})` : `Settings restored from ${file.name}`;
   } catch (err) {
     showError(err);
@@ -581,6 +649,7 @@ function wire() {
   $("interrupt").addEventListener("click", interrupt);
   $("model").addEventListener("change", switchModel);
   $("history-more").addEventListener("click", () => loadHistory(true).catch(showError));
+  $("style-picker").addEventListener("toggle", () => { if ($("style-picker").open) loadStyles(); });
   let depth = 0;
   document.addEventListener("dragenter", (e) => { if ([...e.dataTransfer.types].includes("Files")) { depth++; $("drop").hidden = false; } });
   document.addEventListener("dragleave", () => { depth = Math.max(0, depth - 1); if (!depth) $("drop").hidden = true; });
@@ -597,7 +666,7 @@ async function main() {
   wire();
   restoreForm();
   try {
-    await Promise.all([loadModels(), loadOptions(), loadLoras()]);
+    await Promise.all([loadModels(), loadOptions(), loadLoras(), loadStyles()]);
     await loadHistory();
     await refreshQueue();
     for (const j of state.jobs.values()) if (j.client === clientId()) watchJob(j.id).catch(showError);
