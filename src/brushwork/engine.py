@@ -282,11 +282,11 @@ class Engine:
         if key not in m.flops:
             m.flops[key] = count_flops(m.spec, m.networks.unet, m.networks.vae, req.width, req.height)
         rate = THROUGHPUT.rate(self.placement.device, self.placement.dtype)
-        return estimate_time(m.flops[key], rate, req.steps, req.batch_size, req.batch_count, float(req.cfg_scale))
+        return estimate_time(m.flops[key], rate, unet_calls(req), req.batch_size, req.batch_count, float(req.cfg_scale))
 
     def _check_time(self, req: GenerationRequest) -> None:
         limit = self.max_job_seconds
-        if not limit or not needs_time_check(req.width, req.height, req.steps, req.batch_size, req.batch_count, float(req.cfg_scale)):
+        if not limit or not needs_time_check(req.width, req.height, unet_calls(req), req.batch_size, req.batch_count, float(req.cfg_scale)):
             return
         est = self.estimate_time(req)
         if est.seconds > limit:
@@ -381,7 +381,7 @@ class Engine:
         flops = m.flops.get((req.width, req.height)) if m is not None else None
         if flops is None or not complete:
             return
-        done = job_flops(flops, req.steps, batch, 1, float(req.cfg_scale))
+        done = job_flops(flops, unet_calls(req), batch, 1, float(req.cfg_scale))
         THROUGHPUT.observe(self.placement.device, self.placement.dtype, done, seconds)
 
     # ------------------------------------------------------------- stages
@@ -514,7 +514,7 @@ class Engine:
         # sigmas stay float64 on the CPU: as 0-d tensors they act as scalars on any device
         x = start.to(p.device, torch.float32) * float(sigmas[0])
         noise_fn = None
-        if sampler.stochastic and getattr(sampler, "brownian", False):
+        if sampler.stochastic and sampler.brownian:
             # the DPM++ SDE family: one Brownian tree per image seed (ENSD does not apply, as in A1111)
             noise_fn = BrownianNoise(seeds, shape, sigmas, p.device, torch.float32, req.rng)
         elif sampler.stochastic:
@@ -555,7 +555,7 @@ class Engine:
         # Clip skip): ENSD only when set and the sampler is one A1111 lists as using it,
         # RNG only when it is not A1111's default GPU (a missing RNG reads back as GPU)
         noise_keys: dict = {}
-        if req.ensd and getattr(sampler, "uses_ensd", False):
+        if req.ensd and sampler.uses_ensd:
             noise_keys["ENSD"] = req.ensd
         if req.rng != "GPU":
             noise_keys["RNG"] = req.rng
@@ -581,6 +581,13 @@ def _to_image(pixels: torch.Tensor) -> Image.Image:
     """One decoded picture (3, H, W) in [-1, 1] -> an RGB image."""
     arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+
+def unet_calls(req: GenerationRequest) -> int:
+    """Model calls per image and CFG pass of a completed request: second-order
+    samplers call the UNet twice a step (DPM adaptive: its usual three per step)."""
+    sampler, _ = resolve_sampler(req.sampler, req.schedule)
+    return req.steps * sampler.calls_per_step
 
 
 def validate_request(req: GenerationRequest) -> None:
