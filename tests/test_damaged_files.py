@@ -185,7 +185,7 @@ BROKEN_LORAS = {
     "zero_bytes": (lambda p, t: p.write_bytes(b""), "0 bytes"),
     "truncated_header": (lambda p, t: truncated(save_tensors(p, t), 40), "header"),
     "truncated_data": (lambda p, t: _truncated_data(p, t), "truncated"),
-    "text_file": (lambda p, t: p.write_text("not a LoRA, a readme\n" * 20), "not a .safetensors file"),
+    "text_file": (lambda p, t: p.write_text("not a LoRA, a readme\n" * 20), "not a model file despite its .safetensors suffix: it is a text file"),
 }
 
 
@@ -404,7 +404,7 @@ DAMAGED = {
     "odd_dtype.safetensors": (lambda p, s: p.write_bytes(_header({"a": {"dtype": 7, "shape": [4], "data_offsets": [0, 16]}}) + bytes(16)), "dtype 7"),
     "number_metadata.safetensors": (lambda p, s: raw_safetensors(p, {"a": torch.zeros(4)}, 5), "__metadata__ is a JSON number"),
     "deep_header.safetensors": (lambda p, s: p.write_bytes(_raw_header(b'{"a":' + b"[" * DEEP + b"]" * DEEP + b"}")), "nested too deeply"),
-    "readme.safetensors": (lambda p, s: p.write_text("# My model\nDownload it from the site.\n" * 10), "not a .safetensors file"),
+    "readme.safetensors": (lambda p, s: p.write_text("# My model\nDownload it from the site.\n" * 10), "not a model file despite its .safetensors suffix: it is a text file"),
     "wrong_shape.safetensors": (lambda p, s: save_tensors(p, _changed(s, PROJ_IN, torch.zeros(3, 3))), "has shape \\(3, 3\\) but the UNet needs"),
     "flat_conv.safetensors": (lambda p, s: save_tensors(p, _changed(s, CONV_IN, torch.zeros(32))), "needs 4 dimensions"),
     "int_weights.safetensors": (lambda p, s: save_tensors(p, _changed(s, UNET_OUT, lambda t: t.to(torch.int64))), "stored as torch.int64"),

@@ -368,3 +368,122 @@ def test_styles_are_picked_in_order_applied_and_restored_from_the_picture(page):
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
     assert page.inner_text("#styles-summary") == "(Cinematic, Watercolor)"  # kept over a reload
+
+
+def test_first_hour_page_details(page, server):
+    """Issue #13 items 10 and 12: a favicon, bad values kept in local storage are not
+    restored, the last picture's settings are hidden while a new job runs."""
+    assert page.request.get(server[0] + "/favicon.ico").status == 200
+    page.evaluate("""() => localStorage.setItem('brushwork.form.v1', JSON.stringify({values: {prompt: 'kept', steps: '999', width: '1001', batch_count: '-3', sampler: 'No Such Sampler'}, dirty: ['prompt', 'steps', 'width', 'batch_count', 'sampler']}))""")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.input_value("#prompt") == "kept"
+    assert page.input_value("#steps") != "999" and int(page.input_value("#width")) % 8 == 0
+    assert page.input_value("#batch_count") == "1" and page.input_value("#sampler") != "No Such Sampler"
+    small_settings(page, "a cup", steps=2)
+    generate_and_wait(page)
+    assert page.is_visible("#params")
+    long_settings(page, "a long one", 1)
+    page.click("#generate")
+    page.wait_for_function("() => /^Step \\d+\\/150/.test(document.getElementById('progress-text').textContent)", timeout=30_000)
+    assert not page.is_visible("#params")  # not the previous picture's settings under this job
+    page.click("#interrupt")
+    page.wait_for_function("() => document.getElementById('progress-text').textContent === 'Interrupted'", timeout=30_000)
+    page.locator("#steps").fill("6")
+
+
+def test_on_a_phone_generate_brings_the_progress_into_view(browser, server):
+    """Issue #13 item 10: the form fills a phone's screen; tapping Generate scrolls to the progress bar."""
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    pg = ctx.new_page()
+    pg.goto(server[0] + "/")
+    pg.wait_for_selector("body[data-ready=true]")
+    small_settings(pg, "a boat", steps=30)
+    pg.fill("#width", "128")
+    pg.fill("#height", "128")
+    pg.tap("#generate")
+    pg.wait_for_selector("#progress:not([hidden])")
+    pg.wait_for_function("() => { const r = document.getElementById('progress').getBoundingClientRect(); return r.top >= 0 && r.bottom <= window.innerHeight; }", timeout=10_000)
+    pg.wait_for_selector("#image:not([hidden])", timeout=60_000)
+    ctx.close()
+
+
+def test_reuse_settings_switches_back_to_the_pictures_model(page, server):
+    """Issue #13 item 12: dropping a picture made with another of the user's checkpoints
+    (tiny-sd2 here) selects and loads that checkpoint."""
+    from brushwork.catalog import hash_cache
+
+    home = server[1].home
+    sha = hash_cache(home).get_sha256(home.checkpoint_dirs[0] / "tiny-sd2.safetensors")
+    text = f"a hill\nSteps: 3, Sampler: Euler, CFG scale: 7.0, Seed: 2, Size: 64x64, Model hash: {sha[:10]}, Model: renamed-elsewhere"
+    img = Image.new("RGB", (16, 16))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", pnginfo=info)
+    try:
+        drop_file(page, buf.getvalue(), "sd2.png")
+        page.wait_for_function("() => document.getElementById('model-status').textContent.includes('tiny-sd2 loaded') || document.getElementById('model').value === 'tiny-sd2'", timeout=60_000)
+        page.wait_for_function("() => !document.getElementById('model').disabled", timeout=60_000)
+        assert page.input_value("#model") == "tiny-sd2"
+        assert page.input_value("#seed") == "2"
+    finally:
+        server[1].wait(server[1].switch_model("tiny-sd1").id)
+
+
+def test_stopped_pictures_are_marked_in_the_history(page, server):
+    """Issue #13 item 13: an interrupted picture carries a 'stopped' mark on its thumbnail
+    and a note next to its parameters."""
+    studio = server[1]
+    from brushwork.engine import GenerationRequest
+
+    job = studio.submit(GenerationRequest(prompt="stopped one", seed=4, steps=150, width=64, height=64), "test")
+    deadline = time.monotonic() + 30
+    while studio.current()[1] is None or studio.current()[1].step < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    studio.interrupt_client("test")
+    done = studio.wait(job.id)
+    assert done.state == "interrupted"
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    badge = page.locator("#history .badge").first
+    assert badge.inner_text().startswith("stopped ")
+    badge.click()
+    assert page.is_visible("#stopped-note") and "partly denoised" in page.inner_text("#stopped-note")
+
+
+def test_a_size_far_from_the_models_own_gets_a_hint(page, server):
+    """Issue #13 item 9: presets come from the model's native size; sizes far from it say why they look broken."""
+    o = page.request.get(server[0] + "/api/v1/options").json()
+    n = o["native_size"]
+    assert o["size_presets"][0] == {"width": n["width"], "height": n["height"]}
+    assert page.is_visible("#model-hint") == o["demo"]
+    page.fill("#width", str(n["width"]))
+    page.fill("#height", str(n["height"]))
+    assert not page.is_visible("#size-hint")
+    page.fill("#width", str(n["width"] * 2))
+    page.fill("#height", str(n["height"] * 2))
+    assert page.is_visible("#size-hint")
+    assert page.inner_text("#size-hint") == f"This model was trained at {n['width']}x{n['height']}; far larger or smaller sizes give repeated or broken pictures."
+    page.select_option("#size-preset", f"{n['width']}x{n['height']}")
+    assert not page.is_visible("#size-hint")
+    if not o["demo"]:  # the 128 px demo: its own hint under the model picker, and 512 is far
+        page.select_option("#model", "demo")
+        page.wait_for_function("() => document.getElementById('model-status').textContent === 'demo loaded'", timeout=60_000)
+    assert page.inner_text("#model-hint") == "Built-in 128 px demo model. Put your own checkpoints in models/checkpoints in the data folder."
+    page.fill("#width", "512")
+    page.fill("#height", "512")
+    assert page.inner_text("#size-hint").startswith("This model was trained at 128x128;")
+
+
+def test_the_expected_time_is_shown_next_to_generate(page):
+    """Issue #13 item 6: the estimate sits next to Generate and follows the settings."""
+    page.wait_for_function("() => /on cpu/.test(document.getElementById('estimate').textContent)", timeout=15_000)
+    page.fill("#width", "1024")
+    page.fill("#height", "1024")
+    page.locator("#steps").fill("150")
+    page.wait_for_function("() => /^about \\d+ (s|min|h) on cpu/.test(document.getElementById('estimate').textContent)", timeout=15_000)
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.locator("#steps").fill("6")

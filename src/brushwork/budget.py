@@ -53,8 +53,12 @@ def estimate_activation_bytes(spec: ModelSpec, width: int, height: int, batch: i
     return unet + vae
 
 
-def _meta_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: torch.empty_like(v, device="meta") for k, v in [*module.named_parameters(), *module.named_buffers()]}
+def _meta_twin(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a diffusers network built from its config on the meta device: same
+    shapes, no weights.  Counting on a twin never touches the live network, so an
+    estimate can run beside a generation."""
+    with torch.device("meta"):
+        return type(module).from_config(module.config)
 
 
 def _count(fn) -> float:
@@ -74,9 +78,7 @@ class Flops:
 
 
 def count_flops(spec: ModelSpec, unet: torch.nn.Module, vae, width: int, height: int) -> Flops:
-    """Count operations on the meta device at the real size."""
-    from torch.func import functional_call
-
+    """Count operations on the meta device at the real size (on weightless twins)."""
     h, w = height // 8, width // 8
     x = torch.empty(1, spec.unet.in_channels, h, w, device="meta")
     t = torch.empty(1, device="meta")
@@ -84,11 +86,13 @@ def count_flops(spec: ModelSpec, unet: torch.nn.Module, vae, width: int, height:
     if spec.family == "sdxl":
         pooled = spec.text_encoders[-1].projection_dim or spec.text_encoders[-1].width
         kwargs["added_cond_kwargs"] = {"text_embeds": torch.empty(1, pooled, device="meta"), "time_ids": torch.empty(1, 6, device="meta")}
-    unet_flops = _count(lambda: functional_call(unet, _meta_copy(unet), (x, t), kwargs))
+    twin = _meta_twin(unet)
+    unet_flops = _count(lambda: twin(x, t, **kwargs))
     # a tiled decode costs one tile's decode per tile
     tiles = len(tile_starts(h)) * len(tile_starts(w))
     z = torch.empty(1, vae.config.latent_channels, min(h, TILE), min(w, TILE), device="meta")
-    decode_flops = tiles * _count(lambda: functional_call(vae.decoder, _meta_copy(vae.decoder), (z,)))
+    decoder = _meta_twin(vae).decoder
+    decode_flops = tiles * _count(lambda: decoder(z))
     return Flops(unet_flops, decode_flops)
 
 
@@ -152,6 +156,21 @@ class TimeEstimate:
         if s < 5400:
             return f"{s / 60:.0f} min"
         return f"{s / 3600:.1f} h"
+
+
+#: a job expected to take longer than this is announced before it starts (CLI and studio)
+LONG_JOB_SECONDS = 30.0
+
+
+def worth_announcing(width: int, height: int, calls: int, batch: int, batch_count: int, cfg_scale: float) -> bool:
+    """Whether a job is big enough that its time is worth estimating for the user (a
+    128 px demo picture is not; 512 px at 20 steps is, since on a CPU it takes minutes)."""
+    return (width // 8) * (height // 8) * cfg_passes(cfg_scale) * batch * batch_count * calls > _SMALL_WORK // 8
+
+
+def expectation(est: TimeEstimate, images: int, device: str) -> str:
+    """One line that tells the user what to expect, before a long job."""
+    return f"expect about {est.text()} for {images} image(s) on {device} (from this device's measured speed); fewer steps or a smaller size is faster"
 
 
 def needs_time_check(width: int, height: int, steps: int, batch: int, batch_count: int, cfg_scale: float) -> bool:

@@ -84,9 +84,26 @@ def find_checkpoint(home: DataHome, query: Optional[str]) -> Path:
     if as_path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth") or "/" in query or "\\" in query:
         if as_path.is_file():
             return as_path.resolve()
-        if as_path.exists():
-            raise CheckpointNotFound(f"{query} is a folder, not a checkpoint file.")
-    return find_listed_checkpoint(home, query, entries)
+        if as_path.is_dir():
+            raise CheckpointNotFound(_folder_message(query, as_path))
+    try:
+        return find_listed_checkpoint(home, query, entries)
+    except CheckpointNotFound:
+        if as_path.is_dir():
+            raise CheckpointNotFound(_folder_message(query, as_path)) from None
+        if as_path.is_file():  # a file that exists, but with no checkpoint's suffix
+            from .models.files import not_a_checkpoint_message
+
+            raise CheckpointNotFound(not_a_checkpoint_message(as_path)) from None
+        raise
+
+
+def _folder_message(query: str, folder: Path) -> str:
+    from .models.files import iter_checkpoint_files
+
+    inside = [p.name for p in iter_checkpoint_files(folder) if p.parent == folder][:3]
+    hint = f" It holds {', '.join(inside)}: pass one of them, e.g. --model {folder / inside[0]}." if inside else " It holds no .safetensors or .ckpt file."
+    return f"{query} is a folder, not a checkpoint file; Brushwork loads single-file checkpoints (.safetensors or .ckpt).{hint}"
 
 
 def find_listed_checkpoint(home: DataHome, query: str, entries: Optional[list[CheckpointEntry]] = None) -> Path:
@@ -164,7 +181,10 @@ def read_settings(home: DataHome) -> dict:
 
 
 def remember_last_model(home: DataHome, path: Path) -> None:
-    """Store the last checkpoint used, so it becomes the default next time."""
+    """Store the last checkpoint used, so it becomes the default next time.
+
+    The user's checkpoints present at that moment count as seen from then on
+    (:func:`default_choice`): only files added later take over the default."""
     settings = read_settings(home)
     settings["last_checkpoint"] = str(path)
     try:
@@ -174,18 +194,96 @@ def remember_last_model(home: DataHome, path: Path) -> None:
         tmp.replace(_settings_path(home))
     except OSError:
         pass  # a read-only home only loses this convenience
+    mark_seen(home, [e.path for e in user_checkpoints(home)])
+
+
+def _seen_path(home: DataHome) -> Path:
+    return home.cache / "seen-checkpoints.json"
+
+
+def seen_checkpoints(home: DataHome) -> Optional[set[str]]:
+    """The checkpoint files present when a model was last loaded (None: no record yet)."""
+    try:
+        data = json.loads(_seen_path(home).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return set()
+    return {p for p in data if isinstance(p, str)} if isinstance(data, list) else set()
+
+
+def mark_seen(home: DataHome, paths: list[Path]) -> None:
+    seen = (seen_checkpoints(home) or set()) | {str(p) for p in paths}
+    target = _seen_path(home)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(seen), indent=1), encoding="utf-8")
+        tmp.replace(target)
+    except OSError:
+        pass
+
+
+def is_demo(path: Path) -> bool:
+    """Whether ``path`` is the built-in demo model shipped in the package."""
+    try:
+        return Path(path).resolve() == PACKAGED_DEMO
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class DefaultChoice:
+    """The order the default checkpoint is tried in, and which of them are new."""
+
+    candidates: list[Path]
+    new: list[Path]  # the user's checkpoints never seen before, newest first
+
+    def is_new(self, path: Path) -> bool:
+        return path in self.new
+
+
+def default_choice(home: DataHome, entries: Optional[list[CheckpointEntry]] = None) -> DefaultChoice:
+    """How the default checkpoint is chosen when the user names none:
+
+    1. the last one used, if it is one of the user's own checkpoints (an explicit
+       choice is never lost);
+    2. else a checkpoint of the user's that appeared since a model was last loaded
+       (the newest by mtime when there are several; without any record yet, name order);
+    3. else the last one used (the demo, when it was asked for);
+    4. else the user's in name order, then the built-in demo model (listed last).
+    """
+    entries = list_checkpoints(home) if entries is None else entries
+    last = read_settings(home).get("last_checkpoint")
+    last_path = next((e.path for e in entries if isinstance(last, str) and str(e.path) == last), None)
+    own = [e for e in entries if not is_demo(e.path)]
+    seen = seen_checkpoints(home)
+    if last_path is not None and not is_demo(last_path):
+        first = [last_path]
+        new: list[Path] = []
+    else:
+        unseen = [e for e in own if seen is None or str(e.path) not in seen]
+        if seen is not None:
+            unseen.sort(key=lambda e: -_mtime(e.path))  # stable: name order among equal times
+        new = [e.path for e in unseen]
+        first = new + ([last_path] if last_path is not None else [])
+    return DefaultChoice(first + [e.path for e in entries if e.path not in first], new)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def default_candidates(home: DataHome, entries: list[CheckpointEntry]) -> list[Path]:
-    """The order a default checkpoint is chosen in: the last one used if it is still
-    listed, then the user's in name order, then the built-in demo model (listed last)."""
-    last = read_settings(home).get("last_checkpoint")
-    first = [e.path for e in entries if isinstance(last, str) and str(e.path) == last][:1]
-    return first + [e.path for e in entries if e.path not in first]
+    """The order a default checkpoint is tried in (see :func:`default_choice`)."""
+    return default_choice(home, entries).candidates
 
 
 def default_checkpoint(home: DataHome, entries: list[CheckpointEntry]) -> Path:
-    """The preferred default checkpoint (see :func:`default_candidates`)."""
+    """The preferred default checkpoint (see :func:`default_choice`)."""
     return default_candidates(home, entries)[0]
 
 
@@ -246,4 +344,34 @@ def summarize(home: DataHome, with_hash: bool = True) -> list[CheckpointSummary]
             family = f"unusable: {str(exc).split(': ', 1)[-1][:80]}"
         h = cache.get_sha256(e.path)[:10] if with_hash else None
         out.append(CheckpointSummary(e, e.path.stat().st_size, family, h))
+    return out
+
+
+# ------------------------------------------------------------------ native sizes
+
+#: sizes whose pixel count is outside this factor of the native one draw badly
+FAR_FROM_NATIVE = (0.5, 2.0)
+
+
+def far_from_native(native: tuple[int, int], size: tuple[int, int]) -> bool:
+    """Whether ``size`` has under half or over twice the native pixel count."""
+    ratio = (size[0] * size[1]) / max(1, native[0] * native[1])
+    return ratio < FAR_FROM_NATIVE[0] or ratio > FAR_FROM_NATIVE[1]
+
+
+def native_size_hint(native: tuple[int, int]) -> str:
+    return f"This model was trained at {native[0]}x{native[1]}; far larger or smaller sizes give repeated or broken pictures."
+
+
+def native_presets(family_presets: list[tuple[int, int]], native: tuple[int, int], min_side: int = 64) -> list[tuple[int, int]]:
+    """The family's aspect-ratio presets scaled to the model's native pixel count
+    (the first preset is the family's square native size), multiples of 8, the
+    native size first; presets far from native are left out."""
+    base_w, base_h = family_presets[0]
+    scale = ((native[0] * native[1]) / (base_w * base_h)) ** 0.5
+    out = [native]
+    for w, h in family_presets:
+        size = (max(min_side, round(w * scale / 8) * 8), max(min_side, round(h * scale / 8) * 8))
+        if size not in out and not far_from_native(native, size):
+            out.append(size)
     return out

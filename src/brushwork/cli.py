@@ -20,17 +20,34 @@ from . import __version__
 
 EXIT_USAGE = 2
 
+MAIN_EXAMPLES = """examples:
+  brushwork generate "a lighthouse at dusk" --seed 42
+  brushwork models                      list your checkpoints
+  brushwork serve                       the web studio at http://127.0.0.1:7860/
+
+Run 'brushwork COMMAND --help' for a command's options."""
+
+GENERATE_EXAMPLES = """examples:
+  brushwork generate "a lighthouse at dusk"
+  brushwork generate "a red barn, (sunset:1.2)" -n "fog" --seed 42 --steps 30 --cfg 6
+  brushwork generate "a cat <lora:balloon:0.8>" --sampler "DPM++ 2M Karras" -W 768 -H 512
+  brushwork generate --from outputs/2026-11-26/00003-42.png --seed 43
+
+<lora:NAME:0.8> in the prompt applies the LoRA NAME at weight 0.8 (see: brushwork loras).
+Pictures are saved as PNG with their parameters into HOME/outputs/DATE (or --out);
+each saved path is printed with its seed. brushwork info PICTURE shows them again."""
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="brushwork", description="Local Stable Diffusion image generation.")
+    p = argparse.ArgumentParser(prog="brushwork", description="Local Stable Diffusion image generation.", epilog=MAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"brushwork {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--home", help="data folder (default: $BRUSHWORK_HOME or the platform's data folder)")
 
-    g = sub.add_parser("generate", help="make images from a prompt", description="Make images from a prompt. Settings left out use the model's defaults.")
-    g.add_argument("prompt", nargs="?", help="what to draw")
+    g = sub.add_parser("generate", help="make images from a prompt", description="Make images from a prompt. Settings left out use the model's defaults.", epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("prompt", nargs="?", help="what to draw; <lora:NAME:0.8> in it applies a LoRA at weight 0.8 (see: brushwork loras)")
     g.add_argument("--negative", "-n", help="what to avoid")
     g.add_argument("--seed", type=int, help="-1 for random (default); image i of the run uses seed+i")
     g.add_argument("--steps", type=int, help="sampling steps, 1-150 (more: more detail, more time)")
@@ -52,9 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--ema", action="store_true", help="use the checkpoint's EMA UNet weights when it has both")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     g.add_argument("--max-minutes", type=float, default=None, help="refuse requests estimated to take longer than this (default 60; 0: no limit)")
+    g.add_argument("--threads", metavar="N", default=None, help="CPU threads for torch (default: $BRUSHWORK_THREADS, else the cores other programs leave free; 0 or auto: choose)")
     common(g)
 
-    m = sub.add_parser("models", help="list the checkpoints found")
+    m = sub.add_parser("models", help="list the checkpoints found", description="List the checkpoints in HOME/models/checkpoints (and the built-in demo model) with family, size and hash. Pass a NAME or HASH from this list to generate --model.")
     m.add_argument("--no-hash", action="store_true", help="skip computing file hashes (faster for big new files)")
     common(m)
 
@@ -62,11 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("dataset", help="folder of images, each with a same-named .txt caption")
     t.add_argument("--model", "-m", help="checkpoint to train for (default: the last one used)")
     t.add_argument("--out", "-o", help="LoRA file to write (default: HOME/models/loras/DATASET.safetensors)")
-    t.add_argument("--steps", type=int, default=400)
-    t.add_argument("--rank", type=int, default=4)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--steps", type=int, default=400, help="training steps (default: 400)")
+    t.add_argument("--rank", type=int, default=4, help="LoRA rank: bigger learns more detail, makes a bigger file (default: 4)")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 0.001)")
+    t.add_argument("--batch-size", type=int, default=4, help="images per training step (default: 4)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the training noise, for repeatable runs (default: 0)")
     t.add_argument("--size", type=int, help="training resolution (default: the checkpoint's)")
     t.add_argument("--conv-rank", type=int, default=0, help="also train the UNet's 3x3 convs at this rank (LoCon; default 0: off)")
     t.add_argument("--train-text-encoder", action="store_true", help="also train the text encoder (helps with words the model has never seen)")
@@ -75,12 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     common(t)
 
-    lo = sub.add_parser("loras", help="list the LoRAs found, with family, hash and trigger words")
+    lo = sub.add_parser("loras", help="list the LoRAs found, with family, hash and trigger words", description="List the LoRAs in HOME/models/loras (and the built-in ones) with family, hash and trigger words. Use one by adding <lora:NAME:0.8> to a prompt (0.8: its weight; 1 = full strength).")
     common(lo)
 
     sv = sub.add_parser("serve", help="run the web studio and HTTP API (AUTOMATIC1111-compatible too)", description="Serve the web studio at http://HOST:PORT/, the native API under /api/v1 and AUTOMATIC1111's API under /sdapi/v1.")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=7860)
+    sv.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860, AUTOMATIC1111's)")
     sv.add_argument("--model", "-m", help="checkpoint to load at start (default: the last one used)")
     sv.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     sv.add_argument("--auth", metavar="USER:PASSWORD", help="require HTTP Basic auth (needed to listen beyond this machine)")
@@ -93,17 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--preview-every", type=int, default=5, help="live preview every N steps (default 5)")
     sv.add_argument("--max-job-minutes", type=float, default=None, help="refuse jobs estimated to take longer than this on this device (default 60; 0: no limit)")
     sv.add_argument("--max-queued", type=int, default=200, help="jobs one client may have waiting at once (default 200)")
+    sv.add_argument("--threads", metavar="N", default=None, help="CPU threads for torch (default: $BRUSHWORK_THREADS, else the cores other programs leave free; 0 or auto: choose)")
     common(sv)
 
-    i = sub.add_parser("info", help="show the generation parameters stored in an image")
-    i.add_argument("image")
+    i = sub.add_parser("info", help="show the generation parameters stored in an image", description="Show the generation parameters (prompt, seed, sampler ...) stored in a picture made by Brushwork or AUTOMATIC1111. Re-create it with: brushwork generate --from IMAGE")
+    i.add_argument("image", help="a PNG, JPEG or WebP picture")
 
     hi = sub.add_parser("history", help="look after the server's history database")
     hsub = hi.add_subparsers(dest="history_command", metavar="ACTION", required=True)
     hr = hsub.add_parser("rebuild", help="re-index the pictures in the outputs folder from their infotexts", description="Re-index the pictures in HOME/outputs from the parameters stored in them. A damaged or empty database is moved aside first (never deleted); a healthy one only gains the pictures it does not list yet.")
     common(hr)
 
-    sub.add_parser("samplers", help="list sampler and schedule names")
+    sub.add_parser("samplers", help="list sampler and schedule names", description="List the samplers (AUTOMATIC1111's names) with their automatic schedule, and the schedules, for generate --sampler and --schedule.")
 
     st = sub.add_parser("styles", help="list or save prompt styles (HOME/styles.csv, AUTOMATIC1111's format)", description="Without arguments: list the saved styles. With --add NAME: save a style; {prompt} in its text marks where your prompt goes (otherwise the style is appended after a comma).")
     st.add_argument("--add", metavar="NAME", help="save a new style under NAME (an existing name is refused unless --replace)")
@@ -126,11 +145,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; the images saved above are kept.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `brushwork info X | head` stopped reading: not an error
+        _silence_stdout()
+        return 0
     except Exception as exc:  # noqa: BLE001 - turn the errors we raise for users into messages
         if not _is_user_error(exc):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so flushing it at exit raises no second BrokenPipeError."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _is_user_error(exc: Exception) -> bool:
@@ -177,8 +209,25 @@ def _request_from_image(path: str):
         clip_skip=p.clip_skip,
         rng=rng,
         ensd=ensd,
+        stop_at_step=_stopped_at(p),
     )
     return req, p
+
+
+def _stopped_at(params):
+    """The step a stopped picture shows (infotext "Stopped at step"), None for a finished one."""
+    from .infotext import STOPPED_KEY, InfotextError
+
+    value = params.extra.get(STOPPED_KEY)
+    if value is None:
+        return None
+    try:
+        step = int(value)
+    except ValueError:
+        raise InfotextError(f"the infotext's {STOPPED_KEY} {value!r} is not a step number") from None
+    if not 1 <= step <= params.steps:
+        raise InfotextError(f"the infotext's {STOPPED_KEY} {step} is outside its {params.steps} steps")
+    return step
 
 
 def _model_for_image(home, params) -> str:
@@ -213,11 +262,73 @@ def _unstyled(home, req, names: str):
     return replace(req, prompt=found.prompt, negative_prompt=found.negative_prompt, styles=found.applied)
 
 
+def _first_run(home) -> list[str]:
+    """Create the data home's folders when they are missing; the line saying where they are."""
+    if home.checkpoint_dirs[0].is_dir():
+        return []
+    try:
+        home.create()
+    except OSError:
+        return []  # a read-only home: the errors later say what is missing
+    return [f"created the data folder {home.root}: checkpoints go in {home.checkpoint_dirs[0]}, LoRAs in {home.lora_dirs[0]}, pictures in {home.outputs}"]
+
+
+def _model_lines(home, loaded, choice, size) -> list[str]:
+    """What the user should know about the checkpoint just loaded: a new checkpoint
+    that took over the default, the built-in demo, a size far from the model's own."""
+    from .catalog import far_from_native, is_demo, native_size_hint
+    from .engine import family_defaults
+
+    d = family_defaults(loaded.spec)
+    native = (d.width, d.height)
+    lines = []
+    if choice is not None and choice.is_new(loaded.path):
+        lines.append(f"using your new checkpoint {loaded.path.name} (found in {loaded.path.parent}); --model picks another")
+    elif choice is not None and is_demo(loaded.path):
+        lines.append(
+            f"using the built-in demo model: {native[0]} px pictures of simple scenes, for trying Brushwork out. For real pictures put a "
+            f".safetensors or .ckpt checkpoint (SD 1.x, SD 2.x or SDXL, from civitai or Hugging Face) into {home.checkpoint_dirs[0]}"
+        )
+    w, h = size[0] or native[0], size[1] or native[1]
+    if far_from_native(native, (w, h)):
+        lines.append(f"warning: {w}x{h} is far from this model's size. {native_size_hint(native)}")
+    return lines
+
+
+def _header(loaded, engine, req) -> str:
+    """The line before a run: model, device, size, steps, sampler with its schedule
+    ("DPM++ 2M Karras"), CFG, and the prompt's LoRAs (``balloon:0.8``)."""
+    from .prompts import extract_extra_networks
+    from .sampling.registry import resolve_sampler, schedule_label
+
+    info, schedule = resolve_sampler(req.sampler, req.schedule)
+    label = schedule_label(info, schedule)
+    sampler = info.label if label == "Automatic" else f"{info.label} {label}"
+    line = f"{loaded.path.name} ({loaded.spec.label}) on {engine.placement.label}: {req.width}x{req.height}, {req.steps} steps, {sampler}, CFG {req.cfg_scale}"
+    loras = [n for n in extract_extra_networks(req.prompt).networks if n.kind == "lora"]
+    if loras:
+        line += ", LoRA " + ", ".join(f"{n.name}:{n.te:g}" + (f":{n.unet:g}" if n.unet != n.te else "") for n in loras)
+    return line
+
+
+def _say_expected_time(engine, req) -> None:
+    """Before a long job (say SD 1.5 on a laptop CPU: minutes per image), one line with
+    the estimate from this device's measured speed."""
+    from .budget import LONG_JOB_SECONDS, expectation, worth_announcing
+    from .engine import unet_calls
+
+    if not worth_announcing(req.width, req.height, unet_calls(req), req.batch_size, req.batch_count, float(req.cfg_scale)):
+        return  # small jobs: no counting needed, they are quick anywhere
+    est = engine.estimate_time(req)
+    if est.seconds >= LONG_JOB_SECONDS:
+        print(expectation(est, req.batch_size * req.batch_count, engine.placement.label), file=sys.stderr)
+
+
 def cmd_generate(args) -> int:
     from dataclasses import replace
 
     from .budget import optional_limit
-    from .engine import Engine, GenerationRequest
+    from .engine import Engine, GenerationRequest, validate_request
     from .outputs import ensure_writable_folder, save_png
     from .paths import DataHome
 
@@ -255,14 +366,30 @@ def cmd_generate(args) -> int:
         req = replace(req, styles=args.style)
     if args.sampler is not None and args.schedule is None and args.from_image:
         req = replace(req, schedule=None)
+    if req.stop_at_step is not None:
+        if args.steps is not None:
+            req = replace(req, stop_at_step=None)  # new steps: run to the end
+        elif not args.quiet:
+            print(f"note: this picture was stopped at step {req.stop_at_step} of {req.steps}; it is re-created the same way (pass --steps {req.steps} to run it to the end)", file=sys.stderr)
 
+    validate_request(req)  # a typo or an impossible value: said before torch loads a multi-GB model
     out_dir = Path(args.out) if args.out else home.outputs / _dt.date.today().isoformat()
     out_dir = ensure_writable_folder(out_dir)  # fail before any compute
-    engine = Engine(home, device=args.device, use_ema=args.ema, max_job_seconds=optional_limit(args.max_minutes))
+    engine = Engine(home, device=args.device, use_ema=args.ema, max_job_seconds=optional_limit(args.max_minutes), threads=args.threads)
+    from .catalog import default_choice
+
+    model_lines = _first_run(home)
+    choice = default_choice(home) if model is None else None
     loaded = engine.load(model)
-    req = engine.complete(req)
+    model_lines += _model_lines(home, loaded, choice, (req.width, req.height))
+    for line in model_lines:
+        print(line, file=sys.stderr)
+    req = engine.complete(req, warn=False)  # the run itself warns (empty prompt ...)
     if not args.quiet:
-        print(f"{loaded.path.name} ({loaded.spec.label}) on {engine.placement.label}: {req.width}x{req.height}, {req.steps} steps, {req.sampler}, CFG {req.cfg_scale}", file=sys.stderr)
+        if engine.threads is not None and engine.threads.note():
+            print(engine.threads.note(), file=sys.stderr)
+        print(_header(loaded, engine, req), file=sys.stderr)
+        _say_expected_time(engine, req)
 
     bar = None
     if not args.quiet:
@@ -296,7 +423,11 @@ def cmd_models(args) -> int:
     from .catalog import no_checkpoint_message, summarize
     from .paths import DataHome
 
+    from .catalog import is_demo
+
     home = DataHome.resolve(args.home)
+    for line in _first_run(home):
+        print(line, file=sys.stderr)
     rows = summarize(home, with_hash=not args.no_hash)
     if not rows:
         print(no_checkpoint_message(home))
@@ -305,7 +436,15 @@ def cmd_models(args) -> int:
     print(f"{'NAME':<{name_w}}  {'FAMILY':<24}  {'SIZE':>9}  HASH")
     for r in rows:
         size = f"{r.size_bytes / 2**20:.1f} MB" if r.size_bytes < 2**30 else f"{r.size_bytes / 2**30:.2f} GB"
-        print(f"{r.entry.name:<{name_w}}  {r.family:<24}  {size:>9}  {r.model_hash or '-'}")
+        built_in = "  (built-in demo)" if is_demo(r.entry.path) else ""
+        print(f"{r.entry.name:<{name_w}}  {r.family:<24}  {size:>9}  {r.model_hash or '-'}{built_in}")
+    print()
+    extra = [d for d in home.checkpoint_dirs[1:] if d.is_dir()]
+    print(f"Checkpoints folder: {home.checkpoint_dirs[0]}" + "".join(f" (also read: {d})" for d in extra))
+    extra = [d for d in home.lora_dirs[1:] if d.is_dir()]
+    print(f"LoRA folder:        {home.lora_dirs[0]}" + "".join(f" (also read: {d})" for d in extra))
+    if all(is_demo(r.entry.path) for r in rows):
+        print("No checkpoints of your own yet: put a .safetensors or .ckpt file (SD 1.x, SD 2.x or SDXL, from civitai or Hugging Face) into the checkpoints folder.")
     return 0
 
 
@@ -340,7 +479,7 @@ def cmd_serve(args) -> int:
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be from 1 to 65535; got {args.port}")
-    serve(ServeOptions(args.host, args.port, args.home, args.model, args.device, args.auth, args.token, args.insecure, args.max_body_mb, args.cors, args.preview_every, allow_hosts=args.allow_host, trust_proxy=args.trust_proxy, max_job_minutes=args.max_job_minutes, max_queued_per_client=args.max_queued))
+    serve(ServeOptions(args.host, args.port, args.home, args.model, args.device, args.auth, args.token, args.insecure, args.max_body_mb, args.cors, args.preview_every, allow_hosts=args.allow_host, trust_proxy=args.trust_proxy, max_job_minutes=args.max_job_minutes, max_queued_per_client=args.max_queued, threads=args.threads))
     return 0
 
 
@@ -391,6 +530,15 @@ def cmd_info(args) -> int:
     from .infotext import parse_infotext
     from .outputs import read_infotext
 
+    image = Path(args.image)
+    if image.is_dir():
+        pictures = sorted(p.name for p in image.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))[:1]
+        example = f", e.g. brushwork info {shlex.quote(str(image / pictures[0]))}" if pictures else " (this folder holds no PNG, JPEG or WebP pictures)"
+        print(f"error: {args.image} is a folder; brushwork info reads the parameters stored in one picture{example}", file=sys.stderr)
+        return EXIT_USAGE
+    if not image.exists():
+        print(f"error: {args.image} does not exist; brushwork info reads the parameters stored in a picture, e.g. one of those brushwork generate saved", file=sys.stderr)
+        return EXIT_USAGE
     text = read_infotext(args.image)
     if not text:
         print(f"{args.image} has no generation parameters.", file=sys.stderr)

@@ -27,7 +27,7 @@ from .budget import DEFAULT_MAX_JOB_SECONDS, THROUGHPUT, Flops, TimeEstimate, co
 from .catalog import find_checkpoint, hash_cache, remember_last_model
 from .conditioning import TextConditioning, encode_prompt, pad_context
 from .devices import Placement, choose_placement, free_memory_bytes
-from .infotext import GenerationParams, format_infotext
+from .infotext import STOPPED_KEY, GenerationParams, format_infotext
 from .models.detect import ModelSpec
 from .models.load import Networks
 from .noise import RNG_SOURCES, BrownianNoise, initial_noise, noise_source
@@ -39,9 +39,9 @@ from .paths import DataHome
 from .previews import PreviewMap, fit_preview_map, preview_image
 from .prompts import extract_extra_networks, schedule_prompt, split_and
 from .prompts.styles import StylesFileError, apply_styles, read_styles
-from .runtime import tune_cpu_allocator
+from .runtime import ThreadChoice, apply_threads, tune_cpu_allocator
 from .sampling.denoiser import make_denoiser, step_locator
-from .sampling.registry import SamplerInfo, resolve_sampler, sampling_sigmas, schedule_label
+from .sampling.registry import SamplerInfo, UnknownSamplerError, resolve_sampler, resolve_schedule, sampling_sigmas, schedule_label
 from .sampling.schedules import ModelSchedule, scaled_linear_schedule
 from .vae import Cancelled, decode_checked, decode_latent, stop_points
 
@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 MAX_SEED = 2**32 - 1
 MIN_SIDE, MAX_SIDE = 64, 4096
 MAX_STEPS = 150
+#: the one set of request limits every client uses (CLI, native API, AUTOMATIC1111 API)
+MAX_BATCH_SIZE = 16
+MAX_BATCH_COUNT = 100
+MAX_CLIP_SKIP = 12
 SMALL_PREVIEW_LATENT = 24 * 24
 
 
@@ -94,6 +98,9 @@ class GenerationRequest:
     rng: str = "CPU"
     #: AUTOMATIC1111's Eta noise seed delta: step noise of ENSD samplers re-seeded with seed + ensd
     ensd: int = 0
+    #: stop each batch after this step and keep its denoised estimate, as an interrupt
+    #: does (re-creates a picture whose infotext says "Stopped at step")
+    stop_at_step: Optional[int] = None
 
 
 @dataclass
@@ -209,9 +216,11 @@ class PromptPlan:
 class Engine:
     """Loads checkpoints and generates images.  Not thread-safe: one job at a time."""
 
-    def __init__(self, home: DataHome | str | None = None, device: str | None = None, use_ema: bool = False, max_job_seconds: Optional[float] = DEFAULT_MAX_JOB_SECONDS):
+    def __init__(self, home: DataHome | str | None = None, device: str | None = None, use_ema: bool = False, max_job_seconds: Optional[float] = DEFAULT_MAX_JOB_SECONDS, threads: int | str | None = None):
         self.home = home if isinstance(home, DataHome) else DataHome.resolve(home)
         self.placement: Placement = choose_placement(device)
+        # CPU threads (--threads, BRUSHWORK_THREADS, else the free cores): runtime.py
+        self.threads: Optional[ThreadChoice] = apply_threads(threads) if self.placement.device.type == "cpu" else None
         self.use_ema = use_ema
         self.max_job_seconds = max_job_seconds  # refuse requests estimated to take longer (None: no limit)
         self.model: Optional[LoadedModel] = None
@@ -250,21 +259,27 @@ class Engine:
 
     # ------------------------------------------------------------- requests
 
-    def complete(self, request: GenerationRequest) -> GenerationRequest:
-        """Fill defaults from the loaded model and validate every field."""
+    def complete(self, request: GenerationRequest, warn: bool = True) -> GenerationRequest:
+        """Fill defaults from the loaded model and validate every field (``warn``:
+        log the warnings about the request, e.g. an empty prompt; the generation
+        itself completes the request again and warns then)."""
+        validate_request(request)  # everything that needs no model first
         m = self._require_model()
-        d = family_defaults(m.spec)
-        req = replace(
-            request,
-            steps=d.steps if request.steps is None else request.steps,
-            cfg_scale=d.cfg_scale if request.cfg_scale is None else request.cfg_scale,
-            width=d.width if request.width is None else request.width,
-            height=d.height if request.height is None else request.height,
-        )
-        if request.sampler is None:
-            req = replace(req, sampler=d.sampler, schedule=request.schedule or d.schedule)
+        req = with_defaults(request, family_defaults(m.spec))
         validate_request(req)
         resolve_sampler(req.sampler, req.schedule)  # raises with the valid names
+        # hidden_states[-n] of an L-layer encoder: SD 1.x reads layer L+1-clip_skip,
+        # SD 2.x and SDXL one earlier; the embeddings (or beyond) are no layer to use
+        depth = min(e.layers for e in m.spec.text_encoders)
+        most = depth if m.spec.family == "sd1" else depth - 1
+        if req.clip_skip > most:
+            allowed = "only 1" if most <= 1 else f"from 1 to {most}"
+            raise RequestError(
+                f"clip skip {req.clip_skip} is too deep for {m.path.name}: its text encoder has {depth} layers, so clip skip can be {allowed} "
+                "(1 = the last layer, the default)."
+            )
+        if warn and not extract_extra_networks(req.prompt).text.strip() and not req.styles:
+            log.warning("the prompt is empty: the image is unconditional (the model draws whatever it likes). Give a prompt to say what to draw.")
         needed = estimate_activation_bytes(m.spec, req.width, req.height, req.batch_size, req.cfg_scale, torch.finfo(self.placement.dtype).bits // 8)
         free = free_memory_bytes(self.placement.device)
         if needed > free * 0.9:
@@ -274,6 +289,20 @@ class Engine:
             )
         self._check_time(req)
         return req
+
+    def expected_time(self, request: GenerationRequest) -> Optional[TimeEstimate]:
+        """How long a request would take here, for telling the user before it starts;
+        None when no model is loaded yet or the request is invalid.  It loads nothing
+        and touches no network weights, so it is safe beside a running generation."""
+        m = self.model
+        if m is None:
+            return None
+        req = with_defaults(request, family_defaults(m.spec))
+        try:
+            validate_request(req)
+        except (RequestError, UnknownSamplerError):
+            return None
+        return self.estimate_time(req)
 
     def estimate_time(self, req: GenerationRequest) -> TimeEstimate:
         """Estimated run time of a completed request on this device (see budget.py)."""
@@ -305,6 +334,8 @@ class Engine:
         :class:`JobControl`); an interrupted or skipped batch still yields its partly
         denoised images, a cancelled one yields nothing more."""
         req = self.with_styles(self.complete(request))
+        if req.stop_at_step is not None and not (isinstance(req.stop_at_step, int) and 1 <= req.stop_at_step <= req.steps):
+            raise RequestError(f"stop_at_step must be a step from 1 to {req.steps} (the request's steps); got {req.stop_at_step!r}.")
         if self.placement.device.type == "cpu":
             # after loading: weights keep their fast mmap-backed allocations, while the
             # sampler's scratch buffers are kept for reuse (see runtime.py)
@@ -326,7 +357,7 @@ class Engine:
             seeds = [base_seed + batch_index * req.batch_size + i for i in range(req.batch_size)]
             batch_t0 = time.perf_counter()
             try:
-                latents, complete = self._sample_batch(req, sampler, schedule, seeds, plan, control, progress, batch_index * req.steps, total, t0)
+                latents, complete, done = self._sample_batch(req, sampler, schedule, seeds, plan, control, progress, batch_index * req.steps, total, t0)
                 if latents is None:
                     continue  # stopped before its first step: nothing to show
                 pixels = self.decode(latents, control)
@@ -334,8 +365,10 @@ class Engine:
                 return
             self._learn_speed(req, len(seeds), time.perf_counter() - batch_t0, complete)
             images = []
+            # a picture stopped part-way says so, so re-creating it stops at the same step
+            batch_extra = extra if complete else {**extra, STOPPED_KEY: str(done)}
             for seed, img in zip(seeds, pixels):
-                params = self._params(req, sampler, schedule, seed, extra)
+                params = self._params(req, sampler, schedule, seed, batch_extra)
                 images.append(GeneratedImage(img, seed, params, format_infotext(params), complete))
             yield images
 
@@ -353,27 +386,30 @@ class Engine:
             log.warning(warning)
         return replace(req, prompt=styled.prompt, negative_prompt=styled.negative_prompt, styles=styled.applied)
 
-    def _sample_batch(self, req, sampler, schedule, seeds, plan, control, progress, done_before, total, t0) -> tuple[Optional[torch.Tensor], bool]:
-        """Sample one batch: (latents, complete).  Interrupt or skip keeps the last
-        denoised latents (None when no step finished); cancel raises Cancelled."""
-        last: list[Optional[torch.Tensor]] = [None]
+    def _sample_batch(self, req, sampler, schedule, seeds, plan, control, progress, done_before, total, t0) -> tuple[Optional[torch.Tensor], bool, int]:
+        """Sample one batch: (latents, complete, steps done).  Interrupt or skip (or
+        the request's ``stop_at_step``) keeps the last denoised latents (None when no
+        step finished); cancel raises Cancelled."""
+        last: list = [None, 0]
 
         def on_step(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
-            last[0] = denoised
+            last[0], last[1] = denoised, i + 1
             if progress is not None:
                 progress(Progress(done_before + i + 1, total, time.perf_counter() - t0, denoised))
             if control is not None and control.stopping():
                 raise _Stopped()
+            if req.stop_at_step is not None and i + 1 >= req.stop_at_step:
+                raise _Stopped()
 
         try:
             with stop_points(self._require_model().networks.unet, None if control is None else control.stopping):
-                return self.sample(req, sampler, schedule, seeds, plan, on_step), True
+                return self.sample(req, sampler, schedule, seeds, plan, on_step), True, req.steps
         except (_Stopped, Cancelled):
             if control is not None and control.cancelled:
                 raise Cancelled() from None
             if control is not None:
                 control.skipped = False
-            return last[0], False
+            return last[0], False, last[1]
 
     def _learn_speed(self, req: GenerationRequest, batch: int, seconds: float, complete: bool) -> None:
         """Feed a finished batch's real time back into the device speed (see budget.py)."""
@@ -583,6 +619,20 @@ def _to_image(pixels: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr), "RGB")
 
 
+def with_defaults(request: GenerationRequest, d: FamilyDefaults) -> GenerationRequest:
+    """The request with the model family's defaults where it leaves a field unset."""
+    req = replace(
+        request,
+        steps=d.steps if request.steps is None else request.steps,
+        cfg_scale=d.cfg_scale if request.cfg_scale is None else request.cfg_scale,
+        width=d.width if request.width is None else request.width,
+        height=d.height if request.height is None else request.height,
+    )
+    if request.sampler is None:
+        req = replace(req, sampler=d.sampler, schedule=request.schedule or d.schedule)
+    return req
+
+
 def unet_calls(req: GenerationRequest) -> int:
     """Model calls per image and CFG pass of a completed request: second-order
     samplers call the UNet twice a step (DPM adaptive: its usual three per step)."""
@@ -591,9 +641,16 @@ def unet_calls(req: GenerationRequest) -> int:
 
 
 def validate_request(req: GenerationRequest) -> None:
-    """Range checks with messages that say what to change."""
+    """Range and name checks that need no model, with messages that say what to change.
+
+    Fields left ``None`` (the model's defaults) are skipped, so a client can check a
+    request before loading a multi-GB checkpoint; :meth:`Engine.complete` checks the
+    completed request again, plus what depends on the model (clip skip, memory, time).
+    Every client (CLI, native API) shows these messages."""
     for name in ("width", "height"):
         v = getattr(req, name)
+        if v is None:
+            continue
         if not isinstance(v, int) or isinstance(v, bool):
             raise RequestError(f"{name} must be a whole number of pixels; got {v!r}.")
         if v % 8:
@@ -601,18 +658,22 @@ def validate_request(req: GenerationRequest) -> None:
             raise RequestError(f"{name} must be a multiple of 8 (the VAE works on 8x8 pixel blocks); got {v}. Try {lo} or {hi}.")
         if not MIN_SIDE <= v <= MAX_SIDE:
             raise RequestError(f"{name} must be between {MIN_SIDE} and {MAX_SIDE} pixels; got {v}.")
-    if not isinstance(req.steps, int) or not 1 <= req.steps <= MAX_STEPS:
+    if req.steps is not None and (not isinstance(req.steps, int) or isinstance(req.steps, bool) or not 1 <= req.steps <= MAX_STEPS):
         raise RequestError(f"steps must be a whole number from 1 to {MAX_STEPS}; got {req.steps!r}. 20-30 is typical.")
-    if not 0 <= float(req.cfg_scale) <= 30:
+    if req.cfg_scale is not None and not 0 <= float(req.cfg_scale) <= 30:
         raise RequestError(f"CFG scale must be between 0 and 30; got {req.cfg_scale}. 4-7 is typical.")
-    if not 1 <= req.batch_size <= 16:
-        raise RequestError(f"batch size must be from 1 to 16; got {req.batch_size}. Use batch count for more images.")
-    if not 1 <= req.batch_count <= 1000:
-        raise RequestError(f"batch count must be from 1 to 1000; got {req.batch_count}.")
-    if not 1 <= req.clip_skip <= 12:
-        raise RequestError(f"clip skip must be from 1 to 12; got {req.clip_skip}.")
+    if not 1 <= req.batch_size <= MAX_BATCH_SIZE:
+        raise RequestError(f"batch size must be from 1 to {MAX_BATCH_SIZE}; got {req.batch_size}. Use batch count for more images.")
+    if not 1 <= req.batch_count <= MAX_BATCH_COUNT:
+        raise RequestError(f"batch count must be from 1 to {MAX_BATCH_COUNT}; got {req.batch_count}.")
+    if not 1 <= req.clip_skip <= MAX_CLIP_SKIP:
+        raise RequestError(f"clip skip must be from 1 to {MAX_CLIP_SKIP}; got {req.clip_skip}. 1 (the last layer) is the default; 2 is common for anime models.")
     if req.rng not in RNG_SOURCES:
         raise RequestError(f"rng (where the noise comes from) must be one of {', '.join(RNG_SOURCES)}; got {req.rng!r}. CPU gives the same picture on any machine; GPU and NV re-create AUTOMATIC1111's NVIDIA noise.")
     if not isinstance(req.ensd, int) or isinstance(req.ensd, bool) or not 0 <= req.ensd <= MAX_SEED:
         raise RequestError(f"ENSD (eta noise seed delta) must be a whole number from 0 to {MAX_SEED}; got {req.ensd!r}. 0 turns it off; 31337 is the usual value.")
     resolve_seed(req.seed if req.seed != -1 else 0)
+    if req.sampler is not None:
+        resolve_sampler(req.sampler, req.schedule)  # raises with the valid names
+    elif req.schedule is not None:
+        resolve_schedule(req.schedule)

@@ -85,6 +85,19 @@ _SIZE_RE = re.compile(r"(\d+)x(\d+)")
 _MIN_PARAMETER_PAIRS = 3
 
 
+#: extra key of a picture whose sampling was stopped part-way (interrupt, skip): the
+#: step whose denoised estimate it shows.  Not an AUTOMATIC1111 key (A1111 ignores it).
+STOPPED_KEY = "Stopped at step"
+
+
+def stopped_step(text: str) -> int | None:
+    """The step a stopped picture's infotext names (:data:`STOPPED_KEY`), else None."""
+    if STOPPED_KEY not in text:  # the common case costs one substring search
+        return None
+    value = parse_infotext(text).get(STOPPED_KEY, "")
+    return int(value) if value.isdigit() else None
+
+
 class InfotextError(ValueError):
     """Raised when an infotext lacks a needed key or holds an unusable value."""
 

@@ -8,6 +8,9 @@ lets them be reused: about 20-30% faster per image on a 2-core CPU in
 benchmarks/bench_vs_diffusers.py, with the same peak memory.
 
 Set ``BRUSHWORK_NO_MALLOC_TUNING=1`` to leave the allocator alone.
+
+Also here: how many CPU threads torch may use (``--threads``, ``BRUSHWORK_THREADS``,
+or by default the cores that other programs leave free).
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import ctypes.util
 import logging
 import os
 import sys
+from dataclasses import dataclass
+from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +49,132 @@ def tune_cpu_allocator() -> bool:
     _tuned = ok
     log.debug("glibc allocator tuned for reuse: %s", ok)
     return ok
+
+
+# ---------------------------------------------------------------- CPU threads
+#
+# PyTorch starts one intra-op thread per core.  When other programs keep some of
+# those cores busy, its threads spin and wait for each other at every parallel
+# region: one measured image went from 106 s with the default threads to 9 s with
+# one thread (benchmarks/bench_threads.py).  So, on the CPU, the engine asks for
+# as many threads as there are cores that are actually free.
+
+THREADS_ENV = "BRUSHWORK_THREADS"
+
+
+from .devices import DeviceError  # noqa: E402 - (imports torch) shown to users as one line
+
+
+class ThreadsError(DeviceError):
+    pass
+
+
+def choose_threads(cores: int, load: float) -> int:
+    """Threads to use on ``cores`` usable cores when ``load`` of them are busy
+    (the recent load average): the free cores, rounded to the nearest, at least 1
+    and at most ``cores``."""
+    cores = max(1, int(cores))
+    try:
+        load = float(load)
+    except (TypeError, ValueError):
+        load = 0.0
+    if not load > 0:  # NaN, negative, zero
+        load = 0.0
+    free = int(cores - load + 0.5)
+    return max(1, min(cores, free))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), not all the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def recent_load() -> float:
+    """The 1-minute load average (busy or waiting tasks); 0 where unknown (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def parse_threads(value) -> Optional[int]:
+    """A ``--threads`` / BRUSHWORK_THREADS value -> a count, or None for automatic
+    ("", "auto", "0")."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        text = str(value).strip().lower()
+        if text in ("", "auto", "0"):
+            return None
+        try:
+            n = int(text)
+        except ValueError:
+            raise ThreadsError(f"--threads / {THREADS_ENV} must be a whole number of CPU threads (or 'auto'); got {value!r}") from None
+    if n == 0:
+        return None
+    if n < 0:
+        raise ThreadsError(f"--threads / {THREADS_ENV} must be 1 or more (0 or 'auto': choose from the free cores); got {n}")
+    return n
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    threads: int
+    cores: int
+    load: float
+    source: str  # "auto", "--threads" or THREADS_ENV
+
+    def note(self) -> Optional[str]:
+        """One line for a command's header when fewer threads than cores are used; else None."""
+        if self.threads >= self.cores:
+            return None
+        if self.source == "auto":
+            return f"using {self.threads} of {self.cores} CPU threads: the others are busy; --threads N to change"
+        return f"using {self.threads} of {self.cores} CPU threads (set by {self.source})"
+
+
+def resolve_threads(requested=None, environ=None, cores: Optional[int] = None, load: Optional[float] = None) -> ThreadChoice:
+    """The thread count to use: ``requested`` (--threads) first, then BRUSHWORK_THREADS,
+    else :func:`choose_threads` from the usable cores and the recent load."""
+    environ = os.environ if environ is None else environ
+    cores = usable_cores() if cores is None else cores
+    n = parse_threads(requested)
+    if n is not None:
+        return ThreadChoice(n, cores, 0.0, "--threads")
+    n = parse_threads(environ.get(THREADS_ENV))
+    if n is not None:
+        return ThreadChoice(n, cores, 0.0, THREADS_ENV)
+    load = recent_load() if load is None else load
+    return ThreadChoice(choose_threads(cores, load), cores, load, "auto")
+
+
+_interop_set = False
+_auto_choice: Optional[ThreadChoice] = None
+
+
+def apply_threads(requested=None) -> ThreadChoice:
+    """Resolve the thread count and give it to torch (intra-op; inter-op once, where
+    torch still allows it).  Called by the engine at start on the CPU."""
+    global _interop_set
+    import torch
+
+    global _auto_choice
+    choice = resolve_threads(requested, load=None if _auto_choice is None else _auto_choice.load)
+    if choice.source == "auto":
+        # decided once per process: a later engine (the load has changed meanwhile)
+        # keeps the count, so the same request keeps giving the same pixels
+        _auto_choice = choice = _auto_choice or choice
+    torch.set_num_threads(choice.threads)
+    if not _interop_set:
+        _interop_set = True
+        try:  # only allowed once, before any inter-op work has started
+            torch.set_num_interop_threads(choice.threads)
+        except RuntimeError:
+            pass
+    log.debug("CPU threads: %s", choice)
+    return choice

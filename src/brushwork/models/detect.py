@@ -324,7 +324,7 @@ def reject_other_kinds(shapes: Shapes) -> None:
     if n == 0:
         raise UnsupportedModel("the file holds no tensors at all.")
     if share(lambda k: k.startswith(("lora_unet_", "lora_te", "lycoris_")) or ".lora_" in k or "lora_A" in k or ".hada_" in k or ".lokr_" in k) > 0.5:
-        raise UnsupportedModel("this is a LoRA, not a checkpoint. Put it in models/loras and use it with <lora:NAME:1> in a prompt (LoRA support is coming).")
+        raise UnsupportedModel("this is a LoRA, not a checkpoint: a LoRA changes a checkpoint of its family. Put it in models/loras in the data home and add <lora:NAME:0.8> to a prompt (see: brushwork loras); pass a checkpoint as --model.")
     if any("x_embedder.proj.weight" in k for k in keys) or any("joint_blocks.0." in k for k in keys):
         raise UnsupportedModel("this is a Stable Diffusion 3 (MMDiT) model, which Brushwork does not support yet; it runs SD 1.x, SD 2.x and SDXL checkpoints.")
     if any("double_blocks.0.img_attn" in k for k in keys):

@@ -17,6 +17,7 @@ import mmap
 import os
 import pickle
 import struct
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     try:
         header = read_raw_header(path)
     except SafetensorsHeaderError as exc:
-        raise CorruptCheckpoint(f"{exc}. Download it again.") from None
+        raise CorruptCheckpoint(not_a_tensor_file(path) or f"{exc}. Download it again.") from None
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
     metadata = header.pop("__metadata__", None) or {}
@@ -234,7 +235,8 @@ class _SafePickleModule:
 
 
 def _torch_load(path: Path, weights_only: bool):
-    kwargs = dict(map_location="cpu", mmap=True)
+    # PyTorch memory-maps only its zip format; files saved before PyTorch 1.6 are read whole
+    kwargs = dict(map_location="cpu", mmap=zipfile.is_zipfile(path))
     if weights_only:
         return torch.load(str(path), weights_only=True, **kwargs)
     return torch.load(str(path), weights_only=False, pickle_module=_SafePickleModule, **kwargs)
@@ -254,6 +256,9 @@ def open_pickle(path: Path) -> TensorFile:
     """Read a .ckpt/.pt file without running code from it."""
     if path.stat().st_size == 0:
         raise CorruptCheckpoint(f"{path.name} is empty (0 bytes). Download it again.")
+    what = not_a_tensor_file(path)
+    if what:
+        raise CorruptCheckpoint(what)
     try:
         try:
             obj = _torch_load(path, weights_only=True)
@@ -264,6 +269,9 @@ def open_pickle(path: Path) -> TensorFile:
     except UnsafePickle as exc:
         raise UnsafePickle(f"{path.name}: {exc}") from None
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, OSError) as exc:
+        what = not_a_tensor_file(path)
+        if what:
+            raise CorruptCheckpoint(what) from None
         raise CorruptCheckpoint(
             f"{path.name} could not be read as a PyTorch checkpoint ({str(exc).splitlines()[0][:200]}). "
             "It is probably truncated or damaged; download it again."
@@ -274,6 +282,50 @@ def open_pickle(path: Path) -> TensorFile:
         raise CorruptCheckpoint(f"{path.name}: {exc}") from None
     infos = {k: TensorInfo(str(v.dtype).replace("torch.", ""), tuple(v.shape)) for k, v in tensors.items()}
     return TensorFile(path, infos, {}, lambda name, dtype: _cast_copy(tensors[name], dtype), tensors.clear)
+
+
+_MODEL_HINT = "A checkpoint is a .safetensors (or .ckpt) model file, usually 2-7 GB; pass one of those (see: brushwork models)."
+
+
+def describe_content(path: Path) -> str | None:
+    """What ``path`` holds when it is plainly not a tensor file (a text file, a web
+    page, a Git LFS pointer, an image, an archive), from its first bytes; else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    if not head:
+        return None
+    stripped = head.lstrip().lower()
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer (a small text file standing in for the model): run 'git lfs pull' in its repository, or download the file itself"
+    if stripped.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "a web page (HTML): the download saved a page (a login, error or redirect page) instead of the model. Download the file itself"
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff") or head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "an image, not a model. To see the parameters stored in a picture, use: brushwork info IMAGE"
+    if path.suffix.lower() == ".safetensors" and head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive (perhaps a PyTorch .ckpt renamed to .safetensors): give it its real suffix (.ckpt), or unpack it"
+    if head.startswith((b"PK\x03\x04", b"\x80")) or b"\x00" in head:
+        return None  # a zip or pickle (a .ckpt), or binary: let the readers say what is wrong
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = head[: exc.start].decode("utf-8") if exc.start > len(head) - 4 else None
+    if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return (f"a text file (it starts with {first!r})" if first else "a text file") + f". {_MODEL_HINT}"
+    return None
+
+
+def not_a_tensor_file(path: str | os.PathLike) -> str | None:
+    """A one-line message for a file that is plainly no model at all (see
+    :func:`describe_content`), or None."""
+    path = Path(path)
+    what = describe_content(path)
+    if what is None:
+        return None
+    return f"{path.name} is not a model file despite its {path.suffix} suffix: it is {what.rstrip('.')}."
 
 
 def open_tensor_file(path: str | os.PathLike) -> TensorFile:
@@ -293,7 +345,15 @@ def open_tensor_file(path: str | os.PathLike) -> TensorFile:
     if suffix in (".ckpt", ".pt", ".pth", ".bin"):
         with damage_reported(path, "tensor file"):
             return open_pickle(path)
-    raise ModelFileError(f"{path.name} is not a checkpoint file: expected .safetensors or .ckpt, got {suffix or 'no suffix'}.")
+    raise ModelFileError(not_a_checkpoint_message(path))
+
+
+def not_a_checkpoint_message(path: Path) -> str:
+    """For a file whose suffix is no checkpoint's: what it is, and what to pass."""
+    what = describe_content(path)
+    if what:
+        return f"{path.name} is not a checkpoint file: it is {what.rstrip('.')}."
+    return f"{path.name} is not a checkpoint file (it ends in {path.suffix or 'no suffix'}). {_MODEL_HINT}"
 
 
 def iter_checkpoint_files(folder: Path) -> Iterator[Path]:

@@ -15,6 +15,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .security import BindError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
@@ -37,6 +39,7 @@ class ServeOptions:
     max_job_minutes: Optional[float] = None  # refuse jobs estimated to take longer (None: default 60; 0: no limit)
     max_queued_per_client: int = 200
     trust_proxy: bool = False  # read X-Forwarded-For/-Proto from a proxy on 127.0.0.1 (--trust-proxy)
+    threads: Optional[str] = None  # CPU threads (--threads; None: $BRUSHWORK_THREADS or the free cores)
 
 
 def build(opts: ServeOptions):
@@ -55,7 +58,7 @@ def build(opts: ServeOptions):
     home.create()
     from ..budget import optional_limit
 
-    engine = Engine(home, device=opts.device, max_job_seconds=optional_limit(opts.max_job_minutes))
+    engine = Engine(home, device=opts.device, max_job_seconds=optional_limit(opts.max_job_minutes), threads=opts.threads)
     engine.load(opts.model)  # fail early on a bad --model; the model stays loaded
     store = JobStore(home.root / "brushwork.sqlite3", outputs=home.outputs)
     studio = Studio(engine, store, preview_every=opts.preview_every, max_queued_per_client=opts.max_queued_per_client)
@@ -92,6 +95,122 @@ def serve_in_thread(app, host: str = DEFAULT_HOST, port: int = 0, trust_proxy: b
         thread.join(10)
 
 
+# ---------------------------------------------------------------- a busy port
+
+OTHER_SERVERS_PORT = 7860  # also AUTOMATIC1111's and Fooocus's default
+
+
+class PortInUse(BindError):
+    """The port is taken (shown as one line, exit code 2)."""
+
+
+def _try_bind(host: str, port: int) -> Optional[OSError]:
+    """Bind ``host:port`` the way uvicorn will (every address the name has, SO_REUSEADDR)
+    and let go at once: None if that worked, else the error."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return exc
+    for family, kind, proto, _, address in {(i[0], i[1], i[2], None, i[4]) for i in infos}:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if hasattr(socket, "SO_REUSEADDR"):
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(address)
+        except OSError as exc:
+            return exc
+    return None
+
+
+def _in_use(exc: OSError) -> bool:
+    import errno
+
+    return exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)) or getattr(exc, "winerror", None) == 10048
+
+
+def port_user(port: int) -> Optional[str]:
+    """"python3 (pid 1234)" for the process listening on ``port``, where the system tells
+    (other users' processes usually need root); else None."""
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                try:
+                    return f"{psutil.Process(conn.pid).name()} (pid {conn.pid})"
+                except (psutil.Error, OSError):
+                    return f"pid {conn.pid}"
+    except Exception:  # noqa: BLE001 - AccessDenied, no psutil, an unusual platform: say less
+        return None
+    return None
+
+
+def _get(host: str, port: int, path: str, timeout: float) -> Optional[int]:
+    """The HTTP status of ``GET path`` there, or None for no HTTP answer in time."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": f"127.0.0.1:{port}"})
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def what_answers(host: str, port: int, timeout: float = 0.5) -> Optional[str]:
+    """What kind of server answers HTTP on ``host:port``, in words (None: no answer)."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    status = _get(host, port, "/sdapi/v1/options", timeout)
+    if status is None:
+        return None
+    if status == 200:
+        if _get(host, port, "/api/v1/status", timeout) == 200:
+            return "another Brushwork server answers there"
+        return "an AUTOMATIC1111-compatible server (maybe another Brushwork) answers there"
+    if status in (401, 403):
+        return "a web server that asks for a password answers there (perhaps AUTOMATIC1111, or a Brushwork with --auth)"
+    return "a web server answers there"
+
+
+def free_port_after(host: str, port: int, tries: int = 100) -> Optional[int]:
+    for candidate in range(port + 1, min(65536, port + 1 + tries)):
+        if _try_bind(host, candidate) is None:
+            return candidate
+    return None
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise a one-line BindError if ``host:port`` cannot be listened on: for a busy
+    port, who holds it (where that can be told) and the next free port."""
+    exc = _try_bind(host, port)
+    if exc is None:
+        return
+    import socket
+
+    if isinstance(exc, socket.gaierror):
+        raise BindError(f"--host {host}: no such address on this machine ({exc.strerror or exc})")
+    if not _in_use(exc):
+        raise BindError(f"cannot listen on {host}:{port}: {exc.strerror or exc}" + (" (ports below 1024 need administrator rights; use --port 7860 or another above 1024)" if port < 1024 else ""))
+    who = port_user(port)
+    first = f"port {port} is in use by {who}" if who else f"port {port} on {host} is already in use by another program"
+    answer = what_answers(host, port)
+    sentences = [f"{first}; {answer}." if answer else f"{first}."]
+    if port == OTHER_SERVERS_PORT:
+        sentences.append(f"{port} is also the default port of AUTOMATIC1111 and Fooocus.")
+    free = free_port_after(host, port)
+    sentences.append(f"Use --port {free}, which is free (or stop the other program)." if free else "Choose another --port (or stop the other program).")
+    raise PortInUse(" ".join(sentences))
+
+
 class _Stopped(Exception):
     pass
 
@@ -107,7 +226,11 @@ def serve(opts: ServeOptions) -> None:
 
     import uvicorn
 
+    check_port(opts.host, opts.port)  # before anything is loaded or printed
     app, studio = build(opts)
+    note = studio.engine.threads.note() if studio.engine.threads is not None else None
+    if note:
+        print(note, flush=True)
     print(f"Brushwork is serving {studio.model_name()} on {studio.engine.placement.label}: open http://{opts.host}:{opts.port}/  (API docs: /docs)", flush=True)
     # uvicorn shuts down on a signal and then re-raises it to the handler it found:
     # ours, so that the worker is stopped and the database closed before the exit

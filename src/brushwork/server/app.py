@@ -35,7 +35,7 @@ from ..models.errors import CheckpointNotFound
 from ..prompts.styles import StylesFileError, extract_styles, read_styles
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULE_LABELS
-from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_DB_ID, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names, public_text
+from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_DB_ID, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names, engine_message, public_text
 from .security import Credentials, GuardMiddleware
 from .store import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, JobRecord, StorageFull
 from .studio import Conflict, NotFound, Studio, TooManyJobs, image_view
@@ -170,14 +170,24 @@ def form_options(studio: Studio) -> dict[str, Any]:
     d = {"width": 512, "height": 512, "steps": 25, "cfg_scale": 7.0, "sampler": "DPM++ 2M", "schedule": "Karras"}
     if defaults is not None:
         d = {"width": defaults.width, "height": defaults.height, "steps": defaults.steps, "cfg_scale": defaults.cfg_scale, "sampler": defaults.sampler, "schedule": defaults.schedule}
-    presets = SIZE_PRESETS.get(family, SIZE_PRESETS["sd1"])
-    if (d["width"], d["height"]) not in presets:
-        presets = [(d["width"], d["height"])] + presets
+    from ..catalog import is_demo, native_presets, native_size_hint
+    from .schemas import public_path
+
+    native = (d["width"], d["height"])
+    presets = native_presets(SIZE_PRESETS.get(family, SIZE_PRESETS["sd1"]), native, MIN_SIDE)
+    if loaded is not None and loaded.name == studio.model_name():
+        demo = is_demo(loaded.path)
+    else:
+        demo = any(e.name == studio.model_name() and is_demo(e.path) for e in list_checkpoints(studio.home))
+    home = studio.home
     return {
         "model": studio.model_name(),
         "model_loaded": loaded is not None and loaded.name == studio.model_name(),
         "family": family,
+        "demo": demo,
+        "folders": {"checkpoints": public_path(home, home.checkpoint_dirs[0]), "loras": public_path(home, home.lora_dirs[0])},
         "defaults": d,
+        "native_size": {"width": native[0], "height": native[1], "hint": native_size_hint(native)},
         "ranges": {
             "steps": {"min": 1, "max": MAX_STEPS, "step": 1, "hint": "more steps: more detail, more time; 20-30 is typical"},
             "cfg_scale": {"min": 0, "max": 30, "step": 0.5, "hint": "how closely the image follows the prompt; 4-7 is typical"},
@@ -347,6 +357,12 @@ def native_router(studio: Studio) -> APIRouter:
         n, chunks = count_tokens(body.text)
         return {"tokens": n, "chunks": chunks, "limit": 75 * chunks}
 
+    @r.post("/estimate")
+    def estimate(body: GenerateBody) -> dict[str, Any]:
+        """How long this request would take on the current model and device (from the
+        device's measured speed); ``estimate`` is null while no model is loaded."""
+        return {"estimate": studio.estimate(body.to_request())}
+
     @r.get("/styles")
     def styles() -> list[dict[str, str]]:
         """The saved prompt styles (HOME/styles.csv), in file order."""
@@ -492,7 +508,14 @@ def create_app(studio: Studio, credentials: Optional[Credentials] = None, max_bo
         message = validation_message(errors)
         if request.url.path.startswith(a1111.PREFIX):  # AUTOMATIC1111 clients read error.message / detail
             return JSONResponse(a1111.validation_body(errors, message), status_code=422)
-        return JSONResponse({"detail": [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors], "message": message}, status_code=422)
+        # out-of-range request fields read as the engine (and so the CLI) words them
+        parts, detail = [], []
+        for e in errors:
+            ours = engine_message(e.get("loc", ()), e.get("type", ""), e.get("input"))
+            detail.append({k: v for k, v in e.items() if k in ("loc", "msg", "type")} | ({"msg": ours} if ours else {}))
+            if len(parts) < 5:
+                parts.append(ours or validation_message([e]))
+        return JSONResponse({"detail": detail, "message": "; ".join(parts)}, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:

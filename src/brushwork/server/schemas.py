@@ -20,14 +20,12 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..engine import MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, GenerationRequest
+from ..engine import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CLIP_SKIP, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, GenerationRequest, RequestError, validate_request
 from ..lora import lora_files
 from ..prompts import extract_extra_networks
 from ..sampling.registry import resolve_sampler
 
 MAX_PROMPT_CHARS = 100_000
-MAX_BATCH_SIZE = 16
-MAX_BATCH_COUNT = 100
 #: an infotext is a prompt, a negative prompt and one line of settings
 MAX_INFOTEXT_CHARS = 2 * MAX_PROMPT_CHARS + 16_384
 #: the largest id SQLite can hold (a signed 64-bit integer)
@@ -61,10 +59,10 @@ class GenerateBody(BaseModel):
     height: Optional[int] = Field(None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
     batch_count: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
-    clip_skip: int = Field(1, ge=1, le=12)
+    clip_skip: int = Field(1, ge=1, le=MAX_CLIP_SKIP)
     styles: list[Annotated[str, Field(max_length=MAX_STYLE_NAME)]] = Field(default_factory=list, max_length=MAX_STYLES, description="saved prompt styles (GET /api/v1/styles), applied in order; an unknown name is a warning")
     rng: Literal["CPU", "GPU", "NV"] = Field("CPU", description="starting-noise source: CPU (default), GPU or NV (an NVIDIA GPU's numbers on any device)")
-    ensd: int = Field(0, ge=0, le=2**32 - 1, description="AUTOMATIC1111's Eta noise seed delta")
+    ensd: int = Field(0, ge=0, le=MAX_SEED, description="AUTOMATIC1111's Eta noise seed delta")
     model: Optional[str] = Field(None, max_length=512, description="checkpoint name; null: the current one")
 
     def to_request(self) -> GenerationRequest:
@@ -74,6 +72,25 @@ class GenerateBody(BaseModel):
             batch_size=self.batch_size, batch_count=self.batch_count, clip_skip=self.clip_skip,
             styles=list(self.styles), rng=self.rng, ensd=self.ensd,
         )
+
+
+#: pydantic error types whose message the engine's own wording replaces (the value
+#: has the right type but is out of range): one set of messages for every client
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"}
+_REQUEST_FIELDS = {"seed", "steps", "cfg_scale", "width", "height", "batch_size", "batch_count", "clip_skip", "ensd"}
+
+
+def engine_message(loc, error_type: str, value: Any) -> Optional[str]:
+    """The engine's message for an out-of-range GenerateBody field (``loc`` as in
+    pydantic's errors, e.g. ``("body", "width")``), or None to keep pydantic's."""
+    parts = [x for x in loc if x != "body"]
+    if error_type not in _RANGE_ERRORS or len(parts) != 1 or parts[0] not in _REQUEST_FIELDS:
+        return None
+    try:
+        validate_request(GenerationRequest(**{parts[0]: value}))
+    except (RequestError, TypeError, ValueError) as exc:
+        return str(exc) if isinstance(exc, RequestError) else None
+    return None
 
 
 class SwitchModelBody(BaseModel):

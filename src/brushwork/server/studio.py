@@ -34,6 +34,7 @@ from typing import Any, AsyncIterator, Optional
 
 from ..catalog import find_checkpoint, find_listed_checkpoint, list_checkpoints
 from ..engine import GenerationRequest, JobControl, Progress, RequestError, resolve_seed
+from ..infotext import stopped_step
 from ..lora import LoraError
 from ..models.errors import CheckpointNotFound, ModelFileError
 from ..outputs import ensure_writable_folder, save_png
@@ -261,6 +262,21 @@ class Studio:
             self._emit(job.id, "state", {"state": QUEUED, "position": self._position(job.id)})
             self._cv.notify_all()
         return job
+
+    def estimate(self, request: GenerationRequest) -> Optional[dict[str, Any]]:
+        """What a request would take on the current model, for the page to show before
+        Generate is pressed: None while no model is loaded (or for an invalid request).
+        Safe beside the running job: it counts on weightless copies of the networks."""
+        from ..budget import LONG_JOB_SECONDS
+
+        engine = self.engine
+        loaded = getattr(engine, "model", None)
+        if loaded is None or loaded.name != self.model_name() or not hasattr(engine, "expected_time"):
+            return None
+        est = engine.expected_time(request)
+        if est is None:
+            return None
+        return {"seconds": round(est.seconds, 1), "text": est.text(), "device": engine.placement.label, "long": est.seconds >= LONG_JOB_SECONDS}
 
     def job(self, job_id: str) -> JobRecord:
         job = self.store.job(job_id)
@@ -583,6 +599,6 @@ class _WarningCollector(logging.Handler):
 
 
 def image_view(rec: ImageRecord) -> dict[str, Any]:
-    return {"id": rec.id, "job_id": rec.job_id, "index": rec.idx, "url": f"/api/v1/images/{rec.id}", "seed": rec.seed, "width": rec.width, "height": rec.height, "prompt": rec.prompt, "negative_prompt": rec.negative_prompt, "infotext": rec.infotext, "model": rec.model, "model_hash": rec.model_hash, "created": rec.created}
+    return {"id": rec.id, "job_id": rec.job_id, "index": rec.idx, "url": f"/api/v1/images/{rec.id}", "seed": rec.seed, "width": rec.width, "height": rec.height, "prompt": rec.prompt, "negative_prompt": rec.negative_prompt, "infotext": rec.infotext, "model": rec.model, "model_hash": rec.model_hash, "created": rec.created, "stopped_at": stopped_step(rec.infotext)}
 
 

@@ -156,8 +156,27 @@ async function loadOptions() {
   // the model's defaults, except where the user chose something
   const d = o.defaults;
   const defaults = { steps: d.steps, cfg_scale: d.cfg_scale, sampler: d.sampler, schedule: d.schedule, width: d.width, height: d.height };
-  for (const [k, val] of Object.entries(defaults)) if (!state.dirty.has(k) || $(k).value === "") setField(k, val);
+  for (const [k, val] of Object.entries(defaults)) if (!state.dirty.has(k) || $(k).value === "" || !validValue(k)) setField(k, val);
+  for (const k of ["seed", "batch_size", "batch_count"]) if (!validValue(k)) { setField(k, k === "seed" ? -1 : 1); state.dirty.delete(k); }
+  syncModelHint(o);
   syncPreset();
+  saveForm();
+  scheduleEstimate();
+}
+
+function validValue(k) {
+  // a value restored from local storage that the form cannot send (out of range, not a
+  // whole multiple of the step, a sampler this server lacks) is replaced, not kept
+  const el = $(k);
+  if (!el) return true;
+  if (el.tagName === "SELECT") return [...el.options].some((o) => o.value === el.value);
+  if (el.type !== "number" && el.type !== "range") return true;
+  const v = Number(el.value);
+  if (el.value === "" || !Number.isFinite(v)) return false;
+  if (el.min !== "" && v < Number(el.min)) return false;
+  if (el.max !== "" && v > Number(el.max)) return false;
+  const step = Number(el.step);
+  return !(el.step && el.step !== "any" && Number.isFinite(step) && Math.abs(v / step - Math.round(v / step)) > 1e-9);
 }
 
 function capital(s) { return s ? s[0].toUpperCase() + s.slice(1) : s; }
@@ -173,10 +192,27 @@ function syncPreset() {
   const key = `${$("width").value}x${$("height").value}`;
   const sel = $("size-preset");
   sel.value = [...sel.options].some((o) => o.value === key) ? key : "";
+  syncSizeHint();
+}
+
+// a size far from the model's own (under half or over twice its pixels) draws badly
+function syncSizeHint() {
+  const n = state.options?.native_size, hint = $("size-hint");
+  const area = Number($("width").value) * Number($("height").value);
+  const ratio = n ? area / (n.width * n.height) : 1;
+  hint.hidden = !n || !area || (ratio >= 0.5 && ratio <= 2);
+  hint.textContent = hint.hidden ? "" : n.hint;
+}
+
+function syncModelHint(o) {
+  const hint = $("model-hint");
+  hint.hidden = !o.demo;
+  hint.textContent = o.demo ? `Built-in ${o.native_size.width} px demo model. Put your own checkpoints in ${o.folders.checkpoints} in the data folder.` : "";
 }
 
 async function loadModels() {
   const models = await api("/models");
+  state.models = models;
   const sel = $("model");
   sel.innerHTML = "";
   for (const m of models) {
@@ -322,6 +358,24 @@ function scheduleCount(field) {
   }, 250);
 }
 
+// ------------------------------------------------------------------ expected time
+
+let estimateTimer = null;
+function scheduleEstimate() {
+  clearTimeout(estimateTimer);
+  estimateTimer = setTimeout(async () => {
+    try {
+      const body = requestBody();
+      delete body.styles;
+      const r = await api("/estimate", { method: "POST", body });
+      const e = r.estimate;
+      $("estimate").textContent = !e ? "" : e.seconds < 1 ? `under a second on ${e.device}` : `about ${e.text} on ${e.device}`;
+      $("estimate").classList.toggle("long", !!(e && e.long));
+      $("estimate").title = e ? "From this device's measured speed" : "";
+    } catch { $("estimate").textContent = ""; }  // an invalid value: its error shows on Generate
+  }, 300);
+}
+
 // ------------------------------------------------------------------ generating
 
 async function generate(ev) {
@@ -396,6 +450,14 @@ let progressJob = null;
 function startProgress(id) {
   progressJob = id;
   $("progress").hidden = false;
+  // the last picture's settings are not this job's: hide them until its first image
+  $("params").hidden = true;
+  $("stopped-note").hidden = true;
+  $("image-actions").hidden = true;
+  if (window.matchMedia("(max-width: 760px)").matches) {
+    // on a phone the result is below the form: bring the progress bar into view
+    $("progress").scrollIntoView({ block: "start", behavior: "smooth" });
+  }
   $("interrupt").disabled = false;
   $("batch").innerHTML = "";
   setProgress(0, "Starting…");
@@ -460,6 +522,9 @@ function showImage(im) {
   $("open-image").href = im.url;
   $("params").textContent = im.infotext;
   $("params").hidden = false;
+  const note = $("stopped-note");
+  note.hidden = !im.stopped_at;
+  if (im.stopped_at) note.textContent = `Stopped at step ${im.stopped_at}: this picture is partly denoised. Reuse settings re-creates it the same way.`;
 }
 
 async function interrupt() {
@@ -511,7 +576,8 @@ function thumb(im) {
   const b = document.createElement("button");
   b.type = "button";
   b.dataset.id = im.id;
-  b.title = `${im.prompt}\nseed ${im.seed}`;
+  b.title = `${im.prompt}\nseed ${im.seed}` + (im.stopped_at ? `\nstopped at step ${im.stopped_at}` : "");
+  if (im.stopped_at) b.classList.add("stopped");
   const img = document.createElement("img");
   img.loading = "lazy";
   img.decoding = "async";
@@ -519,6 +585,12 @@ function thumb(im) {
   img.alt = `${im.prompt || "(no prompt)"}, seed ${im.seed}`;
   img.width = 96; img.height = 96;
   b.append(img);
+  if (im.stopped_at) {
+    const mark = document.createElement("span");
+    mark.className = "badge";
+    mark.textContent = `stopped ${im.stopped_at}`;
+    b.append(mark);
+  }
   b.addEventListener("click", () => showImage(im));
   const li = document.createElement("li");
   li.append(b);
@@ -570,6 +642,24 @@ function applyParameters(p, unstyled) {
   scheduleCount("prompt");
   scheduleCount("negative_prompt");
   saveForm();
+  switchToModelOf(p).catch(showError);
+}
+
+async function switchToModelOf(p) {
+  // the picture's checkpoint, by hash first, then by name; say so when it is not here
+  if (!p.Model && !p["Model hash"]) return;
+  const hash = (p["Model hash"] || "").toLowerCase();
+  const models = await api("/models");  // fresh: hashes are known once a file was hashed
+  state.models = models;
+  const found = models.find((m) => hash && m.hash && m.hash.toLowerCase().startsWith(hash)) || models.find((m) => p.Model && m.name === p.Model);
+  if (!found) {
+    if (p.Model) $("model-status").textContent = `Made with ${p.Model}, which is not among your checkpoints; the current one is kept.`;
+    return;
+  }
+  if (found.name !== $("model").value) {
+    $("model").value = found.name;
+    switchModel();
+  }
 }
 
 async function reuseSettings() {
@@ -631,6 +721,7 @@ function wire() {
       syncOutputs();
       if (f === "width" || f === "height") syncPreset();
       if (counters[f]) scheduleCount(f);
+      if (["steps", "width", "height", "batch_size", "batch_count", "cfg_scale", "sampler", "schedule"].includes(f)) scheduleEstimate();
       saveForm();
     });
   }
@@ -640,6 +731,7 @@ function wire() {
     const [w, h] = v.split("x");
     setField("width", w); setField("height", h);
     state.dirty.add("width"); state.dirty.add("height");
+    syncSizeHint();
     saveForm();
   });
   $("seed-random").addEventListener("click", () => { setField("seed", -1); state.dirty.add("seed"); saveForm(); });
