@@ -131,6 +131,12 @@ def build_cases(job_id: str, image_id: int) -> list[Case]:
         ("prompt", "a <lora:balloon:abc>", 400), ("prompt", "a <lora:baloon:1>", 400),
         ("stpes", 20, 422),
     ])
+    # ------------------------------------------------ POST /api/v1/estimate (the same body as a job)
+    cases += body_shape_cases("/api/v1/estimate", "estimate", json_without_type=False)
+    cases += field_cases("/api/v1/estimate", "estimate", {"prompt": "x", "steps": 1}, [
+        ("steps", 0, 422), ("steps", "20", 422), ("width", 500, 422), ("cfg_scale", b"NaN", 422), ("batch_count", 101, 422),
+        ("styles", "Watercolor", 422), ("styles", ["x" * 201], 422), ("rng", "TPU", 422), ("ensd", -1, 422), ("stpes", 20, 422),
+    ])
     # ------------------------------------------------ POST /api/v1/models/current
     cases += body_shape_cases("/api/v1/models/current", "switch", json_without_type=False)
     cases += field_cases("/api/v1/models/current", "switch", {"name": "alpha"}, [
