@@ -3,6 +3,7 @@ written once per session and read back through the real loader."""
 from __future__ import annotations
 
 import socket
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,15 @@ def tiny_home(tmp_path_factory) -> Path:
         spec = families.tiny(fam, pred)
         save.save_checkpoint(home / "models" / "checkpoints" / f"tiny-{fam}.safetensors", spec, save.random_networks(spec, seed=0))
     return home
+
+
+@pytest.fixture
+def home(tiny_home, tmp_path) -> Path:
+    """A private copy of the tiny home, so outputs and settings do not leak between
+    tests (files with other needs define their own ``home``)."""
+    dst = tmp_path / "home"
+    shutil.copytree(tiny_home / "models", dst / "models")
+    return dst
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,6 @@ from brushwork.cli import main
 FAST = ["--steps", "3", "-W", "64", "-H", "64", "-q"]
 
 
-@pytest.fixture
-def home(tiny_home, tmp_path):
-    """A private copy of the tiny home, so outputs and settings do not leak between tests."""
-    dst = tmp_path / "home"
-    shutil.copytree(tiny_home / "models", dst / "models")
-    return dst
-
-
 def run(capsys, *args):
     code = main(list(args))
     out = capsys.readouterr()

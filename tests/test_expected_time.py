@@ -2,19 +2,11 @@
 studio shows the estimate next to Generate; both from the device's measured speed."""
 import shutil
 
-import pytest
 from fastapi.testclient import TestClient
 
 from brushwork import budget
 from brushwork.cli import main
 from brushwork.engine import Engine, GenerationRequest
-
-
-@pytest.fixture
-def home(tiny_home, tmp_path):
-    dst = tmp_path / "home"
-    shutil.copytree(tiny_home / "models", dst / "models")
-    return dst
 
 
 def test_cli_announces_a_long_job_with_the_measured_estimate(home, capsys, monkeypatch):

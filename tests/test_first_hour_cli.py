@@ -15,13 +15,6 @@ from brushwork.engine import MAX_BATCH_COUNT, Engine, GenerationRequest, Request
 FAST = ["--steps", "2", "-W", "64", "-H", "64"]
 
 
-@pytest.fixture
-def home(tiny_home, tmp_path):
-    dst = tmp_path / "home"
-    shutil.copytree(tiny_home / "models", dst / "models")
-    return dst
-
-
 def run(capsys, *args):
     code = main(list(args))
     out = capsys.readouterr()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import http.server
 import math
-import shutil
 import socket
 import threading
 
@@ -14,13 +13,6 @@ from brushwork.cli import main
 from brushwork.devices import DeviceError
 
 FAST = ["--steps", "1", "-W", "64", "-H", "64", "-q"]
-
-
-@pytest.fixture
-def home(tiny_home, tmp_path):
-    dst = tmp_path / "home"
-    shutil.copytree(tiny_home / "models", dst / "models")
-    return dst
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 """brushwork train-lora: a kohya-format LoRA from a folder of captioned images."""
-import shutil
 
 import numpy as np
 import pytest
@@ -10,13 +9,6 @@ from safetensors.torch import load_file
 from brushwork.cli import main
 from brushwork.hashing import read_safetensors_header
 from brushwork.lora import LoraStack
-
-
-@pytest.fixture
-def home(tiny_home, tmp_path):
-    dst = tmp_path / "home"
-    shutil.copytree(tiny_home / "models", dst / "models")
-    return dst
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Noise sources (CPU, GPU, NV), ENSD and Brownian-tree noise (brushwork.noise), and
 how the engine, the infotext and ``generate --from`` use them."""
 import math
-import shutil
 import subprocess
 import sys
 import warnings
@@ -18,7 +17,7 @@ from brushwork import GenerationRequest, RequestError
 from brushwork.cli import _request_from_image, main
 from brushwork.infotext import InfotextError, noise_settings, params_from_infotext
 from brushwork.noise import BrownianNoise, PhiloxGenerator, box_muller, cuda_threads, initial_noise, make_generator, noise_source, philox4x32, philox_randn
-from brushwork.sampling.registry import SAMPLERS, resolve_sampler
+from brushwork.sampling.registry import SAMPLERS
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = GenerationRequest("a lighthouse at dusk", seed=42, steps=3, width=64, height=64)
@@ -332,13 +331,6 @@ def test_ensd_changes_ancestral_images_only(engines):
     assert np.abs(pixels(a) - pixels(b)).mean() > 1
     c, d = (eng.txt2img(replace(BASE, sampler="DPM++ 2M", ensd=e))[0] for e in (0, 31337))
     assert np.array_equal(pixels(c), pixels(d))
-
-
-@pytest.fixture
-def home(tiny_home, tmp_path):
-    dst = tmp_path / "home"
-    shutil.copytree(tiny_home / "models", dst / "models")
-    return dst
 
 
 def _generate(capsys, *args) -> str:

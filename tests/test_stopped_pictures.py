@@ -1,7 +1,6 @@
 """Issue #13 item 13: a picture stopped part-way (interrupt, skip) says so in its
 infotext and in the history, and re-creating it stops at the same step, so it gives
 the same pixels instead of a different, finished picture."""
-import shutil
 
 import numpy as np
 import pytest
@@ -45,13 +44,6 @@ def test_an_interrupted_picture_names_its_step_and_is_recreated_exactly(engines)
 def test_a_stop_outside_the_steps_is_refused(engines, bad):
     with pytest.raises(RequestError, match="stop_at_step must be a step from 1 to 6"):
         list(engines("sd1").batches(GenerationRequest(**{**BASE.__dict__, "stop_at_step": bad})))
-
-
-@pytest.fixture
-def home(tiny_home, tmp_path):
-    dst = tmp_path / "home"
-    shutil.copytree(tiny_home / "models", dst / "models")
-    return dst
 
 
 def test_generate_from_a_stopped_picture_stops_there_and_says_so(engines, home, tmp_path, capsys):

@@ -158,6 +158,11 @@ class TimeEstimate:
         return f"{s / 3600:.1f} h"
 
 
+def _work(width: int, height: int, calls: int, batch: int, batch_count: int, cfg_scale: float) -> int:
+    """A request's size in latent tokens times UNet calls (cheap to compute, no counting)."""
+    return (width // 8) * (height // 8) * cfg_passes(cfg_scale) * batch * batch_count * calls
+
+
 #: a job expected to take longer than this is announced before it starts (CLI and studio)
 LONG_JOB_SECONDS = 30.0
 
@@ -165,7 +170,7 @@ LONG_JOB_SECONDS = 30.0
 def worth_announcing(width: int, height: int, calls: int, batch: int, batch_count: int, cfg_scale: float) -> bool:
     """Whether a job is big enough that its time is worth estimating for the user (a
     128 px demo picture is not; 512 px at 20 steps is, since on a CPU it takes minutes)."""
-    return (width // 8) * (height // 8) * cfg_passes(cfg_scale) * batch * batch_count * calls > _SMALL_WORK // 8
+    return _work(width, height, calls, batch, batch_count, cfg_scale) > _SMALL_WORK // 8
 
 
 def expectation(est: TimeEstimate, images: int, device: str) -> str:
@@ -175,7 +180,7 @@ def expectation(est: TimeEstimate, images: int, device: str) -> str:
 
 def needs_time_check(width: int, height: int, steps: int, batch: int, batch_count: int, cfg_scale: float) -> bool:
     """Whether a request is big enough (latent tokens x UNet calls) for the time check."""
-    return (width // 8) * (height // 8) * cfg_passes(cfg_scale) * batch * batch_count * steps > _SMALL_WORK
+    return _work(width, height, steps, batch, batch_count, cfg_scale) > _SMALL_WORK
 
 
 def job_flops(flops: Flops, steps: int, batch: int, batch_count: int, cfg_scale: float) -> float:

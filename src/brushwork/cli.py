@@ -253,10 +253,9 @@ def _unstyled(home, req, names: str):
     out, so they are applied once (a style changed since then keeps the words)."""
     from dataclasses import replace
 
-    from .prompts.styles import extract_styles, read_styles
+    from .prompts.styles import extract_styles, read_styles, style_names
 
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
-    found = extract_styles(req.prompt, req.negative_prompt, wanted, read_styles(home.styles_file))
+    found = extract_styles(req.prompt, req.negative_prompt, style_names(names), read_styles(home.styles_file))
     for warning in found.warnings:
         print(f"note: {warning}", file=sys.stderr)
     return replace(req, prompt=found.prompt, negative_prompt=found.negative_prompt, styles=found.applied)

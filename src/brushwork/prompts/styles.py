@@ -156,6 +156,11 @@ def unmerge_prompt(style_text: str, prompt: str) -> tuple[bool, str]:
     return False, prompt
 
 
+def style_names(recorded: str) -> list[str]:
+    """The style names an infotext's ``Styles`` value lists ("Watercolor, Cinematic")."""
+    return [n.strip() for n in recorded.split(",") if n.strip()]
+
+
 def extract_styles(prompt: str, negative_prompt: str, names: list[str], available: list[PromptStyle]) -> Styled:
     """Take the named styles back out of a styled prompt pair, last applied first.
     A style that is not saved here, or whose text is not found, stays in the text

@@ -101,6 +101,13 @@ def _sigma_range(sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return positive.max().to(torch.float64), positive.min().to(torch.float64)
 
 
+def _single_evaluation(denoise: Denoiser, x, sigma, callback) -> torch.Tensor:
+    """A run with no sigma range (one step): its one evaluation is the denoised estimate."""
+    denoised = denoise(x, sigma)
+    _report(callback, 0, denoised, denoised)
+    return denoised
+
+
 def fast_orders(evaluations: int) -> list[int]:
     """The solver orders DPM fast uses for a budget of model evaluations: as many
     third-order steps as fit, the remainder as one lower-order step (two when the
@@ -121,9 +128,7 @@ def sample_dpm_fast(denoise: Denoiser, x, sigmas, *, noise: Optional[NoiseSource
     evaluations = len(sigmas) - 1
     sigma_max, sigma_min = _sigma_range(sigmas)
     if sigma_min == sigma_max:
-        denoised = denoise(x, sigma_max)
-        _report(callback, 0, denoised, denoised)
-        return denoised
+        return _single_evaluation(denoise, x, sigma_max, callback)
     if eta:
         noise = _require_noise(noise, "DPM fast")
     eps_fn = _Eps(denoise)
@@ -211,9 +216,7 @@ def sample_dpm_adaptive(
     steps = len(sigmas) - 1
     sigma_max, sigma_min = _sigma_range(sigmas)
     if sigma_min == sigma_max:
-        denoised = denoise(x, sigma_max)
-        _report(callback, 0, denoised, denoised)
-        return denoised
+        return _single_evaluation(denoise, x, sigma_max, callback)
     if eta:
         noise = _require_noise(noise, "DPM adaptive")
     eps_fn = _Eps(denoise)

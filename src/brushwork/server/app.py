@@ -32,7 +32,7 @@ from ..imagemeta import ImageMetaError, ImageText, read_image_text
 from ..infotext import parse_infotext
 from ..lora import summarize_loras
 from ..models.errors import CheckpointNotFound
-from ..prompts.styles import StylesFileError, extract_styles, read_styles
+from ..prompts.styles import StylesFileError, extract_styles, read_styles, style_names
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULE_LABELS
 from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_DB_ID, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names, engine_message, public_text
@@ -377,9 +377,8 @@ def native_router(studio: Studio) -> APIRouter:
         parameters = parse_infotext(text) if text else {}
         out = {"infotext": text, "parameters": parameters, "items": found.items}
         if parameters.get("Styles"):
-            names = [n.strip() for n in parameters["Styles"].split(",") if n.strip()]
             try:
-                back = extract_styles(parameters.get("Prompt", ""), parameters.get("Negative prompt", ""), names, read_styles(studio.home.styles_file))
+                back = extract_styles(parameters.get("Prompt", ""), parameters.get("Negative prompt", ""), style_names(parameters["Styles"]), read_styles(studio.home.styles_file))
             except StylesFileError:
                 back = None  # the parameters alone still restore the picture
             if back is not None and back.applied:
