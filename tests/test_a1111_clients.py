@@ -478,7 +478,8 @@ def test_7_missing_routes_are_501_and_refusals_land_where_each_client_reads_them
     """Where each client reads an error:
 
     * webuiapi 0.9.17 raises ``RuntimeError(status, response.text)`` for any non-200
-      (``_to_api_result``): ``img2img(images=[...])`` must name the missing feature;
+      (``_to_api_result``): ``extra_single_image(image)`` must name the missing feature
+      (img2img itself works now: tests/test_refine_api.py);
     * Open WebUI 0.6.x routers/images.py, automatic1111 branch: ``res["images"]`` fails
       on an error body, then ``data = r.json(); if "error" in data: error =
       data["error"]["message"]`` becomes the message the user sees (AUTOMATIC1111's
@@ -492,9 +493,9 @@ def test_7_missing_routes_are_501_and_refusals_land_where_each_client_reads_them
     host, port = url.rsplit("//", 1)[1].split(":")
     api = webuiapi.WebUIApi(host=host, port=int(port))
     with pytest.raises(RuntimeError) as raised:
-        api.img2img(images=[Image.new("RGB", (64, 64))], prompt="a cat")
+        api.extra_single_image(Image.new("RGB", (64, 64)), upscaler_1="Lanczos", upscaling_resize=2)
     status, text = raised.value.args
-    assert status == 501 and "img2img" in text and "not implemented in Brushwork" in text and "docs/http-api.md" in text
+    assert status == 501 and "extras tab" in text and "not implemented in Brushwork" in text and "docs/http-api.md" in text
 
     def open_webui_error(r: httpx.Response) -> str:
         res = r.json()

@@ -223,7 +223,12 @@ def build_cases(job_id: str, image_id: int) -> list[Case]:
     cases += [
         Case("GET-unknown-route", "GET", "/api/v1/nope", 404),
         # AUTOMATIC1111 routes Brushwork does not have yet: 501 naming the feature (issue 12.7)
-        Case("POST-img2img-not-yet", "POST", "/sdapi/v1/img2img", 501, {"prompt": "x"}, words="img2img"),
+        Case("POST-img2img-without-picture", "POST", "/sdapi/v1/img2img", 404, {"prompt": "x"}, words="Init image not found"),
+        Case("POST-img2img-not-a-picture", "POST", "/sdapi/v1/img2img", 400, {"prompt": "x", "init_images": ["aGVsbG8gd29ybGQ="]}, words="not a PNG"),
+        Case("POST-img2img-strength-out-of-range", "POST", "/sdapi/v1/img2img", 422, {"prompt": "x", "init_images": ["x"], "denoising_strength": 1.5}),
+        Case("POST-native-strength-out-of-range", "POST", "/api/v1/jobs", 422, {"prompt": "x", "init_image": "x", "denoising_strength": 2}, words="between 0 and 1"),
+        Case("POST-native-not-a-picture", "POST", "/api/v1/jobs", 400, {"prompt": "x", "init_image": "aGVsbG8gd29ybGQ="}, words="not a PNG"),
+        Case("POST-native-mask-without-picture", "POST", "/api/v1/jobs", 400, {"prompt": "x", "mask": "aGVsbG8gd29ybGQ="}, words="not a PNG"),
         Case("POST-interrogate-not-yet", "POST", "/sdapi/v1/interrogate", 501, b"not json at all", JSON, words="interrogate"),
         Case("GET-unknown-sdapi-route", "GET", "/sdapi/v1/nope", 404, words="docs/http-api.md"),
         Case("GET-on-sdapi-POST-route", "GET", "/sdapi/v1/txt2img", 405, words="not allowed"),

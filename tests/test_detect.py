@@ -80,7 +80,8 @@ def _with(shapes, **extra):
         (lambda s: {k: v for k, v in s["sdxl_base"].items() if not k.startswith("conditioner.embedders.0.") and not k.startswith("conditioner.embedders.1.")} | {"conditioner.embedders.0.model.ln_final.weight": (1280,)}, "SDXL refiner"),
         (lambda s: {k.removeprefix("first_stage_model."): v for k, v in s["sd15"].items() if k.startswith("first_stage_model.")}, "VAE file"),
         (lambda s: {"emb_params": (2, 768)}, "textual-inversion embedding"),
-        (lambda s: _with(s["sd15"], **{"model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)}), "inpainting"),
+        (lambda s: _with(s["sd15"], **{"model.diffusion_model.input_blocks.0.0.weight": (320, 8, 3, 3)}), "InstructPix2Pix"),
+        (lambda s: _with(s["sd15"], **{"model.diffusion_model.input_blocks.0.0.weight": (320, 7, 3, 3)}), "an inpainting UNet would take 9"),
         (lambda s: {k: v for k, v in s["sd15"].items() if not k.startswith("first_stage_model.")}, "no VAE"),
         (lambda s: {k: v for k, v in s["sd15"].items() if not k.startswith("cond_stage_model.")}, "no text encoder"),
         (lambda s: {"conv_in.weight": (320, 4, 3, 3), "down_blocks.0.resnets.0.conv1.weight": (320, 320, 3, 3)}, "diffusers layout"),
@@ -91,6 +92,19 @@ def _with(shapes, **extra):
 def test_other_files_get_a_clear_error(real_shapes, make, expected):
     with pytest.raises(UnsupportedModel, match=expected):
         detect(make(real_shapes), name="some.safetensors")
+
+
+@pytest.mark.parametrize("name, family", [("sd15", "SD 1.x inpainting"), ("sd21_v", "SD 2.x (v-prediction) inpainting"), ("sdxl_base", "SDXL inpainting")])
+def test_inpainting_checkpoints_are_recognised_from_their_9_channel_unet(real_shapes, name, family):
+    """sd-v1-5-inpainting, SD 2 inpainting and SDXL inpainting: the UNet's first
+    convolution takes 4 latent + 1 mask + 4 masked-picture channels."""
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    shapes = dict(real_shapes[name])
+    out = shapes[key][0]
+    spec = detect(_with(shapes, **{key: (out, 9, 3, 3)}))
+    assert spec.inpainting and spec.unet.in_channels == 9 and spec.vae.latent_channels == 4
+    assert spec.label == family
+    assert not detect(real_shapes[name]).inpainting
 
 
 def test_mixed_parts_are_refused(real_shapes):

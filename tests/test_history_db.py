@@ -139,3 +139,24 @@ def test_rebuild_of_a_healthy_history_only_adds_what_it_does_not_list(home):
     assert store.job(job.id).request == {"prompt": "kept"}  # the real record is untouched
     assert len(store.images(10)) == 3
     store.close()
+
+
+def test_rebuild_lists_refined_pictures_with_their_kind_and_init_image(home):
+    from brushwork.init_image import image_hash
+    from brushwork.outputs import save_input
+
+    init = Image.new("RGB", (64, 48), (10, 200, 30))
+    kept = save_input(init, home.inputs, image_hash(init))
+    for extra, kind in (({"Denoising strength": 0.6, "Init image hash": image_hash(init)}, "img2img"),
+                        ({"Denoising strength": 0.9, "Mask blur": 4, "Inpaint area": "Whole picture", "Masked content": "fill", "Init image hash": image_hash(init), "Mask hash": "00000000"}, "inpaint")):
+        params = GenerationParams(prompt="a lake", steps=20, sampler="Euler", cfg_scale=7.0, seed=5, width=64, height=48, model_name="demo", extra=extra)
+        save_png(Image.new("RGB", (64, 48)), home.outputs / "2026-12-02", 5, format_infotext(params))
+    assert rebuild_history(home).added == 2
+    store = JobStore(db_path(home), outputs=home.outputs)
+    jobs = {store.job(im.job_id).kind: store.job(im.job_id) for im in store.images(10)}
+    assert set(jobs) == {"img2img", "inpaint"}
+    assert jobs["img2img"].request["init_image"] == kept.relative_to(home.root).as_posix()
+    assert jobs["img2img"].request["denoising_strength"] == 0.6
+    inpaint = jobs["inpaint"].request
+    assert inpaint["masked_content"] == "fill" and inpaint["mask_blur"] == 4 and "mask" not in inpaint  # the mask is not stored
+    store.close()

@@ -11,7 +11,7 @@ def imported_after(module: str) -> set[str]:
     return set(out.split())
 
 
-@pytest.mark.parametrize("module", ["brushwork.prompts", "brushwork.infotext", "brushwork.hashing", "brushwork.outputs", "brushwork.demo.scenes", "brushwork.demo.colour"])
+@pytest.mark.parametrize("module", ["brushwork.prompts", "brushwork.infotext", "brushwork.hashing", "brushwork.outputs", "brushwork.demo.scenes", "brushwork.demo.colour", "brushwork.canvas", "brushwork.init_image", "brushwork.masks", "brushwork.outpaint"])
 def test_pure_modules_do_not_import_torch(module):
     assert "torch" not in imported_after(module)
 

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from .models.detect import ModelSpec
-from .vae import TILE, tile_starts
+from .vae import TILE
 
 #: jobs estimated to take longer than this are refused (seconds; 0 or None: no limit)
 DEFAULT_MAX_JOB_SECONDS = 60 * 60
@@ -88,11 +88,10 @@ def count_flops(spec: ModelSpec, unet: torch.nn.Module, vae, width: int, height:
         kwargs["added_cond_kwargs"] = {"text_embeds": torch.empty(1, pooled, device="meta"), "time_ids": torch.empty(1, 6, device="meta")}
     twin = _meta_twin(unet)
     unet_flops = _count(lambda: twin(x, t, **kwargs))
-    # a tiled decode costs one tile's decode per tile
-    tiles = len(tile_starts(h)) * len(tile_starts(w))
-    z = torch.empty(1, vae.config.latent_channels, min(h, TILE), min(w, TILE), device="meta")
+    # a tiled (streamed) decode does the whole decode's arithmetic, only in tiles
+    z = torch.empty(1, vae.config.latent_channels, h, w, device="meta")
     decoder = _meta_twin(vae).decoder
-    decode_flops = tiles * _count(lambda: decoder(z))
+    decode_flops = _count(lambda: decoder(z))
     return Flops(unet_flops, decode_flops)
 
 

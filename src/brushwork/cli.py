@@ -38,6 +38,17 @@ Pictures are saved as PNG with their parameters into HOME/outputs/DATE (or --out
 each saved path is printed with its seed. brushwork info PICTURE shows them again."""
 
 
+IMG2IMG_EXAMPLES = """examples:
+  brushwork img2img day.png "a lake at sunset" --strength 0.6
+  brushwork img2img field.png "a lake" --mask lake-mask.png
+  brushwork img2img photo.png "a wide landscape" --outpaint left=128,right=128
+  brushwork img2img --from outputs/2026-12-02/00004-42.png
+
+The result has the picture's size unless -W/-H say otherwise (--resize-mode says how).
+--from re-creates a refined picture: its init image (and mask) are found again in
+HOME/outputs/init-images, where every picture you start from is kept."""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brushwork", description="Local Stable Diffusion image generation.", epilog=MAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"brushwork {__version__}")
@@ -46,31 +57,51 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--home", help="data folder (default: $BRUSHWORK_HOME or the platform's data folder)")
 
+    def generation_options(g: argparse.ArgumentParser) -> None:
+        g.add_argument("--negative", "-n", help="what to avoid")
+        g.add_argument("--seed", type=int, help="-1 for random (default); image i of the run uses seed+i")
+        g.add_argument("--steps", type=int, help="sampling steps, 1-150 (more: more detail, more time)")
+        g.add_argument("--cfg", type=float, help="CFG scale: how closely to follow the prompt (typically 4-7)")
+        g.add_argument("--sampler", help='e.g. "DPM++ 2M", "Euler a", or "DPM++ 2M Karras" (see: brushwork samplers)')
+        g.add_argument("--schedule", help="Automatic, Uniform, Karras, Exponential, SGM Uniform or Simple")
+        g.add_argument("--width", "-W", type=int, help="width in pixels, a multiple of 8")
+        g.add_argument("--height", "-H", type=int, help="height in pixels, a multiple of 8")
+        g.add_argument("--batch-size", type=int, default=None, help="images per batch (run together)")
+        g.add_argument("--batch-count", type=int, default=None, help="how many batches to run one after another")
+        g.add_argument("--clip-skip", type=int, default=None, help="use an earlier text-encoder layer (1 = last)")
+        g.add_argument("--rng", type=str.upper, choices=["CPU", "GPU", "NV"], default=None, help="where the noise comes from: CPU (default; the same on any machine), GPU or NV (AUTOMATIC1111's NVIDIA noise, re-created on any machine)")
+        g.add_argument("--ensd", type=int, default=None, metavar="N", help="AUTOMATIC1111's eta noise seed delta: step noise re-seeded with seed+N (0 = off; 31337 is common)")
+        g.add_argument("--style", action="append", default=None, metavar="NAME", help="apply a saved prompt style from HOME/styles.csv (repeatable, applied in order; see: brushwork styles)")
+        g.add_argument("--model", "-m", help="checkpoint: name, file name, path or model hash (default: the last one used)")
+        g.add_argument("--out", "-o", help="output folder (default: HOME/outputs/DATE)")
+        g.add_argument("--from", dest="from_image", metavar="IMAGE", help="re-create an image from the parameters stored in it")
+        g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+        g.add_argument("--ema", action="store_true", help="use the checkpoint's EMA UNet weights when it has both")
+        g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+        g.add_argument("--max-minutes", type=float, default=None, help="refuse requests estimated to take longer than this (default 60; 0: no limit)")
+        g.add_argument("--threads", metavar="N", default=None, help="CPU threads for torch (default: $BRUSHWORK_THREADS, else the cores other programs leave free; 0 or auto: choose)")
+        common(g)
+
+
     g = sub.add_parser("generate", help="make images from a prompt", description="Make images from a prompt. Settings left out use the model's defaults.", epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("prompt", nargs="?", help="what to draw; <lora:NAME:0.8> in it applies a LoRA at weight 0.8 (see: brushwork loras)")
-    g.add_argument("--negative", "-n", help="what to avoid")
-    g.add_argument("--seed", type=int, help="-1 for random (default); image i of the run uses seed+i")
-    g.add_argument("--steps", type=int, help="sampling steps, 1-150 (more: more detail, more time)")
-    g.add_argument("--cfg", type=float, help="CFG scale: how closely to follow the prompt (typically 4-7)")
-    g.add_argument("--sampler", help='e.g. "DPM++ 2M", "Euler a", or "DPM++ 2M Karras" (see: brushwork samplers)')
-    g.add_argument("--schedule", help="Automatic, Uniform, Karras, Exponential, SGM Uniform or Simple")
-    g.add_argument("--width", "-W", type=int, help="width in pixels, a multiple of 8")
-    g.add_argument("--height", "-H", type=int, help="height in pixels, a multiple of 8")
-    g.add_argument("--batch-size", type=int, default=None, help="images per batch (run together)")
-    g.add_argument("--batch-count", type=int, default=None, help="how many batches to run one after another")
-    g.add_argument("--clip-skip", type=int, default=None, help="use an earlier text-encoder layer (1 = last)")
-    g.add_argument("--rng", type=str.upper, choices=["CPU", "GPU", "NV"], default=None, help="where the noise comes from: CPU (default; the same on any machine), GPU or NV (AUTOMATIC1111's NVIDIA noise, re-created on any machine)")
-    g.add_argument("--ensd", type=int, default=None, metavar="N", help="AUTOMATIC1111's eta noise seed delta: step noise re-seeded with seed+N (0 = off; 31337 is common)")
-    g.add_argument("--style", action="append", default=None, metavar="NAME", help="apply a saved prompt style from HOME/styles.csv (repeatable, applied in order; see: brushwork styles)")
-    g.add_argument("--model", "-m", help="checkpoint: name, file name, path or model hash (default: the last one used)")
-    g.add_argument("--out", "-o", help="output folder (default: HOME/outputs/DATE)")
-    g.add_argument("--from", dest="from_image", metavar="IMAGE", help="re-create an image from the parameters stored in it")
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    g.add_argument("--ema", action="store_true", help="use the checkpoint's EMA UNet weights when it has both")
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    g.add_argument("--max-minutes", type=float, default=None, help="refuse requests estimated to take longer than this (default 60; 0: no limit)")
-    g.add_argument("--threads", metavar="N", default=None, help="CPU threads for torch (default: $BRUSHWORK_THREADS, else the cores other programs leave free; 0 or auto: choose)")
-    common(g)
+    generation_options(g)
+
+    i2i = sub.add_parser("img2img", help="redraw a picture, inpaint part of it (--mask) or extend it (--outpaint)", description="Redraw a picture from a prompt: img2img, inpaint with a mask (white = repaint) or outpaint (extend the canvas). The size defaults to the picture's own.", epilog=IMG2IMG_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    i2i.add_argument("image", nargs="?", help="the picture to start from (PNG, JPEG or WebP); with --from it may be left out when the picture is in HOME/outputs/init-images")
+    i2i.add_argument("prompt", nargs="?", help="what the result should show")
+    i2i.add_argument("--strength", type=float, default=None, help="denoising strength 0-1: 0 keeps the picture, 1 redraws it fully (default 0.75); steps x strength are run")
+    i2i.add_argument("--exact-steps", action="store_true", default=None, help="run exactly --steps steps whatever the strength")
+    i2i.add_argument("--resize-mode", default=None, help="when the size differs from the picture's: 'just resize' (default), 'crop and resize', 'resize and fill' or 'latent upscale'")
+    i2i.add_argument("--mask", help="inpaint: a mask picture, white = repaint, black = keep (a transparent picture without --mask repaints its transparent area)")
+    i2i.add_argument("--mask-blur", type=int, default=None, help="soften the mask's edge by N pixels (default 4)")
+    i2i.add_argument("--invert-mask", action="store_true", default=None, help="repaint the black part instead")
+    i2i.add_argument("--masked-content", default=None, help="what the masked area starts from: original (default), fill, 'latent noise' or 'latent nothing'")
+    i2i.add_argument("--only-masked", action="store_true", default=None, help="inpaint only the mask's area, at full resolution, and paste it back")
+    i2i.add_argument("--padding", type=int, default=None, help="--only-masked: pixels of context around the mask (default 32)")
+    i2i.add_argument("--outpaint", metavar="SIDES", help="extend the canvas and paint the new area, e.g. left=128,top=64 (multiples of 8)")
+    i2i.add_argument("--outpaint-fill", choices=["edge", "noise"], default=None, help="what the new area starts from: edge colours (default) or noise")
+    generation_options(i2i)
 
     m = sub.add_parser("models", help="list the checkpoints found", description="List the checkpoints in HOME/models/checkpoints (and the built-in demo model) with family, size and hash. Pass a NAME or HASH from this list to generate --model.")
     m.add_argument("--no-hash", action="store_true", help="skip computing file hashes (faster for big new files)")
@@ -139,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE
-    handler = {"generate": cmd_generate, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history, "styles": cmd_styles}[args.command]
+    handler = {"generate": cmd_generate, "img2img": cmd_generate, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history, "styles": cmd_styles}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -168,6 +199,7 @@ def _silence_stdout() -> None:
 def _is_user_error(exc: Exception) -> bool:
     from .devices import DeviceError
     from .engine import RequestError
+    from .init_image import ImageInputError
     from .infotext import InfotextError
     from .models.errors import ModelFileError
     from .outputs import NotAnImageError, OutputError
@@ -180,7 +212,7 @@ def _is_user_error(exc: Exception) -> bool:
 
     if isinstance(exc, ValueError) and str(exc).startswith("--port"):
         return True
-    return isinstance(exc, (HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
+    return isinstance(exc, (ImageInputError, HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
 
 
 # ------------------------------------------------------------------ generate
@@ -212,6 +244,43 @@ def _request_from_image(path: str):
         stop_at_step=_stopped_at(p),
     )
     return req, p
+
+
+def _with_pictures(home, req, args, params):
+    """The refine request with its init image and mask read (``--from``: found again
+    in HOME/inputs by the infotext's hashes when not given), and both kept in
+    HOME/inputs so that the result can be re-created later."""
+    from dataclasses import replace
+
+    from .init_image import ImageInputError, image_hash, read_image_file
+    from .outputs import find_input, save_input
+    from .refine import INIT_HASH_KEY, MASK_HASH_KEY
+
+    def picture(given, key, what, flag):
+        wanted = params.extra.get(key) if params is not None else None
+        if given is not None:
+            img = read_image_file(given, what)
+            if wanted and image_hash(img) != wanted:
+                print(f"warning: {given} is not the {what} {args.from_image} was made from (its hash is {image_hash(img)}, the picture's parameters say {wanted}); the result will differ", file=sys.stderr)
+            return img
+        if not wanted:
+            return None
+        found = find_input(home.inputs, wanted)
+        for path in found:
+            img = read_image_file(path, what)
+            if image_hash(img) == wanted:
+                return img
+        raise ImageInputError(f"the {what} {args.from_image} was made from (hash {wanted}) is not in {home.inputs}; give it again: brushwork img2img {what.upper().replace(' ', '_')} --from {args.from_image}" if flag is None else
+                              f"the {what} {args.from_image} was made from (hash {wanted}) is not in {home.inputs}; give it again with {flag} FILE")
+
+    init = picture(args.image, INIT_HASH_KEY, "init image", None)
+    if init is None:
+        raise ImageInputError(f"{args.from_image} does not say which picture it was made from (no '{INIT_HASH_KEY}'); give the picture: brushwork img2img IMAGE --from {args.from_image}")
+    mask = picture(args.mask, MASK_HASH_KEY, "mask", "--mask")
+    save_input(init, home.inputs, image_hash(init))
+    if mask is not None:
+        save_input(mask, home.inputs, image_hash(mask))
+    return replace(req, init_image=init, mask=mask)
 
 
 def _stopped_at(params):
@@ -303,7 +372,10 @@ def _header(loaded, engine, req) -> str:
     info, schedule = resolve_sampler(req.sampler, req.schedule)
     label = schedule_label(info, schedule)
     sampler = info.label if label == "Automatic" else f"{info.label} {label}"
-    line = f"{loaded.path.name} ({loaded.spec.label}) on {engine.placement.label}: {req.width}x{req.height}, {req.steps} steps, {sampler}, CFG {req.cfg_scale}"
+    from .engine import planned_steps
+
+    steps = f"{req.steps} steps" if not req.refines else f"strength {req.denoising_strength:g}: {planned_steps(req)} of {req.steps} steps"
+    line = f"{loaded.path.name} ({loaded.spec.label}) on {engine.placement.label}: {req.width}x{req.height}, {steps}, {sampler}, CFG {req.cfg_scale}"
     loras = [n for n in extract_extra_networks(req.prompt).networks if n.kind == "lora"]
     if loras:
         line += ", LoRA " + ", ".join(f"{n.name}:{n.te:g}" + (f":{n.unet:g}" if n.unet != n.te else "") for n in loras)
@@ -333,10 +405,23 @@ def cmd_generate(args) -> int:
 
     home = DataHome.resolve(args.home)
     model = args.model
+    refining = args.command == "img2img"
     if args.from_image:
         req, params = _request_from_image(args.from_image)
         if model is None:
             model = _model_for_image(home, params)
+        from .refine import STRENGTH_KEY, refine_fields
+
+        if refining:
+            req = replace(req, **refine_fields(params.extra))
+        elif STRENGTH_KEY in params.extra and "Init image hash" in params.extra:
+            print(f"error: {args.from_image} was made from another picture (img2img or inpaint); re-create it with: brushwork img2img --from {shlex.quote(args.from_image)}", file=sys.stderr)
+            return EXIT_USAGE
+    elif refining:
+        if args.image is None:
+            print("error: give the picture to start from, e.g. brushwork img2img day.png \"a lake at sunset\" (or --from RESULT)", file=sys.stderr)
+            return EXIT_USAGE
+        req = GenerationRequest()
     else:
         if args.prompt is None:
             print("error: give a prompt, e.g. brushwork generate \"a lighthouse at dusk\" (or --from IMAGE)", file=sys.stderr)
@@ -358,7 +443,19 @@ def cmd_generate(args) -> int:
         "rng": args.rng,
         "ensd": args.ensd,
     }
+    if refining:
+        overrides.update({
+            "denoising_strength": args.strength, "exact_steps": args.exact_steps, "resize_mode": args.resize_mode,
+            "mask_blur": args.mask_blur, "invert_mask": args.invert_mask, "masked_content": args.masked_content,
+            "inpaint_area": "only masked" if args.only_masked else None, "only_masked_padding": args.padding, "outpaint_fill": args.outpaint_fill,
+        })
+        if args.outpaint is not None:
+            from .outpaint import parse_outpaint
+
+            overrides["outpaint"] = parse_outpaint(args.outpaint)
     req = replace(req, **{k: v for k, v in overrides.items() if v is not None})
+    if refining:
+        req = _with_pictures(home, req, args, params if args.from_image else None)
     if args.from_image and "Styles" in params.extra and args.style is None:
         req = _unstyled(home, req, params.extra["Styles"])
     if args.style is not None:
@@ -394,7 +491,9 @@ def cmd_generate(args) -> int:
     if not args.quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=req.steps * req.batch_count, unit="it", file=sys.stderr, dynamic_ncols=True)
+        from .engine import planned_steps
+
+        bar = tqdm(total=planned_steps(req) * req.batch_count, unit="it", file=sys.stderr, dynamic_ncols=True)
 
     def progress(p) -> None:
         if bar is not None:

@@ -1,18 +1,21 @@
 """The engine: one object that loads a checkpoint and turns requests into images.
 
-It knows nothing about the command line or the web; the CLI (and later the HTTP
-server) are thin clients of :class:`Engine`.  A generation is::
+It knows nothing about the command line or the web; the CLI and the HTTP server
+are thin clients of :class:`Engine`.  It orchestrates; each stage lives in its own
+module.  A generation (txt2img, img2img, inpaint and outpaint alike) is::
 
-    prompt --(conditioning)--> text features
+    prompt --(prompt_plan, conditioning)--> text features
+    picture, mask --(canvas: outpaint, resize, mask; vae: encode)--> start.Start  (none for txt2img)
     seed   --(per-image generator: CPU, GPU or NV source, noise.py)--> initial noise
-    noise, features --(sampler over sigmas, denoiser with CFG)--> latents
-    latents --(VAE)--> pixels --(infotext)--> GeneratedImage
+    Start, noise, features --(sampler over the Start's sigmas, denoiser with CFG)--> latents
+    latents --(vae: decode)--> pixels --(canvas: paste back)--> --(infotext)--> GeneratedImage
+
+docs/architecture.md draws the same path with the functions named.
 """
 from __future__ import annotations
 
 import difflib
 import logging
-import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,83 +27,37 @@ from PIL import Image
 
 from . import __version__
 from .budget import DEFAULT_MAX_JOB_SECONDS, THROUGHPUT, Flops, TimeEstimate, count_flops, estimate_activation_bytes, estimate_time, job_flops, needs_time_check, too_long_message
+from .canvas import finish, prepare as canvas_prepare, source as canvas_source
 from .catalog import find_checkpoint, hash_cache, remember_last_model
-from .conditioning import TextConditioning, encode_prompt, pad_context
+from .conditioning import TextConditioning
 from .devices import Placement, choose_placement, free_memory_bytes
 from .infotext import STOPPED_KEY, GenerationParams, format_infotext
+from .lora import LoraError, LoraStack, lora_files
+from .masks import latent_mask
 from .models.detect import ModelSpec
 from .models.load import Networks
-from .noise import RNG_SOURCES, BrownianNoise, initial_noise, noise_source
-from .embeddings import embedding_files, load_embedding
-from .hashing import sha256_file
-from .lora import LoraError, LoraStack, lora_files
-from .models.errors import ModelFileError
+from .noise import BrownianNoise, initial_noise, noise_source
 from .paths import DataHome
 from .previews import PreviewMap, fit_preview_map, preview_image
-from .prompts import extract_extra_networks, schedule_prompt, split_and
+from .prompt_plan import PromptPlan, encode_prompts
+from .prompts import extract_extra_networks
 from .prompts.styles import StylesFileError, apply_styles, read_styles
+from .refine import RefinedPicture, refine_defaults, refine_infotext
+# the request, its limits and checks live in request.py; re-exported for the clients
+from .request import (  # noqa: F401
+    MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CLIP_SKIP, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE,
+    FamilyDefaults, GenerationRequest, RequestError, family_defaults, planned_steps, resolve_seed, unet_calls, validate_request, with_defaults,
+)
 from .runtime import ThreadChoice, apply_threads, tune_cpu_allocator
 from .sampling.denoiser import make_denoiser, step_locator
-from .sampling.registry import SamplerInfo, UnknownSamplerError, resolve_sampler, resolve_schedule, sampling_sigmas, schedule_label
+from .sampling.registry import SamplerInfo, UnknownSamplerError, resolve_sampler, sampling_sigmas, schedule_label
 from .sampling.schedules import ModelSchedule, scaled_linear_schedule
-from .vae import Cancelled, decode_checked, decode_latent, stop_points
+from .start import Start, StepWindow, conditioning_inputs, inpaint_channels, latent_window_mask, strength_window
+from .vae import Cancelled, decode_checked, decode_latent, encode_checked, image_to_pixels, stop_points
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**32 - 1
-MIN_SIDE, MAX_SIDE = 64, 4096
-MAX_STEPS = 150
-#: the one set of request limits every client uses (CLI, native API, AUTOMATIC1111 API)
-MAX_BATCH_SIZE = 16
-MAX_BATCH_COUNT = 100
-MAX_CLIP_SKIP = 12
 SMALL_PREVIEW_LATENT = 24 * 24
-
-
-class RequestError(ValueError):
-    """A generation request with a value out of range; the message names the field and the fix."""
-
-
-@dataclass(frozen=True)
-class FamilyDefaults:
-    width: int
-    height: int
-    steps: int = 25
-    cfg_scale: float = 7.0
-    sampler: str = "DPM++ 2M"
-    schedule: str = "Karras"
-
-
-def family_defaults(spec: ModelSpec) -> FamilyDefaults:
-    """The family's defaults, overridden by what the checkpoint's own metadata asks for."""
-    return replace(FamilyDefaults(spec.resolution, spec.resolution), **spec.defaults)
-
-
-@dataclass
-class GenerationRequest:
-    """What to generate.  ``None`` means the loaded model's default."""
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    seed: int = -1
-    steps: Optional[int] = None
-    cfg_scale: Optional[float] = None
-    sampler: Optional[str] = None
-    schedule: Optional[str] = None
-    width: Optional[int] = None
-    height: Optional[int] = None
-    batch_size: int = 1
-    batch_count: int = 1
-    clip_skip: int = 1
-    #: prompt style names from HOME/styles.csv, applied in order (prompts/styles.py)
-    styles: list[str] = field(default_factory=list)
-    #: where the starting noise comes from: "CPU" (default), "GPU" or "NV" (noise.py)
-    rng: str = "CPU"
-    #: AUTOMATIC1111's Eta noise seed delta: step noise of ENSD samplers re-seeded with seed + ensd
-    ensd: int = 0
-    #: stop each batch after this step and keep its denoised estimate, as an interrupt
-    #: does (re-creates a picture whose infotext says "Stopped at step")
-    stop_at_step: Optional[int] = None
 
 
 @dataclass
@@ -177,42 +134,6 @@ class LoadedModel:
         return self.sha256[:10]
 
 
-def resolve_seed(seed: Optional[int], rng: Optional[random.Random] = None) -> int:
-    """-1 or None means a random seed (0 .. 2**32 - 2, AUTOMATIC1111's range)."""
-    if seed is None or seed == -1:
-        return (rng or random.SystemRandom()).randint(0, MAX_SEED - 1)
-    if not 0 <= seed <= MAX_SEED:
-        raise RequestError(f"seed must be -1 (random) or between 0 and {MAX_SEED}; got {seed}.")
-    return seed
-
-
-@dataclass
-class PromptPlan:
-    """Encoded prompts over the steps: each positive sub-prompt (split on AND, with
-    its weight) and the negative prompt as (end_step, encoding) timelines."""
-
-    positive: list[tuple[list[tuple[int, TextConditioning]], float]]
-    negative: list[tuple[int, TextConditioning]]
-    empty: TextConditioning  # the encoding of "", for padding
-    ti_hashes: dict[str, str] = field(default_factory=dict)  # embeddings named in the prompts
-
-    @staticmethod
-    def _pick(timeline: list[tuple[int, TextConditioning]], step: int) -> TextConditioning:
-        for end, enc in timeline:
-            if step <= end:
-                return enc
-        return timeline[-1][1]
-
-    def at(self, step: int) -> tuple[list[TextConditioning], list[float], TextConditioning]:
-        conds = [self._pick(tl, step) for tl, _ in self.positive]
-        return conds, [w for _, w in self.positive], self._pick(self.negative, step)
-
-    def padded(self, texts: list[TextConditioning]) -> list[TextConditioning]:
-        """Same token length for all, by appending empty-prompt chunks, so they batch."""
-        longest = max(t.context.shape[1] for t in texts)
-        return [replace(t, context=pad_context(t.context, longest, self.empty.context)) for t in texts]
-
-
 class Engine:
     """Loads checkpoints and generates images.  Not thread-safe: one job at a time."""
 
@@ -265,7 +186,7 @@ class Engine:
         itself completes the request again and warns then)."""
         validate_request(request)  # everything that needs no model first
         m = self._require_model()
-        req = with_defaults(request, family_defaults(m.spec))
+        req = with_defaults(refine_defaults(request, family_defaults(m.spec)), family_defaults(m.spec))
         validate_request(req)
         resolve_sampler(req.sampler, req.schedule)  # raises with the valid names
         # hidden_states[-n] of an L-layer encoder: SD 1.x reads layer L+1-clip_skip,
@@ -297,8 +218,8 @@ class Engine:
         m = self.model
         if m is None:
             return None
-        req = with_defaults(request, family_defaults(m.spec))
         try:
+            req = with_defaults(refine_defaults(request, family_defaults(m.spec)), family_defaults(m.spec))
             validate_request(req)
         except (RequestError, UnknownSamplerError):
             return None
@@ -334,15 +255,16 @@ class Engine:
         :class:`JobControl`); an interrupted or skipped batch still yields its partly
         denoised images, a cancelled one yields nothing more."""
         req = self.with_styles(self.complete(request))
-        if req.stop_at_step is not None and not (isinstance(req.stop_at_step, int) and 1 <= req.stop_at_step <= req.steps):
-            raise RequestError(f"stop_at_step must be a step from 1 to {req.steps} (the request's steps); got {req.stop_at_step!r}.")
+        steps = planned_steps(req)
+        if req.stop_at_step is not None and not (isinstance(req.stop_at_step, int) and 1 <= req.stop_at_step <= steps):
+            raise RequestError(f"stop_at_step must be a step from 1 to {steps} (the steps this request runs); got {req.stop_at_step!r}.")
         if self.placement.device.type == "cpu":
             # after loading: weights keep their fast mmap-backed allocations, while the
             # sampler's scratch buffers are kept for reuse (see runtime.py)
             tune_cpu_allocator()
         sampler, schedule = resolve_sampler(req.sampler, req.schedule)
         base_seed = resolve_seed(req.seed)
-        total = req.steps * req.batch_count
+        total = steps * req.batch_count
         t0 = time.perf_counter()
         tags = extract_extra_networks(req.prompt)
         extra = self._apply_loras(tags)
@@ -351,19 +273,29 @@ class Engine:
         plan = self._encode(req, tags.text)
         if plan.ti_hashes:
             extra["TI hashes"] = ", ".join(f"{n.replace(':', '').replace(',', '')}: {h}" for n, h in plan.ti_hashes.items())
+        try:
+            # img2img / inpaint: the picture prepared and encoded once for all batches
+            refine = self._refine(req, base_seed, control) if req.refines else None
+            start = refine[1] if refine else self._txt2img_start(req, control)
+        except Cancelled:
+            return
+        if refine:
+            extra.update(refine_infotext(req, refine[0]))
         for batch_index in range(req.batch_count):
             if control is not None and control.interrupted:
                 return
             seeds = [base_seed + batch_index * req.batch_size + i for i in range(req.batch_size)]
             batch_t0 = time.perf_counter()
             try:
-                latents, complete, done = self._sample_batch(req, sampler, schedule, seeds, plan, control, progress, batch_index * req.steps, total, t0)
+                latents, complete, done = self._sample_batch(req, sampler, schedule, seeds, plan, control, progress, batch_index * steps, total, t0, start)
                 if latents is None:
                     continue  # stopped before its first step: nothing to show
                 pixels = self.decode(latents, control)
             except Cancelled:
                 return
             self._learn_speed(req, len(seeds), time.perf_counter() - batch_t0, complete)
+            if refine:
+                pixels = [finish(refine[0].canvas, img) for img in pixels]
             images = []
             # a picture stopped part-way says so, so re-creating it stops at the same step
             batch_extra = extra if complete else {**extra, STOPPED_KEY: str(done)}
@@ -386,7 +318,7 @@ class Engine:
             log.warning(warning)
         return replace(req, prompt=styled.prompt, negative_prompt=styled.negative_prompt, styles=styled.applied)
 
-    def _sample_batch(self, req, sampler, schedule, seeds, plan, control, progress, done_before, total, t0) -> tuple[Optional[torch.Tensor], bool, int]:
+    def _sample_batch(self, req, sampler, schedule, seeds, plan, control, progress, done_before, total, t0, start=None) -> tuple[Optional[torch.Tensor], bool, int]:
         """Sample one batch: (latents, complete, steps done).  Interrupt or skip (or
         the request's ``stop_at_step``) keeps the last denoised latents (None when no
         step finished); cancel raises Cancelled."""
@@ -403,7 +335,7 @@ class Engine:
 
         try:
             with stop_points(self._require_model().networks.unet, None if control is None else control.stopping):
-                return self.sample(req, sampler, schedule, seeds, plan, on_step), True, req.steps
+                return self.sample(req, sampler, schedule, seeds, plan, on_step, start=start), True, planned_steps(req)
         except (_Stopped, Cancelled):
             if control is not None and control.cancelled:
                 raise Cancelled() from None
@@ -428,46 +360,11 @@ class Engine:
         assert self.model is not None
         return self.model
 
-    def _encode(self, req: GenerationRequest, text: Optional[str] = None) -> "PromptPlan":
-        """Encode the prompts (``text``: the positive prompt without its extra-network
-        tags): AND, prompt editing, emphasis."""
+    def _encode(self, req: GenerationRequest, text: Optional[str] = None) -> PromptPlan:
+        """Encode the prompts (``text``: the positive prompt without its extra-network tags)."""
         m = self._require_model()
-        device = self.placement.device
-        enc = m.networks.text_encoders
         text = extract_extra_networks(req.prompt).text if text is None else text
-        embeddings = self._embeddings_for(text + "\n" + req.negative_prompt)
-        cache: dict[str, TextConditioning] = {}
-
-        def encoded(text: str) -> TextConditioning:
-            if text not in cache:
-                cache[text] = encode_prompt(m.spec, enc, text, req.clip_skip, device, embeddings)
-            return cache[text]
-
-        def timeline(text: str) -> list[tuple[int, TextConditioning]]:
-            return [(end, encoded(t)) for end, t in schedule_prompt(text, req.steps)]
-
-        positive = [(timeline(part), weight) for part, weight in split_and(text)]
-        ti = {name: sha256_file(e.path)[:12] for name, e in embeddings.items()}
-        return PromptPlan(positive, timeline(req.negative_prompt), encoded(""), ti)
-
-    def _embeddings_for(self, text: str) -> dict:
-        """The home's embeddings whose names occur in ``text`` and fit this model."""
-        m = self._require_model()
-        widths = [e.width for e in m.spec.text_encoders]
-        out = {}
-        for name, path in embedding_files(self.home).items():
-            if name not in text:
-                continue
-            try:
-                emb = load_embedding(path)
-            except ModelFileError as exc:
-                log.warning("%s The word is used as plain text.", exc)
-                continue
-            if any(emb.for_encoder(i, len(widths), w) is None for i, w in enumerate(widths)):
-                log.warning("embedding %r does not fit this %s checkpoint (its vectors are for another model family); the word is used as plain text.", name, m.spec.label)
-                continue
-            out[name] = emb
-        return out
+        return encode_prompts(m.spec, m.networks.text_encoders, self.home, text, req.negative_prompt, req.steps, req.clip_skip, self.placement.device)
 
     def _apply_loras(self, tags) -> dict[str, str]:
         """Merge the prompt's LoRAs (only when the set changed); returns infotext entries.
@@ -519,19 +416,28 @@ class Engine:
             out["added"] = {"text_embeds": pooled, "time_ids": time_ids.expand(len(texts) * batch, -1)}
         return out
 
-    def sample(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seeds: list[int], plan: "PromptPlan", on_step=None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Run the sampler for one batch; returns final latents (float32, on the device)."""
+    def sample(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seeds: list[int], plan: "PromptPlan", on_step=None, noise: Optional[torch.Tensor] = None, start: Optional[Start] = None) -> torch.Tensor:
+        """Run the sampler for one batch; returns final latents (float32, on the device).
+
+        ``start`` (start.py): where sampling starts; None is txt2img, pure noise at
+        the schedule's first sigma."""
         m = self._require_model()
         p = self.placement
-        channels = m.spec.unet.in_channels
-        shape = (channels, req.height // 8, req.width // 8)
+        shape = (m.spec.vae.latent_channels, req.height // 8, req.width // 8)
         # per-image generators of the request's source; ENSD re-seeds the step noise (noise.py)
-        start, gens = initial_noise(seeds, shape, req.rng, req.ensd, p.device)
+        first_noise, gens = initial_noise(seeds, shape, req.rng, req.ensd, p.device)
         if noise is not None:
-            start = noise
-        sigmas = sampling_sigmas(sampler, schedule, req.steps, m.schedule)
-        unet = m.networks.unet
+            first_noise = noise
+        first_noise = first_noise.to(p.device, torch.float32)
+        if start is None:
+            sigmas = sampling_sigmas(sampler, schedule, req.steps, m.schedule)
+        else:
+            sigmas = start.sigmas(sampling_sigmas(sampler, schedule, start.window.schedule_steps, m.schedule))
         batch = len(seeds)
+        if start is not None and start.window.steps_run == 0:
+            return start.first_latents(first_noise, torch.zeros((), dtype=torch.float64)).clone()  # strength 0: the init latents
+        unet = m.networks.unet
+        extra_input = None if start is None or start.channels is None else start.channels.to(p.dtype).expand(batch, -1, -1, -1)
         joined: dict[tuple, dict] = {}
 
         def batch_at(step: int, with_negative: bool) -> dict:
@@ -543,12 +449,19 @@ class Engine:
             return joined[key]
 
         def net(x_in: torch.Tensor, t: torch.Tensor, c: dict) -> torch.Tensor:
-            return unet(x_in.to(p.dtype), t.to(p.device), encoder_hidden_states=c["context"], added_cond_kwargs=c.get("added")).sample
+            x_in = x_in.to(p.dtype)
+            if extra_input is not None:  # 9-channel inpainting UNet: + mask + masked picture
+                x_in = torch.cat([x_in, torch.cat([extra_input] * (x_in.shape[0] // batch))], dim=1)
+            return unet(x_in, t.to(p.device), encoder_hidden_states=c["context"], added_cond_kwargs=c.get("added")).sample
 
         weights = [w for _, w in plan.positive]
         denoise = make_denoiser(net, m.schedule, m.spec.prediction, batch_at, weights, float(req.cfg_scale), step_locator(sigmas))
         # sigmas stay float64 on the CPU: as 0-d tensors they act as scalars on any device
-        x = start.to(p.device, torch.float32) * float(sigmas[0])
+        if start is None:
+            x = first_noise * float(sigmas[0])
+        else:
+            x = start.first_latents(first_noise, sigmas[0].to(torch.float32))
+            denoise = start.denoiser(denoise)
         noise_fn = None
         if sampler.stochastic and sampler.brownian:
             # the DPM++ SDE family: one Brownian tree per image seed (ENSD does not apply, as in A1111)
@@ -557,6 +470,51 @@ class Engine:
             noise_fn = noise_source(gens, shape, p.device, torch.float32)
         with torch.inference_mode():
             return sampler.fn(denoise, x, sigmas, noise=noise_fn, callback=on_step)
+
+    # ------------------------------------------------------------- refine (img2img, inpaint)
+
+    def _refine(self, req: GenerationRequest, seed: int, control: Optional[JobControl]) -> tuple["RefinedPicture", Start]:
+        """Prepare the request's picture (canvas.py) and encode it: where its batches start."""
+        m = self._require_model()
+        src = canvas_source(req.init_image, req.mask, req.outpaint, req.outpaint_fill, seed)
+        cv = canvas_prepare(src, req.width, req.height, req.resize_mode, req.mask_blur, req.invert_mask, req.masked_content, req.inpaint_area == "only masked", req.only_masked_padding)
+        for note in src.notes:
+            log.warning(note)
+        pixels = image_to_pixels(cv.image)
+        init = self.encode(pixels, control)
+        if cv.latent_upscale and init.shape[-2:] != (req.height // 8, req.width // 8):
+            init = torch.nn.functional.interpolate(init, size=(req.height // 8, req.width // 8), mode="bilinear")
+        repaint = pixel_mask = None
+        if cv.mask is not None:
+            repaint = latent_window_mask(latent_mask(cv.mask, req.width // 8, req.height // 8), init.device)
+            pixel_mask = torch.from_numpy(np.asarray(cv.mask, dtype=np.float32) / 255)[None, None]
+        channels = self._inpaint_channels(pixels, pixel_mask, req, control) if m.spec.inpainting else None
+        window = strength_window(req.steps, float(req.denoising_strength), req.exact_steps)
+        return RefinedPicture(src, cv), Start(init, repaint, req.masked_content, window, channels)
+
+    def _txt2img_start(self, req: GenerationRequest, control: Optional[JobControl]) -> Optional[Start]:
+        """txt2img starts from pure noise (None), except on a 9-channel inpainting
+        checkpoint, whose extra input then says "all masked, nothing to keep"."""
+        if not self._require_model().spec.inpainting:
+            return None
+        shape = (1, self._require_model().spec.vae.latent_channels, req.height // 8, req.width // 8)
+        zeros = torch.zeros(shape, device=self.placement.device)
+        start = Start(zeros, None, "original", StepWindow(req.steps, 0), self._inpaint_channels(None, None, req, control))
+        return start
+
+    def _inpaint_channels(self, pixels, pixel_mask, req: GenerationRequest, control) -> torch.Tensor:
+        masked, small = conditioning_inputs(pixels, pixel_mask, req.height, req.width)
+        return inpaint_channels(small.to(self.placement.device), self.encode(masked, control))
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor, control: Optional[JobControl] = None) -> torch.Tensor:
+        """Pixels (1, 3, H, W) in [-1, 1] -> scaled latents (float32, on the device);
+        tiled when large (vae.py).  fp16 overflow is retried in fp32."""
+        vae = self._require_model().networks.vae
+        should_stop = None if control is None else (lambda: control.cancelled)
+        latents, switched = encode_checked(vae, pixels.to(self.placement.device), should_stop)
+        self._vae_fp32 = self._vae_fp32 or switched
+        return latents.float()
 
     def preview(self, latents: torch.Tensor, index: int = 0) -> Image.Image:
         """A cheap picture of one latent of a batch (for live progress), see previews.py.
@@ -617,63 +575,3 @@ def _to_image(pixels: torch.Tensor) -> Image.Image:
     """One decoded picture (3, H, W) in [-1, 1] -> an RGB image."""
     arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(arr), "RGB")
-
-
-def with_defaults(request: GenerationRequest, d: FamilyDefaults) -> GenerationRequest:
-    """The request with the model family's defaults where it leaves a field unset."""
-    req = replace(
-        request,
-        steps=d.steps if request.steps is None else request.steps,
-        cfg_scale=d.cfg_scale if request.cfg_scale is None else request.cfg_scale,
-        width=d.width if request.width is None else request.width,
-        height=d.height if request.height is None else request.height,
-    )
-    if request.sampler is None:
-        req = replace(req, sampler=d.sampler, schedule=request.schedule or d.schedule)
-    return req
-
-
-def unet_calls(req: GenerationRequest) -> int:
-    """Model calls per image and CFG pass of a completed request: second-order
-    samplers call the UNet twice a step (DPM adaptive: its usual three per step)."""
-    sampler, _ = resolve_sampler(req.sampler, req.schedule)
-    return req.steps * sampler.calls_per_step
-
-
-def validate_request(req: GenerationRequest) -> None:
-    """Range and name checks that need no model, with messages that say what to change.
-
-    Fields left ``None`` (the model's defaults) are skipped, so a client can check a
-    request before loading a multi-GB checkpoint; :meth:`Engine.complete` checks the
-    completed request again, plus what depends on the model (clip skip, memory, time).
-    Every client (CLI, native API) shows these messages."""
-    for name in ("width", "height"):
-        v = getattr(req, name)
-        if v is None:
-            continue
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise RequestError(f"{name} must be a whole number of pixels; got {v!r}.")
-        if v % 8:
-            lo, hi = v // 8 * 8, v // 8 * 8 + 8
-            raise RequestError(f"{name} must be a multiple of 8 (the VAE works on 8x8 pixel blocks); got {v}. Try {lo} or {hi}.")
-        if not MIN_SIDE <= v <= MAX_SIDE:
-            raise RequestError(f"{name} must be between {MIN_SIDE} and {MAX_SIDE} pixels; got {v}.")
-    if req.steps is not None and (not isinstance(req.steps, int) or isinstance(req.steps, bool) or not 1 <= req.steps <= MAX_STEPS):
-        raise RequestError(f"steps must be a whole number from 1 to {MAX_STEPS}; got {req.steps!r}. 20-30 is typical.")
-    if req.cfg_scale is not None and not 0 <= float(req.cfg_scale) <= 30:
-        raise RequestError(f"CFG scale must be between 0 and 30; got {req.cfg_scale}. 4-7 is typical.")
-    if not 1 <= req.batch_size <= MAX_BATCH_SIZE:
-        raise RequestError(f"batch size must be from 1 to {MAX_BATCH_SIZE}; got {req.batch_size}. Use batch count for more images.")
-    if not 1 <= req.batch_count <= MAX_BATCH_COUNT:
-        raise RequestError(f"batch count must be from 1 to {MAX_BATCH_COUNT}; got {req.batch_count}.")
-    if not 1 <= req.clip_skip <= MAX_CLIP_SKIP:
-        raise RequestError(f"clip skip must be from 1 to {MAX_CLIP_SKIP}; got {req.clip_skip}. 1 (the last layer) is the default; 2 is common for anime models.")
-    if req.rng not in RNG_SOURCES:
-        raise RequestError(f"rng (where the noise comes from) must be one of {', '.join(RNG_SOURCES)}; got {req.rng!r}. CPU gives the same picture on any machine; GPU and NV re-create AUTOMATIC1111's NVIDIA noise.")
-    if not isinstance(req.ensd, int) or isinstance(req.ensd, bool) or not 0 <= req.ensd <= MAX_SEED:
-        raise RequestError(f"ENSD (eta noise seed delta) must be a whole number from 0 to {MAX_SEED}; got {req.ensd!r}. 0 turns it off; 31337 is the usual value.")
-    resolve_seed(req.seed if req.seed != -1 else 0)
-    if req.sampler is not None:
-        resolve_sampler(req.sampler, req.schedule)  # raises with the valid names
-    elif req.schedule is not None:
-        resolve_schedule(req.schedule)

@@ -166,6 +166,33 @@ def save_png(image: Image.Image, folder: Path | str, seed: int, infotext: str) -
     raise _folder_error(folder, f"no free file name found after {_MAX_SAVE_ATTEMPTS} tries")
 
 
+def save_input(image: Image.Image, folder: Path | str, short_hash: str) -> Path:
+    """Keep a picture a refine starts from as ``HASH.png`` in ``folder`` (HOME/inputs),
+    so its results can be re-created.  The same pixels are stored once; a different
+    picture with the same short hash gets ``HASH-2.png`` and so on (never overwritten)."""
+    folder = _make_folder(Path(folder))
+    data = _png_bytes(image, "")
+    for n in range(1, _MAX_SAVE_ATTEMPTS + 1):
+        path = folder / (f"{short_hash}.png" if n == 1 else f"{short_hash}-{n}.png")
+        try:
+            if _write_new_file(path, data):
+                return path
+            with Image.open(path) as old:
+                if old.mode == image.mode and old.size == image.size and old.tobytes() == image.tobytes():
+                    return path
+        except OSError as exc:
+            raise _folder_error(folder, f"writing {path.name} failed ({exc.strerror or exc})") from exc
+    raise _folder_error(folder, f"no free file name found after {_MAX_SAVE_ATTEMPTS} tries")
+
+
+def find_input(folder: Path | str, short_hash: str) -> list[Path]:
+    """The stored inputs whose short hash is ``short_hash`` (usually one)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob(f"{short_hash}*.png") if p.stem == short_hash or p.stem.startswith(short_hash + "-"))
+
+
 # --------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Layout (AUTOMATIC1111's folder names are accepted as well)::
     HOME/models/vae           (or models/VAE)
     HOME/models/embeddings    (or embeddings)
     HOME/outputs
+    HOME/inputs               (every init image and mask a refine started from, by hash)
     HOME/cache
     HOME/styles.csv           (saved prompt styles)
 
@@ -61,6 +62,12 @@ class DataHome:
     @property
     def outputs(self) -> Path:
         return self.root / "outputs"
+
+    @property
+    def inputs(self) -> Path:
+        """The pictures and masks img2img / inpaint started from, named by their hash
+        (the infotext's "Init image hash"), so a result can be re-created."""
+        return self.root / "inputs"
 
     @property
     def styles_file(self) -> Path:

@@ -172,10 +172,18 @@ class ModelSpec:
     defaults: dict = field(default_factory=dict, compare=False)
 
     @property
+    def inpainting(self) -> bool:
+        """A dedicated inpainting checkpoint: its UNet also takes the mask and the
+        masked picture's latents (4 + 1 + 4 = 9 input channels)."""
+        return self.unet.in_channels == self.vae.latent_channels * 2 + 1
+
+    @property
     def label(self) -> str:
         label = FAMILY_LABELS[self.family]
         if self.family == "sd2":
             label += " (v-prediction)" if self.prediction == "v_prediction" else " (epsilon)"
+        if self.inpainting:
+            label += " inpainting"
         return label
 
 
@@ -386,8 +394,6 @@ def _detect_family(shapes: Shapes, metadata: Mapping[str, str], read_tensor: Opt
         raise UnsupportedModel("it has no VAE ('first_stage_model.' tensors); Brushwork needs a full single-file checkpoint with its VAE.")
 
     unet = derive_unet(shapes, family)
-    if unet.in_channels != 4 and unet.in_channels == 9:
-        raise UnsupportedModel(f"this is an inpainting {FAMILY_LABELS[family]} checkpoint (9 input channels); inpainting is not supported yet, use the base model.")
     if unet.in_channels == 8:
         raise UnsupportedModel("this is an InstructPix2Pix checkpoint (8 input channels), which Brushwork does not support yet.")
     context = sum(e.width for e in encoders) if family == "sdxl" else encoders[0].width
@@ -415,8 +421,8 @@ def _detect_family(shapes: Shapes, metadata: Mapping[str, str], read_tensor: Opt
     resolution = _metadata_resolution(metadata, resolution)
     vae = derive_vae(shapes, scale)
     factor = 2 ** (len(vae.widths) - 1)
-    if vae.latent_channels != unet.in_channels:
-        raise UnsupportedModel(f"its VAE makes {vae.latent_channels}-channel latents but its UNet takes {unet.in_channels}; the file mixes parts of different models.")
+    if unet.in_channels not in (vae.latent_channels, 2 * vae.latent_channels + 1):
+        raise UnsupportedModel(f"its VAE makes {vae.latent_channels}-channel latents but its UNet takes {unet.in_channels} (an inpainting UNet would take {2 * vae.latent_channels + 1}); the file mixes parts of different models.")
     if factor != 8:
         raise UnsupportedModel(f"its VAE downscales by {factor}, not 8 as Stable Diffusion does.")
     ema = any(k.startswith("model_ema.") and k != "model_ema.decay" and k != "model_ema.num_updates" for k in shapes)

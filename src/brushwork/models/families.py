@@ -7,6 +7,8 @@ detection recovers them.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .detect import TE_SD1, TE_SD2, TE_XL1, TE_XL2, ModelSpec, TextEncoderConfig, UNetConfig, VAEConfig, norm_groups
 
 CLIP_VOCAB = 49408
@@ -42,8 +44,16 @@ def sdxl_base() -> ModelSpec:
 _TINY_VAE = (16, 16, 32, 32)
 
 
-def tiny(family: str, prediction: str = "epsilon", te_layers: int = 3) -> ModelSpec:
-    """A few-MB model in the same layout (most of it is the 49408-token embedding)."""
+def tiny(family: str, prediction: str = "epsilon", te_layers: int = 3, inpainting: bool = False) -> ModelSpec:
+    """A few-MB model in the same layout (most of it is the 49408-token embedding);
+    ``inpainting``: the 9-input-channel UNet of a dedicated inpainting checkpoint."""
+    spec = _tiny(family, prediction, te_layers)
+    if inpainting:
+        spec = replace(spec, unet=replace(spec.unet, in_channels=2 * spec.vae.latent_channels + 1))
+    return spec
+
+
+def _tiny(family: str, prediction: str, te_layers: int) -> ModelSpec:
     if family == "sd1":
         unet = UNetConfig(4, 4, (32, 64), 1, (True, False), (1, 0), 1, 32, False, (8, 8), 32)
         encoders = (_clip(TE_SD1, "hf", 32, te_layers, 64),)

@@ -39,7 +39,9 @@ from ..lora import listed_metadata, lora_files
 from ..prompts.styles import StylesFileError, read_styles
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULE_LABELS
-from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_INFOTEXT_CHARS, MAX_JSON_DEPTH, MAX_PROMPT_CHARS, BadRequest, check_names, finite, nesting_depth, public_path, public_text
+from ..init_image import MAX_BASE64_CHARS
+from ..refine import GENERATION_KINDS
+from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_INFOTEXT_CHARS, MAX_JSON_DEPTH, MAX_PROMPT_CHARS, BadRequest, check_names, check_request, finite, nesting_depth, public_path, public_text
 from .studio import Studio
 
 log = logging.getLogger(__name__)
@@ -163,6 +165,70 @@ class Txt2ImgBody(BaseModel):
         return data
 
 
+class Img2ImgBody(Txt2ImgBody):
+    """AUTOMATIC1111's img2img request: txt2img's fields plus the picture, the mask and
+    the inpaint settings (numbers as A1111 sends them: resize_mode 0-3, inpainting_fill 0-3)."""
+
+    init_images: Optional[list[Annotated[str, Field(max_length=MAX_BASE64_CHARS)]]] = Field(None, max_length=16)
+    resize_mode: int = Field(0, ge=0, le=3)
+    denoising_strength: Optional[float] = Field(0.75, ge=0, le=1)
+    image_cfg_scale: Optional[float] = None
+    mask: Optional[str] = Field(None, max_length=MAX_BASE64_CHARS)
+    mask_blur_x: int = Field(4, ge=0, le=64)
+    mask_blur_y: int = Field(4, ge=0, le=64)
+    mask_blur: Optional[int] = Field(None, ge=0, le=64)
+    mask_round: bool = True
+    inpainting_fill: int = Field(0, ge=0, le=3)
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = Field(0, ge=0, le=256)
+    inpainting_mask_invert: int | bool = Field(0, ge=0, le=1)
+    initial_noise_multiplier: Optional[float] = None
+    latent_mask: Optional[str] = None
+    include_init_images: bool = False
+
+
+def _refine_fields(body: Img2ImgBody) -> dict[str, Any]:
+    """GenerationRequest fields of an img2img body (pictures decoded; a bad one is a
+    400 naming its field).  A1111's inpaint_full_res default is true ("only masked")."""
+    from ..init_image import ImageInputError, RESIZE_MODES, decode_base64_image
+    from ..masks import INPAINT_AREAS, MASKED_CONTENT
+
+    if body.image_cfg_scale not in (None, 1.0, 1.5):
+        log.info("image_cfg_scale %s ignored: only instruct-pix2pix models use it", body.image_cfg_scale)
+    if body.latent_mask:
+        raise BadRequest("latent_mask (a second mask for the latents) is not supported; send only mask", "latent_mask")
+    if body.initial_noise_multiplier not in (None, 1.0):
+        raise BadRequest("initial_noise_multiplier other than 1 is not supported yet", "initial_noise_multiplier")
+    if len(body.init_images or []) > 1:
+        log.info("img2img got %d init images; Brushwork uses the first one", len(body.init_images))
+
+    def picture(text: str, field: str):
+        try:
+            return decode_base64_image(text, "init image" if field == "init_images" else "mask")
+        except ImageInputError as exc:
+            raise BadRequest(str(exc), field) from None
+
+    blur = body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y)
+    return {
+        "init_image": picture(body.init_images[0], "init_images"),
+        "mask": picture(body.mask, "mask") if body.mask else None,
+        "denoising_strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
+        "resize_mode": RESIZE_MODES[body.resize_mode],
+        "mask_blur": blur,
+        "masked_content": MASKED_CONTENT[body.inpainting_fill],  # the same order as A1111's numbers
+        "inpaint_area": INPAINT_AREAS[1 if body.inpaint_full_res else 0],
+        "only_masked_padding": body.inpaint_full_res_padding,
+        "invert_mask": bool(body.inpainting_mask_invert),
+    }
+
+
+def _extra_params(infotext: str) -> dict[str, Any]:
+    """The refine keys of a result's infotext, as A1111's info.extra_generation_params."""
+    data = parse_infotext(infotext)
+    keys = ("Denoising strength", "Mask blur", "Inpaint area", "Masked area padding", "Masked content", "Mask mode", "Init image hash")
+    return {k: data[k] for k in keys if k in data}
+
+
 class PngInfoRequest(BaseModel):
     image: str = Field("", description="base64 or data: URL")
 
@@ -231,7 +297,6 @@ _PER_REQUEST = ("CLIP_stop_at_last_layers", "randn_source", "eta_noise_seed_delt
 #: AUTOMATIC1111 routes Brushwork does not have (yet): method, path, what is missing.
 #: They answer 501 with that text instead of a bare "Not Found".
 NOT_YET: tuple[tuple[str, str, str], ...] = (
-    ("POST", "/img2img", "img2img (and inpainting) is not implemented in Brushwork yet; use txt2img"),
     ("POST", "/extra-single-image", "the extras tab (upscaling and face restoration of an image) is not implemented in Brushwork yet"),
     ("POST", "/extra-batch-images", "the extras tab (upscaling and face restoration of images) is not implemented in Brushwork yet"),
     ("POST", "/interrogate", "interrogate (CLIP / DeepDanbooru captions of an image) is not implemented in Brushwork"),
@@ -283,6 +348,18 @@ def router(studio: Studio) -> APIRouter:
     async def txt2img(body: Txt2ImgBody, request: Request) -> dict[str, Any]:
         """Blocks until the job is done, as AUTOMATIC1111's does, but waits on the event
         loop: many waiting clients hold no threads."""
+        return await generate(body, request, None)
+
+    @r.post("/img2img")
+    async def img2img(body: Img2ImgBody, request: Request) -> dict[str, Any]:
+        """img2img and inpainting (a ``mask``): the same job as txt2img, started from the
+        first of ``init_images``."""
+        if not body.init_images:
+            return error_response(request, 404, "Init image not found: send the picture to start from in init_images (a list with one base64 PNG)", "init_images")
+        refine = await run_in_threadpool(_refine_fields, body)
+        return await generate(body, request, refine)
+
+    async def generate(body: Txt2ImgBody, request: Request, refine: Optional[dict]) -> dict[str, Any]:
         from .app import client_of
 
         if body.infotext:  # parsing is linear, but a long text still takes a moment: not on the loop
@@ -315,8 +392,10 @@ def router(studio: Studio) -> APIRouter:
             steps=body.steps, cfg_scale=body.cfg_scale, sampler=sampler, schedule=body.scheduler, width=width,
             height=height, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
             styles=list(body.styles or []), rng=per_request["randn_source"], ensd=per_request["eta_noise_seed_delta"],
+            **(refine or {}),
         )
         check_names(studio.home, req)
+        await run_in_threadpool(check_request, req)
         job = studio.submit(req, client_of(request), model=model)
         job = await studio.wait_async(job.id)
         if job.state == "failed":
@@ -359,25 +438,28 @@ def router(studio: Studio) -> APIRouter:
             "seed_resize_from_w": -1,
             "seed_resize_from_h": -1,
             "denoising_strength": body.denoising_strength,
-            "extra_generation_params": {},
+            "extra_generation_params": _extra_params(records[0].infotext) if records and refine else {},
             "index_of_first_image": 0,
             "infotexts": [rec.infotext for rec in records],
             "styles": list(body.styles or []),
             "job_timestamp": _dt.datetime.fromtimestamp(job.submitted).strftime("%Y%m%d%H%M%S"),
             "clip_skip": clip_skip,
-            "is_using_inpainting_conditioning": False,
+            "is_using_inpainting_conditioning": bool(refine) and getattr(getattr(getattr(studio.engine, "model", None), "spec", None), "inpainting", False),
             "version": f"brushwork {__version__}",
             "interrupted": job.state == "interrupted",
             "warnings": warnings,
         }
         # strict JSON: a client's JSON reader refuses NaN/Infinity in the info string
-        return {"images": images, "parameters": finite(body.model_dump()), "info": json.dumps(finite(info), allow_nan=False)}
+        parameters = body.model_dump()
+        if refine is not None and not getattr(body, "include_init_images", False):
+            parameters["init_images"], parameters["mask"] = None, None  # as A1111: not echoed unless asked
+        return {"images": images, "parameters": finite(parameters), "info": json.dumps(finite(info), allow_nan=False)}
 
     @r.get("/progress")
     def progress(skip_current_image: bool = False) -> dict[str, Any]:
         job, live = studio.current()
         idle = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0, "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
-        if job is None or live is None or job.kind != "txt2img":
+        if job is None or live is None or job.kind not in GENERATION_KINDS:
             return {"progress": 0.0, "eta_relative": 0.0, "state": idle, "current_image": None, "textinfo": None}
         steps = int(job.request.get("steps") or 0) or max(1, live.total)
         count = max(1, int(job.request.get("batch_count") or 1))
@@ -388,7 +470,7 @@ def router(studio: Studio) -> APIRouter:
         elapsed = 0.0 if live.started is None else max(0.0, time.monotonic() - live.started)
         state = {
             "skipped": live.control.skipped, "interrupted": live.control.interrupted, "stopping_generation": False,
-            "job": "txt2img", "job_count": count, "job_timestamp": _dt.datetime.fromtimestamp(job.submitted).strftime("%Y%m%d%H%M%S"),
+            "job": "img2img" if job.kind != "txt2img" else "txt2img", "job_count": count, "job_timestamp": _dt.datetime.fromtimestamp(job.submitted).strftime("%Y%m%d%H%M%S"),
             "job_no": job_no, "sampling_step": step_in, "sampling_steps": steps,
         }
         image = None if skip_current_image or live.preview is None else base64.b64encode(live.preview).decode()

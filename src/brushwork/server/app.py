@@ -35,7 +35,7 @@ from ..models.errors import CheckpointNotFound
 from ..prompts.styles import StylesFileError, extract_styles, read_styles, style_names
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULE_LABELS
-from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_DB_ID, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names, engine_message, public_text
+from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_DB_ID, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names, check_request, engine_message, public_text
 from .security import Credentials, GuardMiddleware
 from .store import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, JobRecord, StorageFull
 from .studio import Conflict, NotFound, Studio, TooManyJobs, image_view
@@ -284,6 +284,7 @@ def native_router(studio: Studio) -> APIRouter:
     def submit(body: GenerateBody, request: Request) -> dict[str, Any]:
         req = body.to_request()
         check_names(studio.home, req)
+        check_request(req)
         job = studio.submit(req, client_of(request), model=body.model)
         return job_view(studio, job)
 

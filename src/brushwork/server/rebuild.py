@@ -18,8 +18,9 @@ from typing import Optional
 from PIL import Image, UnidentifiedImageError
 
 from ..infotext import InfotextError, params_from_infotext
-from ..outputs import NotAnImageError, read_infotext
+from ..outputs import NotAnImageError, find_input, read_infotext
 from ..paths import DataHome
+from ..refine import INIT_HASH_KEY, MASK_HASH_KEY, OUTPAINT_KEY, STRENGTH_KEY, refine_fields
 from .store import DONE, HistoryDamaged, JobStore, check_database
 
 log = logging.getLogger(__name__)
@@ -65,13 +66,28 @@ def move_aside(path: Path) -> Path:
     return target
 
 
-def _request_of(params) -> dict:
-    """The job request a picture's parameters describe (the native request's fields)."""
-    return {
+def _request_of(params, home: DataHome) -> tuple[str, dict]:
+    """The job kind and request a picture's parameters describe (the native request's
+    fields); a refined picture names its init image and mask in HOME/inputs when they
+    are still there."""
+    request = {
         "prompt": params.prompt, "negative_prompt": params.negative_prompt, "seed": params.seed, "steps": params.steps,
         "cfg_scale": params.cfg_scale, "sampler": params.sampler, "schedule": params.schedule, "width": params.width,
         "height": params.height, "batch_size": 1, "batch_count": 1, "clip_skip": params.clip_skip,
     }
+    extra = params.extra
+    if INIT_HASH_KEY not in extra or STRENGTH_KEY not in extra:
+        return "txt2img", request
+    try:
+        request.update(refine_fields(extra))
+    except ValueError:
+        pass  # unreadable refine keys: the picture is still listed
+    for name, key in (("init_image", INIT_HASH_KEY), ("mask", MASK_HASH_KEY)):
+        found = find_input(home.inputs, str(extra.get(key, ""))) if extra.get(key) else []
+        if found:
+            request[name] = found[0].relative_to(home.root).as_posix()
+    inpaint = "Mask blur" in extra or OUTPAINT_KEY in extra
+    return ("inpaint" if inpaint else "img2img"), request
 
 
 def _index_one(store: JobStore, home: DataHome, png: Path) -> Optional[str]:
@@ -90,7 +106,8 @@ def _index_one(store: JobStore, home: DataHome, png: Path) -> Optional[str]:
         return f"its parameters cannot be read ({exc})"
     created = png.stat().st_mtime
     rel = png.resolve().relative_to(home.root.resolve()).as_posix()
-    job = store.add_job(REBUILD_CLIENT, "txt2img", _request_of(params), params.model_name, params.steps)
+    kind, request = _request_of(params, home)
+    job = store.add_job(REBUILD_CLIENT, kind, request, params.model_name, params.steps)
     store.update_job(job.id, state=DONE, started=created, finished=created, step=params.steps, model_hash=params.model_hash)
     store.add_image(job.id, 0, rel, params.seed, width, height, params.prompt, params.negative_prompt, text, params.model_name, params.model_hash, created=created)
     return None

@@ -18,9 +18,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CLIP_SKIP, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, GenerationRequest, RequestError, validate_request
+from ..init_image import MAX_BASE64_CHARS, ImageInputError, decode_base64_image
 from ..lora import lora_files
 from ..prompts import extract_extra_networks
 from ..sampling.registry import resolve_sampler
@@ -64,20 +66,52 @@ class GenerateBody(BaseModel):
     rng: Literal["CPU", "GPU", "NV"] = Field("CPU", description="starting-noise source: CPU (default), GPU or NV (an NVIDIA GPU's numbers on any device)")
     ensd: int = Field(0, ge=0, le=MAX_SEED, description="AUTOMATIC1111's Eta noise seed delta")
     model: Optional[str] = Field(None, max_length=512, description="checkpoint name; null: the current one")
+    # ---- img2img / inpaint / outpaint (docs/http-api.md)
+    init_image: Optional[str] = Field(None, max_length=MAX_BASE64_CHARS, description="the picture to start from: base64 PNG/JPEG/WebP or a data: URL; null: txt2img. width/height null: its own size")
+    mask: Optional[str] = Field(None, max_length=MAX_BASE64_CHARS, description="inpaint mask, base64 or data: URL, white = repaint; null: the init image's transparency, if any")
+    denoising_strength: float = Field(0.75, ge=0, le=1, description="0 keeps the picture, 1 redraws it; steps x strength are run")
+    exact_steps: bool = Field(False, description="run exactly `steps` steps whatever the strength")
+    resize_mode: Literal["just resize", "crop and resize", "resize and fill", "latent upscale"] = "just resize"
+    mask_blur: int = Field(4, ge=0, le=64, description="pixels")
+    masked_content: Literal["original", "fill", "latent noise", "latent nothing"] = "original"
+    inpaint_area: Literal["whole picture", "only masked"] = "whole picture"
+    only_masked_padding: int = Field(32, ge=0, le=256, description="pixels")
+    invert_mask: bool = False
+    outpaint: Optional[dict[Literal["left", "right", "top", "bottom"], int]] = Field(None, description="pixels to add per side (multiples of 8); the new area is filled and inpainted")
+    outpaint_fill: Literal["edge", "noise"] = "edge"
 
     def to_request(self) -> GenerationRequest:
+        """The engine's request; the pictures decoded here (a bad one is a 400 naming its field)."""
+        init = mask = None
+        if self.init_image is not None:
+            init = _picture(self.init_image, "init_image")
+        if self.mask is not None:
+            mask = _picture(self.mask, "mask")
         return GenerationRequest(
             prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed, steps=self.steps, cfg_scale=self.cfg_scale,
             sampler=self.sampler, schedule=self.schedule, width=self.width, height=self.height,
             batch_size=self.batch_size, batch_count=self.batch_count, clip_skip=self.clip_skip,
             styles=list(self.styles), rng=self.rng, ensd=self.ensd,
+            init_image=init, mask=mask, denoising_strength=self.denoising_strength, exact_steps=self.exact_steps,
+            resize_mode=self.resize_mode, mask_blur=self.mask_blur, masked_content=self.masked_content, inpaint_area=self.inpaint_area,
+            only_masked_padding=self.only_masked_padding, invert_mask=self.invert_mask, outpaint=dict(self.outpaint) if self.outpaint else None,
+            outpaint_fill=self.outpaint_fill,
         )
+
+
+def _picture(text: str, field: str):
+    """A base64 picture of a request, decoded with its size checked first."""
+    try:
+        return decode_base64_image(text, "init image" if field == "init_image" else "mask")
+    except ImageInputError as exc:
+        raise BadRequest(str(exc), field) from None
 
 
 #: pydantic error types whose message the engine's own wording replaces (the value
 #: has the right type but is out of range): one set of messages for every client
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"}
-_REQUEST_FIELDS = {"seed", "steps", "cfg_scale", "width", "height", "batch_size", "batch_count", "clip_skip", "ensd"}
+_REFINE_FIELDS = {"denoising_strength", "mask_blur", "only_masked_padding"}
+_REQUEST_FIELDS = {"seed", "steps", "cfg_scale", "width", "height", "batch_size", "batch_count", "clip_skip", "ensd"} | _REFINE_FIELDS
 
 
 def engine_message(loc, error_type: str, value: Any) -> Optional[str]:
@@ -86,8 +120,9 @@ def engine_message(loc, error_type: str, value: Any) -> Optional[str]:
     parts = [x for x in loc if x != "body"]
     if error_type not in _RANGE_ERRORS or len(parts) != 1 or parts[0] not in _REQUEST_FIELDS:
         return None
+    picture = {"init_image": Image.new("RGB", (64, 64))} if parts[0] in _REFINE_FIELDS else {}
     try:
-        validate_request(GenerationRequest(**{parts[0]: value}))
+        validate_request(GenerationRequest(**picture, **{parts[0]: value}))
     except (RequestError, TypeError, ValueError) as exc:
         return str(exc) if isinstance(exc, RequestError) else None
     return None
@@ -122,6 +157,30 @@ def check_names(home, req: GenerationRequest) -> None:
             close = difflib.get_close_matches(tag.name.lower(), list(known), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else (" No LoRAs are installed." if not known else f" Installed: {', '.join(sorted(known)[:20])}.")
             raise BadRequest(f"unknown LoRA {tag.name!r} in the prompt.{hint} LoRA files go in {home.lora_dirs[0]}.", "prompt")
+
+
+def check_request(req: GenerationRequest) -> None:
+    """The checks that need no model (engine.validate_request) and those on the
+    pictures (a mask that does not fit), as 400s naming the field, before queueing."""
+    from ..masks import MaskError
+    from ..refine import check_pictures
+
+    try:
+        validate_request(req)
+        check_pictures(req)
+    except MaskError as exc:
+        raise BadRequest(str(exc), "mask") from None
+    except ImageInputError as exc:
+        raise BadRequest(str(exc), "outpaint" if "outpaint" in str(exc).lower() else "init_image") from None
+    except RequestError as exc:
+        text = str(exc)
+        field = next((f for f, words in _MESSAGE_FIELDS if text.startswith(words)), None)
+        raise BadRequest(text, field) from None
+
+
+#: which field an engine message is about, by how it starts
+_MESSAGE_FIELDS = (("denoising_strength", "denoising strength"), ("mask_blur", "mask blur"), ("only_masked_padding", "only masked padding"),
+                   ("mask", "a mask needs"), ("outpaint", "outpaint"), ("resize_mode", "resize mode"), ("masked_content", "masked content"))
 
 
 # ---------------------------------------------------------------- what goes out

@@ -28,12 +28,15 @@ import shutil
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 from ..catalog import find_checkpoint, find_listed_checkpoint, list_checkpoints
-from ..engine import GenerationRequest, JobControl, Progress, RequestError, resolve_seed
+from ..engine import GenerationRequest, JobControl, Progress, RequestError, planned_steps, resolve_seed
+from ..init_image import image_hash, read_image_file
+from ..outputs import save_input
+from ..refine import GENERATION_KINDS, job_kind
 from ..infotext import stopped_step
 from ..lora import LoraError
 from ..models.errors import CheckpointNotFound, ModelFileError
@@ -245,10 +248,16 @@ class Studio:
         """Queue a generation (validated already by the caller); the seed is fixed now, so
         a job resumed after a restart makes the same pictures."""
         model_name = self.resolve_model(model) if model else self.model_name()
-        fields = asdict(request)
+        fields = asdict(replace(request, init_image=None, mask=None))
         fields["seed"] = resolve_seed(request.seed)
-        steps = request.steps or 0
-        return self._submit(client, "txt2img", fields, model_name, total=steps * request.batch_count)
+        # the pictures a refine starts from are kept in HOME/inputs; the job names them
+        for name in ("init_image", "mask"):
+            picture = getattr(request, name)
+            if picture is not None:
+                path = save_input(picture, self.home.inputs, image_hash(picture))
+                fields[name] = path.relative_to(self.home.root).as_posix()
+        steps = (planned_steps(request) if request.steps else 0) if request.refines else (request.steps or 0)
+        return self._submit(client, job_kind(request), fields, model_name, total=steps * request.batch_count)
 
     def _submit(self, client: str, kind: str, request: dict, model: str, total: int, priority: bool = False) -> JobRecord:
         if not priority:
@@ -350,7 +359,7 @@ class Studio:
         if self._current is None:
             return None
         job = self.store.job(self._current)
-        if job is None or job.client != client or job.kind != "txt2img" or job.final:
+        if job is None or job.client != client or job.kind not in GENERATION_KINDS or job.final:
             return None
         return job.id
 
@@ -520,8 +529,16 @@ class Studio:
         else:
             self._finish(job_id, DONE, warnings=warnings)
 
+    def request_of(self, job: JobRecord) -> GenerationRequest:
+        """A job's request, its pictures read back from HOME/inputs."""
+        fields = dict(job.request)
+        for name in ("init_image", "mask"):
+            if fields.get(name):
+                fields[name] = read_image_file(self.home.root / fields[name], name.replace("_", " "))
+        return GenerationRequest(**fields)
+
     def _generate(self, job: JobRecord, live: Live) -> list[ImageRecord]:
-        req = GenerationRequest(**job.request)
+        req = self.request_of(job)
 
         def progress(p: Progress) -> None:
             data: dict[str, Any] = {"step": p.step, "total": p.total, "eta": None if not p.step else round(p.eta, 2)}

@@ -70,7 +70,8 @@ function showError(err) {
   const fields = err.fields || {};
   let placed = false;
   for (const [field, msg] of Object.entries(fields)) {
-    const key = field === "model" ? null : field;
+    // "outpaint.left" goes next to the outpaint buttons
+    const key = field === "model" ? null : $(`${field}-error`) ? field : field.split(".")[0];
     const el = key && $(`${key}-error`);
     if (el) {
       el.textContent = msg;
@@ -193,6 +194,7 @@ function syncPreset() {
   const sel = $("size-preset");
   sel.value = [...sel.options].some((o) => o.value === key) ? key : "";
   syncSizeHint();
+  syncResizeField();
 }
 
 // a size far from the model's own (under half or over twice its pixels) draws badly
@@ -367,6 +369,8 @@ function scheduleEstimate() {
     try {
       const body = requestBody();
       delete body.styles;
+      // img2img runs the steps its strength picks: the estimate needs the picture too
+      if (refine.mode === "img2img" && refine.init) Object.assign(body, refineFields());
       const r = await api("/estimate", { method: "POST", body });
       const e = r.estimate;
       $("estimate").textContent = !e ? "" : e.seconds < 1 ? `under a second on ${e.device}` : `about ${e.text} on ${e.device}`;
@@ -384,7 +388,7 @@ async function generate(ev) {
   document.querySelectorAll("[aria-invalid]").forEach((e) => e.removeAttribute("aria-invalid"));
   let job;
   try {
-    job = await api("/jobs", { method: "POST", body: requestBody() });
+    job = await api("/jobs", { method: "POST", body: generateBody() });
   } catch (err) {
     showError(err);
     return;
@@ -501,6 +505,7 @@ function jobDone(id, d) {
     $("batch").innerHTML = "";
     if (d.images.length > 1) for (const im of d.images) addBatchThumb(im);
   }
+  outpaintDone(id, d);
   refreshHistory();
 }
 
@@ -629,6 +634,11 @@ function applyParameters(p, unstyled) {
   }
   const map = { Prompt: "prompt", "Negative prompt": "negative_prompt", Steps: "steps", "CFG scale": "cfg_scale", Seed: "seed", "Size-1": "width", "Size-2": "height" };
   for (const [k, f] of Object.entries(map)) if (p[k] !== undefined) { setField(f, p[k]); state.dirty.add(f); }
+  if (p["Denoising strength"] !== undefined && Number.isFinite(Number(p["Denoising strength"]))) {
+    $("denoising_strength").value = p["Denoising strength"];
+    syncRefineOutputs();
+    saveRefine();
+  }
   if (p.Sampler) {
     let sampler = p.Sampler;
     let schedule = p["Schedule type"];
@@ -705,7 +715,344 @@ async function dropFile(file) {
   }
 }
 
+// ------------------------------------------------------------------ image to image, inpaint, outpaint
+
+const REFINE_KEY = "brushwork.refine.v1";
+// kept in local storage like the form (the image and the mask are not: too big)
+const REFINE_FIELDS = ["denoising_strength", "brush_size", "resize_mode", "mask_blur", "masked_content", "inpaint_area", "only_masked_padding", "invert_mask", "outpaint_amount", "outpaint_fill"];
+
+const refine = {
+  mode: "txt2img",
+  init: null,          // {dataUrl, width, height}: the picture sent as init_image
+  strokes: [],         // painted strokes and clears, in order (Undo pops the last)
+  current: null,       // the stroke being drawn
+  erase: false,
+  outpaintJobs: new Set(),
+};
+
+function saveRefine() {
+  const values = {};
+  for (const f of REFINE_FIELDS) values[f] = $(f).type === "checkbox" ? $(f).checked : $(f).value;
+  localStorage.setItem(REFINE_KEY, JSON.stringify({ mode: refine.mode, values }));
+}
+
+function restoreRefine() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(REFINE_KEY) || "null");
+    if (!saved) return;
+    for (const f of REFINE_FIELDS) {
+      const v = saved.values?.[f];
+      if (v === undefined) continue;
+      const el = $(f);
+      if (el.type === "checkbox") { el.checked = !!v; continue; }
+      const before = el.value;
+      el.value = v;
+      if (!validValue(f) || el.value === "") el.value = before;  // a stale or damaged value: keep the default
+    }
+    setMode(saved.mode === "img2img" ? "img2img" : "txt2img", false);
+  } catch { /* start fresh */ }
+}
+
+function setMode(mode, save = true) {
+  refine.mode = mode;
+  $("mode-txt2img").setAttribute("aria-pressed", String(mode === "txt2img"));
+  $("mode-img2img").setAttribute("aria-pressed", String(mode === "img2img"));
+  $("img2img").hidden = mode !== "img2img";
+  syncResizeField();
+  if (save) saveRefine();
+  if (state.options) scheduleEstimate();
+}
+
+function syncRefineOutputs() {
+  $("strength-value").textContent = Number($("denoising_strength").value).toFixed(2);
+  $("brush-value").textContent = $("brush_size").value + " px";
+}
+
+// the picture, from a Blob (a file, a drop, a result fetched by its URL)
+async function setInitFromBlob(blob) {
+  if (!blob || !/^image\//.test(blob.type || "image/png")) throw Object.assign(new Error("That is not an image (PNG, JPEG or WebP)."), { fields: { init_image: "That is not an image (PNG, JPEG or WebP)." } });
+  let bitmap;
+  try { bitmap = await createImageBitmap(blob); } catch {
+    throw Object.assign(new Error("not a readable image"), { fields: { init_image: "The file is not a readable PNG, JPEG or WebP image." } });
+  }
+  const canvas = $("init-canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.drawImage(bitmap, 0, 0);
+  bitmap.close?.();
+  // a PNG goes as its own bytes (exact pixels, transparency kept); others as a PNG of the canvas
+  const dataUrl = blob.type === "image/png" ? "data:image/png;base64," + await fileToBase64(blob) : canvas.toDataURL("image/png");
+  refine.init = { dataUrl, width: canvas.width, height: canvas.height };
+  const mask = $("mask-canvas");
+  mask.width = canvas.width;
+  mask.height = canvas.height;
+  refine.strokes = [];
+  refine.current = null;
+  redrawMask();
+  $("canvas-wrap").hidden = false;
+  $("init-placeholder").hidden = true;
+  $("init-remove").disabled = false;
+  $("init-size").textContent = `${canvas.width} × ${canvas.height}`;
+  $("init_image-error").textContent = "";
+  syncResizeField();
+}
+
+function removeInit() {
+  refine.init = null;
+  refine.strokes = [];
+  $("canvas-wrap").hidden = true;
+  $("init-placeholder").hidden = false;
+  $("init-remove").disabled = true;
+  $("init-size").textContent = "";
+  redrawMask();
+  syncResizeField();
+}
+
+// the form's size follows the picture (multiples of 8, as the server rounds it)
+function sizeFormToInit() {
+  if (!refine.init) return;
+  const r8 = (x) => Math.max(64, Math.round(x / 8) * 8);
+  setField("width", r8(refine.init.width));
+  setField("height", r8(refine.init.height));
+  state.dirty.add("width"); state.dirty.add("height");
+  syncPreset();
+  saveForm();
+  scheduleEstimate();
+}
+
+async function sendToImg2img() {
+  if (!state.lastImage) return;
+  const blob = await (await fetch(state.lastImage.url)).blob();
+  await setInitFromBlob(blob);
+  setMode("img2img");
+  sizeFormToInit();
+  $("img2img").scrollIntoView({ block: "nearest" });
+}
+
+function syncResizeField() {
+  const field = $("resize-field");
+  const init = refine.init;
+  const w = Number($("width").value), h = Number($("height").value);
+  const r8 = (x) => Math.round(x / 8) * 8;
+  const differs = !!init && refine.mode === "img2img" && w > 0 && h > 0 && (w !== r8(init.width) || h !== r8(init.height));
+  field.hidden = !differs;
+  $("resize-hint").textContent = differs ? `The picture is ${init.width} × ${init.height}; the result will be ${w} × ${h}.` : "";
+}
+
+// ---- mask painting: strokes in the picture's own pixels, shown half transparent
+
+function maskPoint(ev) {
+  const c = $("mask-canvas");
+  const r = c.getBoundingClientRect();
+  return [((ev.clientX - r.left) * c.width) / r.width, ((ev.clientY - r.top) * c.height) / r.height];
+}
+
+function drawStroke(ctx, s) {
+  ctx.save();
+  ctx.globalCompositeOperation = s.erase ? "destination-out" : "source-over";
+  ctx.fillStyle = ctx.strokeStyle = "#ffffff";
+  ctx.lineWidth = s.size;
+  ctx.lineCap = ctx.lineJoin = "round";
+  const [x0, y0] = s.points[0];
+  if (s.points.length === 1) {
+    ctx.beginPath();
+    ctx.arc(x0, y0, s.size / 2, 0, 2 * Math.PI);
+    ctx.fill();
+  } else {
+    ctx.beginPath();
+    ctx.moveTo(x0, y0);
+    for (const [x, y] of s.points.slice(1)) ctx.lineTo(x, y);
+    ctx.stroke();
+  }
+  ctx.restore();
+}
+
+function redrawMask() {
+  const c = $("mask-canvas");
+  const ctx = c.getContext("2d");
+  ctx.clearRect(0, 0, c.width, c.height);
+  for (const s of refine.current ? [...refine.strokes, refine.current] : refine.strokes) {
+    if (s.clear) ctx.clearRect(0, 0, c.width, c.height); else drawStroke(ctx, s);
+  }
+  syncMaskButtons();
+}
+
+function maskPainted() {
+  const c = $("mask-canvas");
+  if (!refine.init || !refine.strokes.some((s) => !s.clear && !s.erase) || !c.width) return false;
+  const data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  for (let i = 3; i < data.length; i += 4) if (data[i] >= 128) return true;
+  return false;
+}
+
+function syncMaskButtons() {
+  const painted = maskPainted();
+  $("mask-canvas").dataset.painted = String(painted);
+  $("mask-undo").disabled = !refine.strokes.length;
+  $("mask-clear").disabled = !painted;
+}
+
+// the mask as the server wants it: black and white, the picture's size, white = repaint
+function maskDataUrl() {
+  if (!maskPainted()) return null;
+  const c = $("mask-canvas");
+  const out = document.createElement("canvas");
+  out.width = c.width; out.height = c.height;
+  const octx = out.getContext("2d");
+  const src = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  const img = octx.createImageData(c.width, c.height);
+  for (let i = 0; i < src.length; i += 4) {
+    const v = src[i + 3] >= 128 ? 255 : 0;
+    img.data[i] = img.data[i + 1] = img.data[i + 2] = v;
+    img.data[i + 3] = 255;
+  }
+  octx.putImageData(img, 0, 0);
+  return out.toDataURL("image/png");
+}
+
+function wireMask() {
+  const c = $("mask-canvas");
+  c.addEventListener("pointerdown", (ev) => {
+    if (!refine.init || (ev.pointerType === "mouse" && ev.button !== 0)) return;
+    ev.preventDefault();
+    try { c.setPointerCapture(ev.pointerId); } catch { /* a synthetic pointer: nothing to capture */ }
+    refine.current = { erase: refine.erase, size: Number($("brush_size").value), points: [maskPoint(ev)], pointer: ev.pointerId };
+    redrawMask();
+  });
+  c.addEventListener("pointermove", (ev) => {
+    const s = refine.current;
+    if (!s || s.pointer !== ev.pointerId) return;
+    const events = ev.getCoalescedEvents ? ev.getCoalescedEvents() : [];
+    for (const e of events.length ? events : [ev]) s.points.push(maskPoint(e));
+    redrawMask();
+  });
+  const end = (ev) => {
+    const s = refine.current;
+    if (!s || s.pointer !== ev.pointerId) return;
+    refine.current = null;
+    delete s.pointer;
+    refine.strokes.push(s);
+    redrawMask();
+  };
+  c.addEventListener("pointerup", end);
+  c.addEventListener("pointercancel", end);
+  $("mask-undo").addEventListener("click", () => { refine.strokes.pop(); redrawMask(); });
+  $("mask-clear").addEventListener("click", () => { if (maskPainted()) refine.strokes.push({ clear: true }); redrawMask(); });
+  const tool = (erase) => {
+    refine.erase = erase;
+    $("brush-paint").setAttribute("aria-pressed", String(!erase));
+    $("brush-erase").setAttribute("aria-pressed", String(erase));
+  };
+  $("brush-paint").addEventListener("click", () => tool(false));
+  $("brush-erase").addEventListener("click", () => tool(true));
+}
+
+// ---- the request
+
+function refineFields() {
+  const num = (f) => Number($(f).value);
+  return {
+    init_image: refine.init.dataUrl,
+    denoising_strength: num("denoising_strength"),
+    resize_mode: $("resize_mode").value,
+    mask_blur: Math.trunc(num("mask_blur")),
+    masked_content: $("masked_content").value,
+    inpaint_area: $("inpaint_area").value,
+    only_masked_padding: Math.trunc(num("only_masked_padding")),
+    invert_mask: $("invert_mask").checked,
+  };
+}
+
+// the body for Generate: txt2img as before, or the picture, its mask and options
+function generateBody() {
+  const body = requestBody();
+  if (refine.mode !== "img2img") return body;
+  if (!refine.init) {
+    throw Object.assign(new Error("Choose an image first."), { fields: { init_image: "Choose an image first: drop one here, pick a file, or press Send to img2img under a result." } });
+  }
+  Object.assign(body, refineFields());
+  const mask = maskDataUrl();
+  if (mask) body.mask = mask;
+  return body;
+}
+
+async function outpaint(side) {
+  clearErrors();
+  if (!refine.init) {
+    showError(Object.assign(new Error("Choose an image first."), { fields: { init_image: "Choose an image first: outpainting extends the init image." } }));
+    return;
+  }
+  const body = { ...requestBody(), ...refineFields(), width: null, height: null, batch_size: 1, batch_count: 1 };
+  body.outpaint = { [side]: Number($("outpaint_amount").value) };
+  body.outpaint_fill = $("outpaint_fill").value;
+  let job;
+  try {
+    job = await api("/jobs", { method: "POST", body });
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  refine.outpaintJobs.add(job.id);
+  state.jobs.set(job.id, job);
+  renderQueue();
+  watchJob(job.id).catch(showError);
+}
+
+// an outpaint job's picture becomes the new init image (so pressing again extends further)
+async function outpaintDone(id, d) {
+  if (!refine.outpaintJobs.delete(id) || d.state !== "done" || !d.images?.length) return;
+  try {
+    const blob = await (await fetch(d.images[0].url)).blob();
+    await setInitFromBlob(blob);
+    sizeFormToInit();
+  } catch (err) { showError(err); }
+}
+
+function wireRefine() {
+  $("mode-txt2img").addEventListener("click", () => setMode("txt2img"));
+  $("mode-img2img").addEventListener("click", () => setMode("img2img"));
+  $("send-img2img").addEventListener("click", () => sendToImg2img().catch(showError));
+  $("init-pick").addEventListener("click", () => $("init-file").click());
+  $("init-file").addEventListener("change", () => {
+    const f = $("init-file").files[0];
+    if (f) setInitFromBlob(f).then(sizeFormToInit).catch(showError);
+    $("init-file").value = "";
+  });
+  $("init-remove").addEventListener("click", removeInit);
+  for (const f of REFINE_FIELDS) {
+    $(f).addEventListener($(f).tagName === "SELECT" || $(f).type === "checkbox" ? "change" : "input", () => {
+      $(f).removeAttribute("aria-invalid");
+      const err = $(`${f}-error`);
+      if (err) err.textContent = "";
+      syncRefineOutputs();
+      saveRefine();
+      if (f === "denoising_strength" || f === "resize_mode") scheduleEstimate();
+    });
+  }
+  for (const b of document.querySelectorAll("button.extend")) b.addEventListener("click", () => outpaint(b.dataset.side));
+  for (const f of ["width", "height"]) $(f).addEventListener("input", syncResizeField);
+  $("size-preset").addEventListener("change", syncResizeField);
+  // a picture dropped on the init area becomes the init image; elsewhere a drop restores settings
+  const area = $("init-area");
+  area.addEventListener("dragover", (e) => { e.preventDefault(); area.classList.add("over"); $("drop").textContent = "Drop the picture to use it as the init image"; });
+  area.addEventListener("dragleave", () => { area.classList.remove("over"); $("drop").textContent = "Drop a PNG to restore its settings"; });
+  area.addEventListener("drop", (e) => {
+    e.preventDefault();
+    e.stopPropagation();
+    area.classList.remove("over");
+    endDrag();
+    const f = e.dataTransfer.files[0];
+    if (f) setInitFromBlob(f).then(sizeFormToInit).catch(showError);
+  });
+  wireMask();
+  syncRefineOutputs();
+}
+
 // ------------------------------------------------------------------ wiring
+
+let endDrag = () => {};
 
 function wire() {
   $("form").addEventListener("submit", generate);
@@ -746,17 +1093,19 @@ function wire() {
   document.addEventListener("dragenter", (e) => { if ([...e.dataTransfer.types].includes("Files")) { depth++; $("drop").hidden = false; } });
   document.addEventListener("dragleave", () => { depth = Math.max(0, depth - 1); if (!depth) $("drop").hidden = true; });
   document.addEventListener("dragover", (e) => e.preventDefault());
+  endDrag = () => { depth = 0; $("drop").hidden = true; $("drop").textContent = "Drop a PNG to restore its settings"; };
   document.addEventListener("drop", (e) => {
     e.preventDefault();
-    depth = 0;
-    $("drop").hidden = true;
+    endDrag();
     dropFile(e.dataTransfer.files[0]);
   });
+  wireRefine();
 }
 
 async function main() {
   wire();
   restoreForm();
+  restoreRefine();
   try {
     await Promise.all([loadModels(), loadOptions(), loadLoras(), loadStyles()]);
     await loadHistory();

@@ -1,0 +1,83 @@
+"""Prompts -> the text features of every step: :class:`PromptPlan`.
+
+AND splits the positive prompt into weighted sub-prompts, prompt editing makes each
+a timeline over the steps (``[from:to:when]``), embeddings named in the text are
+read from the data home; each distinct text is encoded once (conditioning.py).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+
+from .conditioning import TextConditioning, encode_prompt, pad_context
+from .embeddings import embedding_files, load_embedding
+from .hashing import sha256_file
+from .models.errors import ModelFileError
+from .prompts import schedule_prompt, split_and
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptPlan:
+    """Encoded prompts over the steps: each positive sub-prompt (split on AND, with
+    its weight) and the negative prompt as (end_step, encoding) timelines."""
+
+    positive: list[tuple[list[tuple[int, TextConditioning]], float]]
+    negative: list[tuple[int, TextConditioning]]
+    empty: TextConditioning  # the encoding of "", for padding
+    ti_hashes: dict[str, str] = field(default_factory=dict)  # embeddings named in the prompts
+
+    @staticmethod
+    def _pick(timeline: list[tuple[int, TextConditioning]], step: int) -> TextConditioning:
+        for end, enc in timeline:
+            if step <= end:
+                return enc
+        return timeline[-1][1]
+
+    def at(self, step: int) -> tuple[list[TextConditioning], list[float], TextConditioning]:
+        conds = [self._pick(tl, step) for tl, _ in self.positive]
+        return conds, [w for _, w in self.positive], self._pick(self.negative, step)
+
+    def padded(self, texts: list[TextConditioning]) -> list[TextConditioning]:
+        """Same token length for all, by appending empty-prompt chunks, so they batch."""
+        longest = max(t.context.shape[1] for t in texts)
+        return [replace(t, context=pad_context(t.context, longest, self.empty.context)) for t in texts]
+
+
+def encode_prompts(spec, encoders, home, prompt: str, negative: str, steps: int, clip_skip: int, device) -> PromptPlan:
+    """Encode both prompts over ``steps`` steps (``prompt`` without its extra-network
+    tags): AND, prompt editing, emphasis, embeddings."""
+    embeddings = embeddings_for(spec, home, prompt + "\n" + negative)
+    cache: dict[str, TextConditioning] = {}
+
+    def encoded(text: str) -> TextConditioning:
+        if text not in cache:
+            cache[text] = encode_prompt(spec, encoders, text, clip_skip, device, embeddings)
+        return cache[text]
+
+    def timeline(text: str) -> list[tuple[int, TextConditioning]]:
+        return [(end, encoded(t)) for end, t in schedule_prompt(text, steps)]
+
+    positive = [(timeline(part), weight) for part, weight in split_and(prompt)]
+    ti = {name: sha256_file(e.path)[:12] for name, e in embeddings.items()}
+    return PromptPlan(positive, timeline(negative), encoded(""), ti)
+
+
+def embeddings_for(spec, home, text: str) -> dict:
+    """The home's embeddings whose names occur in ``text`` and fit this model."""
+    widths = [e.width for e in spec.text_encoders]
+    out = {}
+    for name, path in embedding_files(home).items():
+        if name not in text:
+            continue
+        try:
+            emb = load_embedding(path)
+        except ModelFileError as exc:
+            log.warning("%s The word is used as plain text.", exc)
+            continue
+        if any(emb.for_encoder(i, len(widths), w) is None for i, w in enumerate(widths)):
+            log.warning("embedding %r does not fit this %s checkpoint (its vectors are for another model family); the word is used as plain text.", name, spec.label)
+            continue
+        out[name] = emb
+    return out
