@@ -249,7 +249,7 @@ def test_3_the_aiya_discord_bot_starts_and_every_listing_answers_in_a1111_shape(
         assert r6.json() == [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}]
         for path in ("latent-upscale-modes", "realesrgan-models", "sd-vae", "sd-modules", "script-info", "extensions", "face-restorers", "hypernetworks"):
             assert s.get(f"/sdapi/v1/{path}").json() == [], path
-        assert s.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+        assert s.get("/sdapi/v1/scripts").json() == {"txt2img": ["x/y/z plot"], "img2img": ["x/y/z plot"]}
         assert set(s.get("/sdapi/v1/memory").json()) == {"ram", "cuda"}
         flags = s.get("/sdapi/v1/cmd-flags").json()
         assert flags["api"] is True and flags["api_auth"] is None and flags["lora_dir"] == "models/loras" and flags["ckpt_dir"] == "models/checkpoints"

@@ -49,6 +49,19 @@ The result has the picture's size unless -W/-H say otherwise (--resize-mode says
 HOME/outputs/init-images, where every picture you start from is kept."""
 
 
+COMPARE_EXAMPLES = """examples:
+  brushwork compare "a lighthouse" --x "Steps: 5,20,45,75"
+  brushwork compare "a lighthouse" --x "Steps: 10-40 [4]" --y "CFG Scale: 1,4,7,12"
+  brushwork compare "a cat <lora:balloon:0>" --x "Prompt S/R: <lora:balloon:0>,<lora:balloon:0.5>,<lora:balloon:1>"
+  brushwork compare "a fox" --x "Checkpoint name: demo,juggernautXL_v9" --y "Seed: 1,2,3"
+
+Axes: Seed, Var. seed, Var. strength, Steps, CFG Scale, Prompt S/R, Prompt order,
+Sampler, Schedule type, Checkpoint name, Clip skip, Size, Denoising. Values: a,b,c
+("quoted, with commas"), 1-5, 1-10 (+2), 1-10 [5], 0.5-1.5 (+0.25).
+The grid is saved in HOME/outputs/grids/DATE, every cell in HOME/outputs/DATE with
+its own parameters (brushwork generate --from CELL re-creates it)."""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brushwork", description="Local Stable Diffusion image generation.", epilog=MAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"brushwork {__version__}")
@@ -70,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--batch-count", type=int, default=None, help="how many batches to run one after another")
         g.add_argument("--clip-skip", type=int, default=None, help="use an earlier text-encoder layer (1 = last)")
         g.add_argument("--rng", type=str.upper, choices=["CPU", "GPU", "NV"], default=None, help="where the noise comes from: CPU (default; the same on any machine), GPU or NV (AUTOMATIC1111's NVIDIA noise, re-created on any machine)")
+        g.add_argument("--var-seed", type=int, default=None, metavar="N", help="variation seed: mix in the noise of seed N (-1 random) by --var-strength")
+        g.add_argument("--var-strength", type=float, default=None, metavar="S", help="how much of the variation seed's noise, 0-1 (0.05-0.3: a small variation of the same picture)")
+        g.add_argument("--seed-resize-from", metavar="WxH", default=None, help="make the noise as for a picture of WxH, so a seed keeps its composition at another size")
         g.add_argument("--ensd", type=int, default=None, metavar="N", help="AUTOMATIC1111's eta noise seed delta: step noise re-seeded with seed+N (0 = off; 31337 is common)")
         g.add_argument("--style", action="append", default=None, metavar="NAME", help="apply a saved prompt style from HOME/styles.csv (repeatable, applied in order; see: brushwork styles)")
         g.add_argument("--model", "-m", help="checkpoint: name, file name, path or model hash (default: the last one used)")
@@ -102,6 +118,18 @@ def _parser() -> argparse.ArgumentParser:
     i2i.add_argument("--outpaint", metavar="SIDES", help="extend the canvas and paint the new area, e.g. left=128,top=64 (multiples of 8)")
     i2i.add_argument("--outpaint-fill", choices=["edge", "noise"], default=None, help="what the new area starts from: edge colours (default) or noise")
     generation_options(i2i)
+
+    cp = sub.add_parser("compare", help="an X/Y/Z grid: the same picture over a range of settings", description="Make a comparison grid: every combination of the --x, --y (and --z) axis values, as one job. Axes use AUTOMATIC1111's X/Y/Z plot names and value syntax.", epilog=COMPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cp.add_argument("prompt", help="the base prompt of every cell")
+    cp.add_argument("--x", required=True, metavar="'AXIS: VALUES'", help="the axis across, e.g. 'Steps: 5,20,45,75'")
+    cp.add_argument("--y", metavar="'AXIS: VALUES'", help="the axis down, e.g. 'CFG Scale: 1,4,7,12'")
+    cp.add_argument("--z", metavar="'AXIS: VALUES'", help="one sub-grid per value, e.g. 'Checkpoint name: a,b'")
+    cp.add_argument("--vary-seeds", default="", metavar="AXES", help="the seed counts up along these axes, e.g. x or x,y (default: every cell has the same seed)")
+    cp.add_argument("--keep-random-seeds", action="store_true", help="with seed -1, every cell draws its own random seed")
+    cp.add_argument("--no-legend", action="store_true", help="no axis labels on the grid")
+    cp.add_argument("--no-cells", action="store_true", help="save only the grid, not every cell as its own PNG")
+    cp.add_argument("--margin", type=int, default=0, help="pixels between cells (default 0)")
+    generation_options(cp)
 
     m = sub.add_parser("models", help="list the checkpoints found", description="List the checkpoints in HOME/models/checkpoints (and the built-in demo model) with family, size and hash. Pass a NAME or HASH from this list to generate --model.")
     m.add_argument("--no-hash", action="store_true", help="skip computing file hashes (faster for big new files)")
@@ -170,7 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE
-    handler = {"generate": cmd_generate, "img2img": cmd_generate, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history, "styles": cmd_styles}[args.command]
+    handler = {"generate": cmd_generate, "img2img": cmd_generate, "compare": cmd_compare, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history, "styles": cmd_styles}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -200,6 +228,8 @@ def _is_user_error(exc: Exception) -> bool:
     from .devices import DeviceError
     from .engine import RequestError
     from .init_image import ImageInputError
+    from .compare.axes import AxisError
+    from .compare.grid import GridTooLarge
     from .infotext import InfotextError
     from .models.errors import ModelFileError
     from .outputs import NotAnImageError, OutputError
@@ -212,7 +242,7 @@ def _is_user_error(exc: Exception) -> bool:
 
     if isinstance(exc, ValueError) and str(exc).startswith("--port"):
         return True
-    return isinstance(exc, (ImageInputError, HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
+    return isinstance(exc, (AxisError, GridTooLarge, ImageInputError, HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
 
 
 # ------------------------------------------------------------------ generate
@@ -242,8 +272,27 @@ def _request_from_image(path: str):
         rng=rng,
         ensd=ensd,
         stop_at_step=_stopped_at(p),
+        **_variation_of(p),
     )
     return req, p
+
+
+def _variation_of(params) -> dict:
+    """The variation-seed fields an infotext records (A1111's keys)."""
+    from .infotext import InfotextError
+
+    out: dict = {}
+    extra = params.extra
+    try:
+        if "Variation seed strength" in extra:
+            out["subseed_strength"] = float(extra["Variation seed strength"])
+            out["subseed"] = int(extra.get("Variation seed", -1))
+        if "Seed resize from" in extra:
+            w, _, h = str(extra["Seed resize from"]).partition("x")
+            out["seed_resize_from_w"], out["seed_resize_from_h"] = int(w), int(h)
+    except ValueError:
+        raise InfotextError(f"the picture's variation settings cannot be read: {extra.get('Variation seed')!r}, {extra.get('Variation seed strength')!r}, {extra.get('Seed resize from')!r}") from None
+    return out
 
 
 def _with_pictures(home, req, args, params):
@@ -442,7 +491,15 @@ def cmd_generate(args) -> int:
         "clip_skip": args.clip_skip,
         "rng": args.rng,
         "ensd": args.ensd,
+        "subseed": args.var_seed,
+        "subseed_strength": args.var_strength,
     }
+    if args.seed_resize_from is not None:
+        w, _, h = args.seed_resize_from.lower().partition("x")
+        if not (w.strip().isdigit() and h.strip().isdigit()):
+            print(f"error: --seed-resize-from takes WIDTHxHEIGHT, e.g. 512x512; got {args.seed_resize_from!r}", file=sys.stderr)
+            return EXIT_USAGE
+        overrides.update(seed_resize_from_w=int(w), seed_resize_from_h=int(h))
     if refining:
         overrides.update({
             "denoising_strength": args.strength, "exact_steps": args.exact_steps, "resize_mode": args.resize_mode,
@@ -511,6 +568,68 @@ def cmd_generate(args) -> int:
     finally:
         if bar is not None:
             bar.close()
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from dataclasses import replace
+
+    from .budget import optional_limit
+    from .compare.axes import parse_axis
+    from .compare.job import Comparison, grid_picture, run_comparison
+    from .engine import Engine, GenerationRequest, validate_request
+    from .outputs import ensure_writable_folder, save_png
+    from .paths import DataHome
+
+    home = DataHome.resolve(args.home)
+    axes = [parse_axis(text) if text else None for text in (args.x, args.y, args.z)]
+    vary = tuple(a in {v.strip().lower() for v in args.vary_seeds.split(",") if v.strip()} for a in "xyz")
+    fields = {"prompt": args.prompt, "negative_prompt": args.negative, "seed": args.seed, "steps": args.steps, "cfg_scale": args.cfg,
+              "sampler": args.sampler, "schedule": args.schedule, "width": args.width, "height": args.height, "clip_skip": args.clip_skip,
+              "rng": args.rng, "ensd": args.ensd, "subseed": args.var_seed, "subseed_strength": args.var_strength}
+    req = replace(GenerationRequest(), **{k: v for k, v in fields.items() if v is not None})
+    if args.style:
+        req = replace(req, styles=args.style)
+    if (args.batch_size or 1) != 1 or (args.batch_count or 1) != 1:
+        print("error: a comparison makes one picture per cell; for more seeds add an axis, e.g. --y 'Seed: 1,2,3'", file=sys.stderr)
+        return EXIT_USAGE
+    validate_request(req)
+    cmp = Comparison(req, axes[0], axes[1], axes[2], vary_seeds=vary, keep_random_seeds=args.keep_random_seeds, draw_legend=not args.no_legend, margin=args.margin)
+    day = _dt.date.today().isoformat()
+    out_dir = ensure_writable_folder(Path(args.out) if args.out else home.outputs / day)
+    grid_dir = ensure_writable_folder(Path(args.out) / "grids" if args.out else home.outputs / "grids" / day)
+    engine = Engine(home, device=args.device, use_ema=args.ema, max_job_seconds=optional_limit(args.max_minutes), threads=args.threads)
+    loaded = engine.load(args.model)
+    if not args.quiet:
+        print(f"{loaded.path.name} ({loaded.spec.label}) on {engine.placement.label}", file=sys.stderr)
+    bar = None
+    results = []
+
+    def progress(p) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=p.total, unit="it", file=sys.stderr, dynamic_ncols=True)
+        bar.update(p.step - bar.n)
+
+    try:
+        for r in run_comparison(engine, cmp, progress):
+            results.append(r)
+            if not args.no_cells:
+                path = save_png(r.image.image, out_dir, r.image.seed, r.image.infotext)
+                line = f"{path}  seed {r.image.seed}  cell {r.cell.ix + 1},{r.cell.iy + 1},{r.cell.iz + 1} ({r.done}/{r.total})"
+                (bar.write(line, file=sys.stdout) if bar is not None else print(line, flush=True))
+    finally:
+        if bar is not None:
+            bar.close()
+    if not results:
+        return 1
+    picture, text = grid_picture(cmp, results)
+    path = save_png(picture, grid_dir, results[0].image.seed, text)
+    print(f"{path}  grid {picture.width}x{picture.height}, {len(results)} cells", flush=True)
     return 0
 
 

@@ -36,7 +36,7 @@ from .lora import LoraError, LoraStack, lora_files
 from .masks import latent_mask
 from .models.detect import ModelSpec
 from .models.load import Networks
-from .noise import BrownianNoise, initial_noise, noise_source
+from .noise import BrownianNoise, batch_seeds, initial_noise, noise_source, variation_noise
 from .paths import DataHome
 from .previews import PreviewMap, fit_preview_map, preview_image
 from .prompt_plan import PromptPlan, encode_prompts
@@ -134,6 +134,20 @@ class LoadedModel:
         return self.sha256[:10]
 
 
+@dataclass
+class Prepared:
+    """What the batches of one request share (Engine.prepare)."""
+
+    req: GenerationRequest  # completed, styles applied, random seeds fixed
+    sampler: SamplerInfo
+    schedule: str
+    plan: PromptPlan
+    extra: dict  # infotext entries of every picture (LoRA hashes, styles, refine keys ...)
+    refine: Optional[RefinedPicture]
+    start: Optional[Start]
+    steps: int  # sampling steps per batch
+
+
 class Engine:
     """Loads checkpoints and generates images.  Not thread-safe: one job at a time."""
 
@@ -147,6 +161,7 @@ class Engine:
         self.model: Optional[LoadedModel] = None
         self._vae_fp32 = False
         self.loras = LoraStack()
+        self._texts: dict = {}  # prompt encodings of the current model and LoRAs (prompt_plan.py)
 
     # ------------------------------------------------------------- models
 
@@ -254,6 +269,26 @@ class Engine:
         With ``control``, another thread may interrupt, skip or cancel (see
         :class:`JobControl`); an interrupted or skipped batch still yields its partly
         denoised images, a cancelled one yields nothing more."""
+        prep = self.prepare(request, control)
+        if prep is None:
+            return
+        req = prep.req
+        seeds, subseeds = batch_seeds(req.seed, req.subseed, req.subseed_strength, req.batch_size * req.batch_count)
+        total, t0 = prep.steps * req.batch_count, time.perf_counter()
+        for batch_index in range(req.batch_count):
+            if control is not None and control.interrupted:
+                return
+            part = slice(batch_index * req.batch_size, (batch_index + 1) * req.batch_size)
+            images = self.run_batch(prep, seeds[part], subseeds[part] if req.subseed_strength else None, None, control, progress, batch_index * prep.steps, total, t0)
+            if images is None:
+                return  # cancelled
+            if images:
+                yield images
+
+    def prepare(self, request: GenerationRequest, control: Optional[JobControl] = None) -> Optional["Prepared"]:
+        """Everything a request's batches share: the completed request (its random seeds
+        fixed), sampler, LoRAs, encoded prompts, and for img2img the encoded picture.
+        None when cancelled while preparing."""
         req = self.with_styles(self.complete(request))
         steps = planned_steps(req)
         if req.stop_at_step is not None and not (isinstance(req.stop_at_step, int) and 1 <= req.stop_at_step <= steps):
@@ -263,9 +298,7 @@ class Engine:
             # sampler's scratch buffers are kept for reuse (see runtime.py)
             tune_cpu_allocator()
         sampler, schedule = resolve_sampler(req.sampler, req.schedule)
-        base_seed = resolve_seed(req.seed)
-        total = steps * req.batch_count
-        t0 = time.perf_counter()
+        req = replace(req, seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed) if req.subseed_strength else req.subseed)
         tags = extract_extra_networks(req.prompt)
         extra = self._apply_loras(tags)
         if req.styles:
@@ -273,36 +306,46 @@ class Engine:
         plan = self._encode(req, tags.text)
         if plan.ti_hashes:
             extra["TI hashes"] = ", ".join(f"{n.replace(':', '').replace(',', '')}: {h}" for n, h in plan.ti_hashes.items())
+        if req.subseed_strength:
+            extra["Variation seed strength"] = req.subseed_strength
+        if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
+            extra["Seed resize from"] = f"{req.seed_resize_from_w}x{req.seed_resize_from_h}"
         try:
             # img2img / inpaint: the picture prepared and encoded once for all batches
-            refine = self._refine(req, base_seed, control) if req.refines else None
+            refine = self._refine(req, req.seed, control) if req.refines else None
             start = refine[1] if refine else self._txt2img_start(req, control)
         except Cancelled:
-            return
+            return None
         if refine:
             extra.update(refine_infotext(req, refine[0]))
-        for batch_index in range(req.batch_count):
-            if control is not None and control.interrupted:
-                return
-            seeds = [base_seed + batch_index * req.batch_size + i for i in range(req.batch_size)]
-            batch_t0 = time.perf_counter()
-            try:
-                latents, complete, done = self._sample_batch(req, sampler, schedule, seeds, plan, control, progress, batch_index * steps, total, t0, start)
-                if latents is None:
-                    continue  # stopped before its first step: nothing to show
-                pixels = self.decode(latents, control)
-            except Cancelled:
-                return
+        return Prepared(req, sampler, schedule, plan, extra, refine[0] if refine else None, start, steps)
+
+    def run_batch(self, prep: "Prepared", seeds: list[int], subseeds: Optional[list[int]], cfg_scales: Optional[list[float]], control, progress, done_before: int, total: int, t0: float) -> Optional[list["GeneratedImage"]]:
+        """Sample and decode one batch of a prepared request: its images (empty when
+        stopped before the first step), or None when cancelled.  ``cfg_scales``: one
+        guidance scale per image (comparison grids batch cells that differ only in it)."""
+        req = prep.req
+        batch_t0 = time.perf_counter()
+        try:
+            latents, complete, done = self._sample_batch(req, prep.sampler, prep.schedule, seeds, prep.plan, control, progress, done_before, total, t0, prep.start, subseeds, cfg_scales)
+            if latents is None:
+                return []
+            pixels = self.decode(latents, control)
+        except Cancelled:
+            return None
+        if cfg_scales is None:
             self._learn_speed(req, len(seeds), time.perf_counter() - batch_t0, complete)
-            if refine:
-                pixels = [finish(refine[0].canvas, img) for img in pixels]
-            images = []
-            # a picture stopped part-way says so, so re-creating it stops at the same step
-            batch_extra = extra if complete else {**extra, STOPPED_KEY: str(done)}
-            for seed, img in zip(seeds, pixels):
-                params = self._params(req, sampler, schedule, seed, batch_extra)
-                images.append(GeneratedImage(img, seed, params, format_infotext(params), complete))
-            yield images
+        if prep.refine is not None:
+            pixels = [finish(prep.refine.canvas, img) for img in pixels]
+        images = []
+        # a picture stopped part-way says so, so re-creating it stops at the same step
+        batch_extra = prep.extra if complete else {**prep.extra, STOPPED_KEY: str(done)}
+        for i, (seed, img) in enumerate(zip(seeds, pixels)):
+            own = req if cfg_scales is None else replace(req, cfg_scale=cfg_scales[i])
+            extra = batch_extra if subseeds is None else {"Variation seed": subseeds[i], **batch_extra}
+            params = self._params(own, prep.sampler, prep.schedule, seed, extra)
+            images.append(GeneratedImage(img, seed, params, format_infotext(params), complete))
+        return images
 
     def with_styles(self, req: GenerationRequest) -> GenerationRequest:
         """The request with its saved prompt styles applied to both prompts (``styles``
@@ -318,7 +361,7 @@ class Engine:
             log.warning(warning)
         return replace(req, prompt=styled.prompt, negative_prompt=styled.negative_prompt, styles=styled.applied)
 
-    def _sample_batch(self, req, sampler, schedule, seeds, plan, control, progress, done_before, total, t0, start=None) -> tuple[Optional[torch.Tensor], bool, int]:
+    def _sample_batch(self, req, sampler, schedule, seeds, plan, control, progress, done_before, total, t0, start=None, subseeds=None, cfg_scales=None) -> tuple[Optional[torch.Tensor], bool, int]:
         """Sample one batch: (latents, complete, steps done).  Interrupt or skip (or
         the request's ``stop_at_step``) keeps the last denoised latents (None when no
         step finished); cancel raises Cancelled."""
@@ -335,7 +378,7 @@ class Engine:
 
         try:
             with stop_points(self._require_model().networks.unet, None if control is None else control.stopping):
-                return self.sample(req, sampler, schedule, seeds, plan, on_step, start=start), True, planned_steps(req)
+                return self.sample(req, sampler, schedule, seeds, plan, on_step, start=start, subseeds=subseeds, cfg_scales=cfg_scales), True, planned_steps(req)
         except (_Stopped, Cancelled):
             if control is not None and control.cancelled:
                 raise Cancelled() from None
@@ -364,7 +407,11 @@ class Engine:
         """Encode the prompts (``text``: the positive prompt without its extra-network tags)."""
         m = self._require_model()
         text = extract_extra_networks(req.prompt).text if text is None else text
-        return encode_prompts(m.spec, m.networks.text_encoders, self.home, text, req.negative_prompt, req.steps, req.clip_skip, self.placement.device)
+        # encodings are kept while the model and its merged LoRAs stay the same
+        state = (str(m.path), m.mtime, repr(self.loras.applied))
+        if self._texts.get("state") != state:
+            self._texts = {"state": state, "store": {}}
+        return encode_prompts(m.spec, m.networks.text_encoders, self.home, text, req.negative_prompt, req.steps, req.clip_skip, self.placement.device, self._texts["store"])
 
     def _apply_loras(self, tags) -> dict[str, str]:
         """Merge the prompt's LoRAs (only when the set changed); returns infotext entries.
@@ -416,7 +463,8 @@ class Engine:
             out["added"] = {"text_embeds": pooled, "time_ids": time_ids.expand(len(texts) * batch, -1)}
         return out
 
-    def sample(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seeds: list[int], plan: "PromptPlan", on_step=None, noise: Optional[torch.Tensor] = None, start: Optional[Start] = None) -> torch.Tensor:
+    def sample(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seeds: list[int], plan: "PromptPlan", on_step=None, noise: Optional[torch.Tensor] = None,
+               start: Optional[Start] = None, subseeds: Optional[list[int]] = None, cfg_scales: Optional[list[float]] = None) -> torch.Tensor:
         """Run the sampler for one batch; returns final latents (float32, on the device).
 
         ``start`` (start.py): where sampling starts; None is txt2img, pure noise at
@@ -425,7 +473,12 @@ class Engine:
         p = self.placement
         shape = (m.spec.vae.latent_channels, req.height // 8, req.width // 8)
         # per-image generators of the request's source; ENSD re-seeds the step noise (noise.py)
-        first_noise, gens = initial_noise(seeds, shape, req.rng, req.ensd, p.device)
+        resize = (req.seed_resize_from_w, req.seed_resize_from_h) if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0 else None
+        if subseeds is not None or resize is not None:
+            # variation seeds (slerp towards each image's subseed noise) and seed resize (noise.py)
+            first_noise, gens = variation_noise(seeds, subseeds, req.subseed_strength, shape, req.rng, req.ensd, p.device, resize_from=resize)
+        else:
+            first_noise, gens = initial_noise(seeds, shape, req.rng, req.ensd, p.device)
         if noise is not None:
             first_noise = noise
         first_noise = first_noise.to(p.device, torch.float32)
@@ -455,7 +508,8 @@ class Engine:
             return unet(x_in, t.to(p.device), encoder_hidden_states=c["context"], added_cond_kwargs=c.get("added")).sample
 
         weights = [w for _, w in plan.positive]
-        denoise = make_denoiser(net, m.schedule, m.spec.prediction, batch_at, weights, float(req.cfg_scale), step_locator(sigmas))
+        scale = float(req.cfg_scale) if cfg_scales is None else torch.tensor(cfg_scales, dtype=torch.float32, device=p.device).view(-1, 1, 1, 1)
+        denoise = make_denoiser(net, m.schedule, m.spec.prediction, batch_at, weights, scale, step_locator(sigmas))
         # sigmas stay float64 on the CPU: as 0-d tensors they act as scalars on any device
         if start is None:
             x = first_noise * float(sigmas[0])

@@ -165,8 +165,22 @@ def _format_pair(key: str, value: object) -> str:
     return f"{key}: {_quote_value(text)}"
 
 
+#: A1111's base keys that Brushwork keeps in ``GenerationParams.extra``, with their
+#: place in A1111's base order (Clip skip is 19): written there, not after the extras
+BASE_EXTRA_ORDER = {
+    "Variation seed": 14, "Variation seed strength": 15, "Seed resize from": 16, "Denoising strength": 17,
+    "Conditional mask weight": 18, "ENSD": 20, "Token merging ratio": 21, "Token merging ratio hr": 22,
+    "Init image hash": 23, "RNG": 24, "Tiling": 25,
+}
+
+
 def _parameter_items(params: GenerationParams) -> list[tuple[str, object]]:
-    """List the parameter-line pairs in A1111's key order (None = skipped)."""
+    """List the parameter-line pairs in A1111's key order (None = skipped): the base
+    keys (some of them held in ``extra``) in their order, then the other extras in
+    the order they were added."""
+    base_extra = sorted((BASE_EXTRA_ORDER[k], k) for k in params.extra if k in BASE_EXTRA_ORDER)
+    before_clip = [(k, params.extra[k]) for n, k in base_extra if n < 19]
+    after_clip = [(k, params.extra[k]) for n, k in base_extra if n > 19]
     items: list[tuple[str, object]] = [
         ("Steps", params.steps),
         ("Sampler", params.sampler),
@@ -176,9 +190,11 @@ def _parameter_items(params: GenerationParams) -> list[tuple[str, object]]:
         ("Size", f"{params.width}x{params.height}"),
         ("Model hash", params.model_hash or None),
         ("Model", params.model_name or None),
+        *before_clip,
         ("Clip skip", params.clip_skip if params.clip_skip > 1 else None),
+        *after_clip,
     ]
-    items.extend(params.extra.items())
+    items.extend((k, v) for k, v in params.extra.items() if k not in BASE_EXTRA_ORDER)
     items.append(("Version", params.version or None))
     return items
 

@@ -34,6 +34,10 @@ generators, which keep going after the starting noise; with ENSD (A1111's "Eta
 noise seed delta") they are re-seeded with ``seed + ENSD`` once the starting
 noise is drawn.  The DPM++ SDE family instead uses Brownian-tree noise
 (:class:`BrownianNoise`), one tree per image seed.
+
+Variation seeds (A1111's subseed and "Variation strength") and "Seed resize from"
+change only the starting noise (:func:`variation_noise`, :func:`slerp`,
+:func:`batch_seeds`); the step noise still comes from the image seeds' generators.
 """
 from __future__ import annotations
 
@@ -53,6 +57,8 @@ __all__ = [
     "BrownianNoise",
     "PhiloxGenerator",
     "TorchGenerator",
+    "VARIATION_LINEAR_ABOVE",
+    "batch_seeds",
     "box_muller",
     "cuda_threads",
     "gpu_is_emulated",
@@ -62,6 +68,9 @@ __all__ = [
     "philox4x32",
     "philox_randn",
     "randn_local",
+    "resized_noise_shape",
+    "slerp",
+    "variation_noise",
 ]
 
 log = logging.getLogger(__name__)
@@ -242,6 +251,149 @@ def initial_noise(seeds: list[int], shape: tuple[int, int, int], source: str = "
     if ensd:
         gens = [make_generator(source, seed + ensd, target) for seed in seeds]
     return noise, gens
+
+
+# ----------------------------------------------------------------- variation seeds
+# AUTOMATIC1111's ImageRNG.first with a subseed and/or "Seed resize from" (modules/rng.py):
+# the seed's noise is interpolated towards the subseed's by slerp, at the old size when
+# the seed is resized, and the result is pasted into the new size's noise.
+
+VARIATION_LINEAR_ABOVE = 0.9995  # mean cosine above which A1111's slerp falls back to a linear mix
+LATENT_FACTOR = 8  # pixels per latent cell, for "Seed resize from" given in pixels
+
+
+def slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """AUTOMATIC1111's variation-seed interpolation of one image's noise ``low``
+    (the seed's) towards ``high`` (the subseed's) by ``t`` (the variation strength).
+
+    For an image tensor (C, H, W), as A1111 calls it:
+
+    * both tensors are normalised along dim 1 (the latent's height), so each
+      channel and column is a unit vector of H numbers;
+    * ``dot`` is the sum over that dim of the product of the unit vectors, one
+      cosine per (channel, column);
+    * if the mean of all the cosines exceeds 0.9995 the result is the linear mix
+      ``low * t + high * (1 - t)``: note the weights, the reverse of the branch
+      below (A1111's quirk, kept; only near-parallel noises reach it);
+    * otherwise, with ``omega = arccos(dot)``, the result is
+      ``sin((1 - t) omega) / sin(omega) * low + sin(t omega) / sin(omega) * high``,
+      the weights broadcast over the height.
+
+    t = 1 gives ``high`` exactly and t = 0 gives ``low`` exactly (slerp branch).
+    A 4-D tensor (B, C, H, W) is taken as a batch: each image along dim 0 is
+    interpolated on its own, including its own choice of branch."""
+    if low.shape != high.shape:
+        raise ValueError(f"slerp needs two tensors of one shape; got {tuple(low.shape)} and {tuple(high.shape)}")
+    if low.dim() == 4:
+        return torch.stack([slerp(t, a, b) for a, b in zip(low, high)])
+    if low.dim() < 2:
+        raise ValueError(f"slerp works on one image's noise (C, H, W) or a batch (B, C, H, W); got shape {tuple(low.shape)}")
+    cosine = ((low / low.norm(dim=1, keepdim=True)) * (high / high.norm(dim=1, keepdim=True))).sum(dim=1)
+    if cosine.mean() > VARIATION_LINEAR_ABOVE:
+        return low * t + high * (1 - t)
+    omega = torch.acos(cosine)
+    sin_omega = torch.sin(omega)
+    weight_low = (torch.sin((1.0 - t) * omega) / sin_omega).unsqueeze(1)
+    weight_high = (torch.sin(t * omega) / sin_omega).unsqueeze(1)
+    return weight_low * low + weight_high * high
+
+
+def resized_noise_shape(shape: Sequence[int], resize_from: Optional[tuple[int, int]]) -> tuple[int, ...]:
+    """The latent shape (C, h, w) the seed's noise is drawn at for "Seed resize from"
+    ``resize_from`` = (width, height) in pixels: (C, height // 8, width // 8); ``shape``
+    itself when ``resize_from`` is None or either side is 0 or less (A1111's "off")."""
+    shape = tuple(int(s) for s in shape)
+    if resize_from is None:
+        return shape
+    width, height = (int(v) for v in resize_from)
+    if width <= 0 or height <= 0:
+        return shape
+    return (shape[0], height // LATENT_FACTOR, width // LATENT_FACTOR)
+
+
+def _centred_span(new: int, old: int) -> tuple[int, int, int]:
+    """Along one axis, where old-size noise goes into new-size noise, as A1111 places
+    it: (start in the new, start in the old, length).  The offset is
+    floor((new - old) / 2); a larger old size is cropped by that much on each side,
+    so an odd difference leaves the new noise's own last row/column uncovered, and a
+    smaller old size sits one cell nearer the top/left when the difference is odd."""
+    shift = (new - old) // 2
+    if shift >= 0:
+        return shift, 0, old
+    return 0, -shift, old + 2 * shift
+
+
+def _paste_centred(canvas: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
+    """``canvas`` (C, H, W) with ``patch`` (C, h, w) pasted over its centre (in place)."""
+    to_y, from_y, rows = _centred_span(canvas.shape[1], patch.shape[1])
+    to_x, from_x, cols = _centred_span(canvas.shape[2], patch.shape[2])
+    canvas[:, to_y:to_y + rows, to_x:to_x + cols] = patch[:, from_y:from_y + rows, from_x:from_x + cols]
+    return canvas
+
+
+def variation_noise(seeds: list[int], subseeds: Optional[list[int]], strength: float, shape: tuple[int, int, int], source: str = "CPU", ensd: int = 0, device: Union[str, torch.device, None] = None, resize_from: Optional[tuple[int, int]] = None) -> tuple[torch.Tensor, list[NoiseGenerator]]:
+    """:func:`initial_noise` with AUTOMATIC1111's variation seeds and seed resize:
+    the starting noise (B, C, H, W) float32 on ``device`` and the step-noise generators.
+
+    For image i, as A1111's ImageRNG draws it:
+
+    1. with a variation (``strength`` != 0 and ``subseeds`` given), the subseed's
+       noise: the first draw of a fresh generator seeded ``subseeds[i]``, at the
+       drawn shape (:func:`resized_noise_shape`);
+    2. the seed's noise at the drawn shape: without a resize the first draw of the
+       image's own generator (seeded ``seeds[i]``), as in :func:`initial_noise`;
+       with one, the first draw of a fresh generator of the same seed;
+    3. with a variation, ``slerp(strength, seed noise, subseed noise)``;
+    4. with a resize, the image's own generator draws noise of ``shape`` and the
+       result of 3 is pasted into its centre (cropped if the old size is larger;
+       :func:`_centred_span` has A1111's offsets).
+
+    Either way the image's generator has made exactly one draw of ``shape``, so the
+    step noise carries on from where it would without variation or resize; the
+    subseed's generators are thrown away.  ENSD then re-seeds the step-noise
+    generators with ``seeds[i] + ensd``, the main seed, as in :func:`initial_noise`.
+
+    Strength 0 without a resize gives :func:`initial_noise`'s noise and generators
+    exactly; strength 1 gives the subseed's noise (resized like the seed's).
+    The interpolation runs on ``device``, so CUDA and CPU results may differ by
+    float32 rounding."""
+    target = torch.device(device or "cpu")
+    shape = tuple(int(s) for s in shape)
+    drawn = resized_noise_shape(shape, resize_from)
+    varied = subseeds is not None and strength != 0
+    if varied and len(subseeds) != len(seeds):
+        raise ValueError(f"one subseed per seed is needed; got {len(subseeds)} subseeds for {len(seeds)} seeds")
+    gens = [make_generator(source, seed, target) for seed in seeds]
+    images = []
+    for i, (seed, gen) in enumerate(zip(seeds, gens)):
+        towards = randn_local(source, subseeds[i], drawn, target).to(target) if varied else None
+        if drawn == shape:
+            image = gen.randn(shape).to(target)
+        else:
+            image = randn_local(source, seed, drawn, target).to(target)
+        if towards is not None:
+            image = slerp(strength, image, towards)
+        if drawn != shape:
+            image = _paste_centred(gen.randn(shape).to(target), image)
+        images.append(image)
+    noise = torch.stack(images)
+    if ensd:
+        gens = [make_generator(source, seed + ensd, target) for seed in seeds]
+    return noise, gens
+
+
+def batch_seeds(seed: Optional[int], subseed: Optional[int], strength: float, count: int, rng=None) -> tuple[list[int], list[int]]:
+    """The seeds and subseeds of images 0 .. count - 1 of a request (all its batches
+    together), as AUTOMATIC1111 numbers them: image i has seed + i when ``strength``
+    is 0, and otherwise every image keeps ``seed``; the subseed is subseed + i either
+    way (unused at strength 0).  -1 or None picks a random seed or subseed first, by
+    the request's rule (:func:`brushwork.request.resolve_seed`; ``rng`` as there),
+    the seed before the subseed."""
+    from .request import resolve_seed  # request imports this module
+
+    seed, subseed = resolve_seed(seed, rng), resolve_seed(subseed, rng)
+    seeds = [seed + (0 if strength != 0 else i) for i in range(count)]
+    return seeds, [subseed + i for i in range(count)]
 
 
 def noise_source(gens: list[NoiseGenerator], shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> Callable[..., torch.Tensor]:

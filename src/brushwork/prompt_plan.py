@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from typing import Optional
 
 from .conditioning import TextConditioning, encode_prompt, pad_context
 from .embeddings import embedding_files, load_embedding
@@ -45,11 +46,20 @@ class PromptPlan:
         return [replace(t, context=pad_context(t.context, longest, self.empty.context)) for t in texts]
 
 
-def encode_prompts(spec, encoders, home, prompt: str, negative: str, steps: int, clip_skip: int, device) -> PromptPlan:
+#: encodings kept per text-encoder state (Engine's store), at most this many texts
+MAX_STORED_TEXTS = 256
+
+
+def encode_prompts(spec, encoders, home, prompt: str, negative: str, steps: int, clip_skip: int, device, store: Optional[dict] = None) -> PromptPlan:
     """Encode both prompts over ``steps`` steps (``prompt`` without its extra-network
-    tags): AND, prompt editing, emphasis, embeddings."""
+    tags): AND, prompt editing, emphasis, embeddings.  ``store`` (the caller's, for one
+    state of the text encoders' weights) keeps encodings across calls, so a grid's
+    cells encode each distinct text once."""
     embeddings = embeddings_for(spec, home, prompt + "\n" + negative)
-    cache: dict[str, TextConditioning] = {}
+    key = (clip_skip, tuple(sorted((name, str(e.path), e.path.stat().st_mtime_ns) for name, e in embeddings.items())))
+    if store is not None and sum(len(v) for v in store.values()) > MAX_STORED_TEXTS:
+        store.clear()
+    cache: dict[str, TextConditioning] = {} if store is None else store.setdefault(key, {})
 
     def encoded(text: str) -> TextConditioning:
         if text not in cache:

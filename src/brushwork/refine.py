@@ -30,7 +30,7 @@ EXACT_STEPS_KEY = "Exact steps"  # ours: A1111's img2img_fix_steps setting
 OUTPAINT_KEY = "Outpaint"  # ours: "left=128 top=64" (the CLI's --outpaint, spaces for commas)
 OUTPAINT_FILL_KEY = "Outpaint fill"  # ours
 #: the job kinds of generations (the others: "load")
-GENERATION_KINDS = ("txt2img", "img2img", "inpaint")
+GENERATION_KINDS = ("txt2img", "img2img", "inpaint", "compare")
 INPAINT_AREA_LABELS = {"whole picture": "Whole picture", "only masked": "Only masked"}
 
 

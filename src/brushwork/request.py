@@ -69,6 +69,13 @@ class GenerationRequest:
     rng: str = "CPU"
     #: AUTOMATIC1111's Eta noise seed delta: step noise of ENSD samplers re-seeded with seed + ensd
     ensd: int = 0
+    #: variation seed (A1111's subseed): the noise is slerped towards the subseed's by
+    #: ``subseed_strength`` (0: the seed alone, 1: the subseed alone); -1: random
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    #: seed resize from WxH: the noise of that size, pasted centred (0: off)
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
     #: stop each batch after this step and keep its denoised estimate, as an interrupt
     #: does (re-creates a picture whose infotext says "Stopped at step")
     stop_at_step: Optional[int] = None
@@ -168,6 +175,15 @@ def validate_request(req: GenerationRequest) -> None:
     if not isinstance(req.ensd, int) or isinstance(req.ensd, bool) or not 0 <= req.ensd <= MAX_SEED:
         raise RequestError(f"ENSD (eta noise seed delta) must be a whole number from 0 to {MAX_SEED}; got {req.ensd!r}. 0 turns it off; 31337 is the usual value.")
     resolve_seed(req.seed if req.seed != -1 else 0)
+    if not isinstance(req.subseed, int) or isinstance(req.subseed, bool) or not -1 <= req.subseed <= MAX_SEED:
+        raise RequestError(f"variation seed must be -1 (random) or a whole number from 0 to {MAX_SEED}; got {req.subseed!r}.")
+    s = req.subseed_strength
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 1:
+        raise RequestError(f"variation strength must be between 0 and 1; got {s!r}. 0 is the seed alone, 1 the variation seed alone; 0.05-0.3 gives small variations.")
+    for name in ("seed_resize_from_w", "seed_resize_from_h"):
+        v = getattr(req, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not (v <= 0 or MIN_SIDE <= v <= MAX_SIDE):
+            raise RequestError(f"{name.replace('_', ' ')} must be 0 (off) or a size from {MIN_SIDE} to {MAX_SIDE} pixels; got {v!r}.")
     check_refine(req)
     if req.sampler is not None:
         resolve_sampler(req.sampler, req.schedule)  # raises with the valid names

@@ -74,8 +74,9 @@ class CFGDenoiser:
     def __init__(self, net: NetCall, schedule: ModelSchedule, prediction: str, batch_at: BatchAt, weights: list[float], cfg_scale: float, step_of: Callable[[torch.Tensor], int]):
         self.net, self.schedule, self.prediction = net, schedule, prediction
         self.batch_at, self.weights, self.cfg_scale, self.step_of = batch_at, weights, cfg_scale, step_of
-        #: a plain call needs the negative pass unless guidance is the identity
-        self.needs_negative = not (cfg_scale == 1.0 and weights == [1.0])
+        #: a plain call needs the negative pass unless guidance is the identity;
+        #: ``cfg_scale`` may be a (B, 1, 1, 1) tensor: one scale per image of the batch
+        self.needs_negative = not (bool(torch.all(torch.as_tensor(cfg_scale) == 1.0)) and weights == [1.0])
 
     def _estimates(self, x: torch.Tensor, sigma, with_negative: bool) -> tuple[torch.Tensor, ...]:
         """x0 of each batched conditioning: [negative,] each positive sub-prompt."""

@@ -105,8 +105,8 @@ class Txt2ImgBody(BaseModel):
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     styles: Optional[list[StyleName]] = Field(None, max_length=64)
     seed: int = Field(-1, ge=-1, le=MAX_SEED)
-    subseed: int = -1
-    subseed_strength: float = 0.0
+    subseed: int = Field(-1, ge=-1, le=MAX_SEED)
+    subseed_strength: float = Field(0.0, ge=0, le=1)
     seed_resize_from_h: int = -1
     seed_resize_from_w: int = -1
     sampler_name: Optional[str] = Field(None, max_length=64)
@@ -187,6 +187,29 @@ class Img2ImgBody(Txt2ImgBody):
     include_init_images: bool = False
 
 
+#: script_name values that mean AUTOMATIC1111's X/Y/Z plot
+XYZ_SCRIPT_NAMES = ("x/y/z plot", "xyz plot", "x/y/z")
+
+
+def _comparison(req: GenerationRequest, script_args: list, mode: str):
+    """The comparison an X/Y/Z plot request asks for, checked (a 400 naming the
+    problem), and whether its single pictures are wanted too."""
+    from ..compare.axes import AxisError, script_args_to_axes
+    from ..compare.job import Comparison
+    from .schemas import check_comparison
+
+    try:
+        x, y, z, options = script_args_to_axes(script_args, mode)
+    except AxisError as exc:
+        raise BadRequest(str(exc), "script_args") from None
+    if req.batch_size != 1 or req.batch_count != 1:
+        raise BadRequest("X/Y/Z plot: Brushwork makes one picture per cell; send batch_size 1 and n_iter 1 (more seeds: a Seed axis)", "batch_size")
+    cmp = Comparison(req, x, y, z, vary_seeds=(options["vary_seeds_x"], options["vary_seeds_y"], options["vary_seeds_z"]),
+                     keep_random_seeds=options["no_fixed_seeds"], draw_legend=options["draw_legend"], margin=options["margin_size"])
+    check_comparison(cmp)
+    return cmp, bool(options["include_lone_images"])
+
+
 def _refine_fields(body: Img2ImgBody) -> dict[str, Any]:
     """GenerationRequest fields of an img2img body (pictures decoded; a bad one is a
     400 naming its field).  A1111's inpaint_full_res default is true ("only masked")."""
@@ -222,9 +245,8 @@ def _refine_fields(body: Img2ImgBody) -> dict[str, Any]:
     }
 
 
-def _extra_params(infotext: str) -> dict[str, Any]:
-    """The refine keys of a result's infotext, as A1111's info.extra_generation_params."""
-    data = parse_infotext(infotext)
+def _extra_params(data: dict[str, str]) -> dict[str, Any]:
+    """The refine keys of a result's parsed infotext, as A1111's info.extra_generation_params."""
     keys = ("Denoising strength", "Mask blur", "Inpaint area", "Masked area padding", "Masked content", "Mask mode", "Init image hash")
     return {k: data[k] for k in keys if k in data}
 
@@ -322,8 +344,6 @@ def unsupported(body: Txt2ImgBody) -> Optional[str]:
         (body.enable_hr, "hires fix (enable_hr) is not supported yet; generate at the size you want"),
         (body.restore_faces, "face restoration (restore_faces) is not supported: Brushwork has no face restorer yet (GET /sdapi/v1/face-restorers lists none); send restore_faces false"),
         (body.tiling, "tiling is not supported yet"),
-        (body.subseed_strength not in (0, None), "variation seeds (subseed_strength) are not supported yet"),
-        (body.seed_resize_from_w > 0 or body.seed_resize_from_h > 0, "seed resize (seed_resize_from_w/h) is not supported yet"),
         (bool(body.refiner_checkpoint), "the SDXL refiner (refiner_checkpoint) is not supported yet"),
     ]
     return next((msg for cond, msg in checks if cond), None)
@@ -367,8 +387,9 @@ def router(studio: Studio) -> APIRouter:
         problem = unsupported(body)
         if problem:
             raise BadRequest(problem)
-        if body.script_name:
-            return error_response(request, 422, f"script {body.script_name!r} not found: Brushwork has no scripts (GET /sdapi/v1/scripts lists none)")
+        xyz = body.script_name is not None and body.script_name.strip().lower() in XYZ_SCRIPT_NAMES
+        if body.script_name and not xyz:
+            return error_response(request, 422, f"script {body.script_name!r} not found: Brushwork has the X/Y/Z plot script only (GET /sdapi/v1/scripts)")
         if body.alwayson_scripts:
             names = ", ".join(body.alwayson_scripts)
             return error_response(request, 422, f"always-on script(s) {names} not found: Brushwork has no extensions (GET /sdapi/v1/scripts lists none)")
@@ -392,16 +413,26 @@ def router(studio: Studio) -> APIRouter:
             steps=body.steps, cfg_scale=body.cfg_scale, sampler=sampler, schedule=body.scheduler, width=width,
             height=height, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
             styles=list(body.styles or []), rng=per_request["randn_source"], ensd=per_request["eta_noise_seed_delta"],
+            subseed=body.subseed, subseed_strength=body.subseed_strength or 0.0,
+            seed_resize_from_w=max(body.seed_resize_from_w, 0), seed_resize_from_h=max(body.seed_resize_from_h, 0),
             **(refine or {}),
         )
         check_names(studio.home, req)
         await run_in_threadpool(check_request, req)
-        job = studio.submit(req, client_of(request), model=model)
+        lone = True
+        if xyz:
+            cmp, lone = await run_in_threadpool(_comparison, req, body.script_args, "img2img" if refine else "txt2img")
+            job = studio.submit_compare(cmp, client_of(request), model=model)
+        else:
+            job = studio.submit(req, client_of(request), model=model)
         job = await studio.wait_async(job.id)
         if job.state == "failed":
             status = 400 if job.error_kind == "request" else 500
             return error_response(request, status, job.error or "generation failed")
         records = studio.images(job.id)
+        if xyz:  # A1111: the grid first, the cells only with "include lone images"
+            grids = [r for r in records if r.path.startswith("outputs/grids/")]
+            records = grids + ([r for r in records if r not in grids] if lone else [])
         if job.state == "cancelled":
             kept = f"; the {len(records)} picture(s) finished before are kept in the history (GET /api/v1/jobs/{job.id})" if records else "; nothing was made"
             return error_response(request, 409, f"the job was {job.error or 'cancelled before it finished'}{kept}")
@@ -412,6 +443,9 @@ def router(studio: Studio) -> APIRouter:
                 data = await run_in_threadpool((root / rec.path).read_bytes)
                 images.append(base64.b64encode(data).decode())
         seeds = [rec.seed for rec in records]
+        # the pictures' own parameters (variation seeds, refine keys), read off the event loop
+        parsed = await run_in_threadpool(lambda: [parse_infotext(rec.infotext) for rec in records]) if (refine or body.subseed_strength) else []
+        subseeds = [int(p["Variation seed"]) for p in parsed if "Variation seed" in p]
         warnings = ([size_note] if size_note else []) + [public_text(studio.home, w) for w in job.warnings]
         info = {
             "prompt": body.prompt,
@@ -420,9 +454,9 @@ def router(studio: Studio) -> APIRouter:
             "all_negative_prompts": [rec.negative_prompt for rec in records],
             "seed": seeds[0] if seeds else job.request.get("seed"),
             "all_seeds": seeds,
-            "subseed": -1,
-            "all_subseeds": [-1] * len(seeds),
-            "subseed_strength": 0,
+            "subseed": subseeds[0] if subseeds else body.subseed,
+            "all_subseeds": subseeds or [-1] * len(seeds),
+            "subseed_strength": body.subseed_strength,
             "width": width,
             "height": height,
             "sampler_name": sampler,
@@ -435,10 +469,10 @@ def router(studio: Studio) -> APIRouter:
             "sd_model_hash": job.model_hash,
             "sd_vae_name": None,
             "sd_vae_hash": None,
-            "seed_resize_from_w": -1,
-            "seed_resize_from_h": -1,
+            "seed_resize_from_w": body.seed_resize_from_w,
+            "seed_resize_from_h": body.seed_resize_from_h,
             "denoising_strength": body.denoising_strength,
-            "extra_generation_params": _extra_params(records[0].infotext) if records and refine else {},
+            "extra_generation_params": _extra_params(parsed[0]) if parsed and refine else {},
             "index_of_first_image": 0,
             "infotexts": [rec.infotext for rec in records],
             "styles": list(body.styles or []),
@@ -575,7 +609,7 @@ def router(studio: Studio) -> APIRouter:
 
     @r.get("/scripts")
     def scripts() -> dict[str, list]:
-        return {"txt2img": [], "img2img": []}
+        return {"txt2img": ["x/y/z plot"], "img2img": ["x/y/z plot"]}
 
     @r.get("/script-info")
     def script_info() -> list[dict[str, Any]]:

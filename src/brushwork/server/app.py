@@ -35,7 +35,7 @@ from ..models.errors import CheckpointNotFound
 from ..prompts.styles import StylesFileError, extract_styles, read_styles, style_names
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULE_LABELS
-from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_DB_ID, BadRequest, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names, check_request, engine_message, public_text
+from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_DB_ID, BadRequest, CompareBody, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names, check_request, engine_message, public_text
 from .security import Credentials, GuardMiddleware
 from .store import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, JobRecord, StorageFull
 from .studio import Conflict, NotFound, Studio, TooManyJobs, image_view
@@ -287,6 +287,15 @@ def native_router(studio: Studio) -> APIRouter:
         check_request(req)
         job = studio.submit(req, client_of(request), model=body.model)
         return job_view(studio, job)
+
+    @r.post("/compare", status_code=202)
+    def compare(body: CompareBody, request: Request) -> dict[str, Any]:
+        """A comparison grid as one job (kind "compare"): an ``image`` event per cell
+        with its ``cell`` {x, y, z}, then the grid (``grid: true``)."""
+        cmp = body.to_comparison()
+        check_names(studio.home, cmp.request)
+        check_request(cmp.request)
+        return job_view(studio, studio.submit_compare(cmp, client_of(request), model=body.model))
 
     @r.get("/jobs")
     def jobs(limit: int = Query(50, ge=1, le=500), before: Optional[int] = BEFORE, state: Optional[str] = Query(None, max_length=256)) -> list[dict[str, Any]]:

@@ -65,6 +65,10 @@ class GenerateBody(BaseModel):
     styles: list[Annotated[str, Field(max_length=MAX_STYLE_NAME)]] = Field(default_factory=list, max_length=MAX_STYLES, description="saved prompt styles (GET /api/v1/styles), applied in order; an unknown name is a warning")
     rng: Literal["CPU", "GPU", "NV"] = Field("CPU", description="starting-noise source: CPU (default), GPU or NV (an NVIDIA GPU's numbers on any device)")
     ensd: int = Field(0, ge=0, le=MAX_SEED, description="AUTOMATIC1111's Eta noise seed delta")
+    subseed: int = Field(-1, ge=-1, le=MAX_SEED, description="variation seed; -1: random")
+    subseed_strength: float = Field(0.0, ge=0, le=1, description="how much of the variation seed's noise (0: off)")
+    seed_resize_from_w: int = Field(0, ge=0, le=MAX_SIDE, description="make the noise as for this width (0: off)")
+    seed_resize_from_h: int = Field(0, ge=0, le=MAX_SIDE)
     model: Optional[str] = Field(None, max_length=512, description="checkpoint name; null: the current one")
     # ---- img2img / inpaint / outpaint (docs/http-api.md)
     init_image: Optional[str] = Field(None, max_length=MAX_BASE64_CHARS, description="the picture to start from: base64 PNG/JPEG/WebP or a data: URL; null: txt2img. width/height null: its own size")
@@ -91,12 +95,62 @@ class GenerateBody(BaseModel):
             prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed, steps=self.steps, cfg_scale=self.cfg_scale,
             sampler=self.sampler, schedule=self.schedule, width=self.width, height=self.height,
             batch_size=self.batch_size, batch_count=self.batch_count, clip_skip=self.clip_skip,
-            styles=list(self.styles), rng=self.rng, ensd=self.ensd,
+            styles=list(self.styles), rng=self.rng, ensd=self.ensd, subseed=self.subseed, subseed_strength=self.subseed_strength,
+            seed_resize_from_w=self.seed_resize_from_w, seed_resize_from_h=self.seed_resize_from_h,
             init_image=init, mask=mask, denoising_strength=self.denoising_strength, exact_steps=self.exact_steps,
             resize_mode=self.resize_mode, mask_blur=self.mask_blur, masked_content=self.masked_content, inpaint_area=self.inpaint_area,
             only_masked_padding=self.only_masked_padding, invert_mask=self.invert_mask, outpaint=dict(self.outpaint) if self.outpaint else None,
             outpaint_fill=self.outpaint_fill,
         )
+
+
+class CompareBody(GenerateBody):
+    """A comparison grid: the generation body (one picture per cell) plus the axes in
+    the CLI's form, e.g. ``"Steps: 5,20,45"`` (docs/compare.md)."""
+
+    x: str = Field(..., min_length=1, max_length=20_000, description="the axis across, 'Label: values'")
+    y: Optional[str] = Field(None, max_length=20_000)
+    z: Optional[str] = Field(None, max_length=20_000)
+    vary_seeds: list[bool] = Field(default_factory=lambda: [False, False, False], min_length=3, max_length=3)
+    keep_random_seeds: bool = False
+    draw_legend: bool = True
+    margin: int = Field(0, ge=0, le=256)
+
+    def to_comparison(self):
+        from ..compare.axes import AxisError, parse_axis
+        from ..compare.job import Comparison
+
+        axes = []
+        for name in ("x", "y", "z"):
+            text = getattr(self, name)
+            try:
+                axes.append(parse_axis(text) if text else None)
+            except AxisError as exc:
+                raise BadRequest(str(exc), name) from None
+        if self.batch_size != 1 or self.batch_count != 1:
+            raise BadRequest("a comparison makes one picture per cell: leave batch_size and batch_count at 1 (more seeds: a Seed axis)", "batch_size")
+        cmp = Comparison(self.to_request(), *axes, vary_seeds=tuple(self.vary_seeds), keep_random_seeds=self.keep_random_seeds, draw_legend=self.draw_legend, margin=self.margin)
+        check_comparison(cmp)
+        return cmp
+
+
+def check_comparison(cmp) -> None:
+    """Plan the cells once (Prompt S/R strings, value ranges, the cell limit) and the
+    grid's size: 400s before anything is queued."""
+    from ..compare.axes import AxisError
+    from ..compare.grid import GridTooLarge, check_grid_size
+    from ..compare.job import plan_cells
+
+    try:
+        cells = plan_cells(cmp)
+        for cell in cells:
+            validate_request(cell.request)
+        from ..compare.axes import grid_shape
+
+        nx, ny, nz = grid_shape(cmp.x, cmp.y, cmp.z)
+        check_grid_size(nx, ny, nz, max(c.request.width or 1024 for c in cells), max(c.request.height or 1024 for c in cells))
+    except (AxisError, GridTooLarge, RequestError) as exc:
+        raise BadRequest(str(exc), "x") from None
 
 
 def _picture(text: str, field: str):
@@ -111,7 +165,7 @@ def _picture(text: str, field: str):
 #: has the right type but is out of range): one set of messages for every client
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"}
 _REFINE_FIELDS = {"denoising_strength", "mask_blur", "only_masked_padding"}
-_REQUEST_FIELDS = {"seed", "steps", "cfg_scale", "width", "height", "batch_size", "batch_count", "clip_skip", "ensd"} | _REFINE_FIELDS
+_REQUEST_FIELDS = {"seed", "steps", "cfg_scale", "width", "height", "batch_size", "batch_count", "clip_skip", "ensd", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h"} | _REFINE_FIELDS
 
 
 def engine_message(loc, error_type: str, value: Any) -> Optional[str]:

@@ -36,6 +36,8 @@ from ..catalog import find_checkpoint, find_listed_checkpoint, list_checkpoints
 from ..engine import GenerationRequest, JobControl, Progress, RequestError, planned_steps, resolve_seed
 from ..init_image import image_hash, read_image_file
 from ..outputs import save_input
+from ..compare.axes import grid_shape, parse_axis
+from ..compare.job import Comparison, grid_picture, run_comparison
 from ..refine import GENERATION_KINDS, job_kind
 from ..infotext import stopped_step
 from ..lora import LoraError
@@ -258,6 +260,17 @@ class Studio:
                 fields[name] = path.relative_to(self.home.root).as_posix()
         steps = (planned_steps(request) if request.steps else 0) if request.refines else (request.steps or 0)
         return self._submit(client, job_kind(request), fields, model_name, total=steps * request.batch_count)
+
+    def submit_compare(self, cmp: "Comparison", client: str = "local", model: Optional[str] = None) -> JobRecord:
+        """Queue a comparison grid (checked already: axes parsed, cells planned); its
+        seeds are fixed now, like a generation's."""
+        model_name = self.resolve_model(model) if model else self.model_name()
+        fields = asdict(replace(cmp.request, init_image=None, mask=None))
+        fields["seed"] = resolve_seed(cmp.request.seed) if not cmp.keep_random_seeds else cmp.request.seed
+        fields["compare"] = {"x": _axis_text(cmp.x), "y": _axis_text(cmp.y), "z": _axis_text(cmp.z), "vary_seeds": list(cmp.vary_seeds),
+                             "keep_random_seeds": cmp.keep_random_seeds, "draw_legend": cmp.draw_legend, "margin": cmp.margin}
+        nx, ny, nz = grid_shape(cmp.x, cmp.y, cmp.z)
+        return self._submit(client, "compare", fields, model_name, total=nx * ny * nz * (cmp.request.steps or 0))
 
     def _submit(self, client: str, kind: str, request: dict, model: str, total: int, priority: bool = False) -> JobRecord:
         if not priority:
@@ -532,6 +545,7 @@ class Studio:
     def request_of(self, job: JobRecord) -> GenerationRequest:
         """A job's request, its pictures read back from HOME/inputs."""
         fields = dict(job.request)
+        fields.pop("compare", None)
         for name in ("init_image", "mask"):
             if fields.get(name):
                 fields[name] = read_image_file(self.home.root / fields[name], name.replace("_", " "))
@@ -564,6 +578,8 @@ class Studio:
         if self._stopping:
             live.control.cancel()
         records: list[ImageRecord] = []
+        if job.kind == "compare":
+            return self._compare(job, live, req, progress, folder)
         for batch in self.engine.batches(req, progress=progress, control=live.control):
             for img in batch:  # saved and recorded as soon as its batch is done
                 path = save_png(img.image, folder, img.seed, img.infotext)
@@ -572,6 +588,37 @@ class Studio:
                 records.append(rec)
                 with self._cv:
                     self._emit(job.id, "image", {"image": image_view(rec), "complete": img.complete})
+        return records
+
+    def _record(self, job: JobRecord, img, path: Path, index: int) -> ImageRecord:
+        rel = path.resolve().relative_to(self.home.root.resolve()).as_posix()
+        return self.store.add_image(job.id, index, rel, img.seed, img.image.width, img.image.height, img.params.prompt, img.params.negative_prompt, img.infotext, img.params.model_name, img.params.model_hash)
+
+    def _compare(self, job: JobRecord, live: "Live", req: GenerationRequest, progress, folder: Path) -> list[ImageRecord]:
+        """A comparison job: every cell saved and announced as it is decoded (with its
+        place in the grid), then the grid picture (``grid: true``), saved under
+        HOME/outputs/grids."""
+        spec = job.request["compare"]
+        cmp = Comparison(req, *(parse_axis(spec[a]) if spec.get(a) else None for a in "xyz"), vary_seeds=tuple(spec.get("vary_seeds", (False,) * 3)),
+                         keep_random_seeds=spec.get("keep_random_seeds", False), draw_legend=spec.get("draw_legend", True), margin=spec.get("margin", 0))
+        records: list[ImageRecord] = []
+        results = []
+        for r in run_comparison(self.engine, cmp, progress, live.control):
+            path = save_png(r.image.image, folder, r.image.seed, r.image.infotext)
+            rec = self._record(job, r.image, path, len(records))
+            records.append(rec)
+            results.append(r)
+            with self._cv:
+                self._emit(job.id, "image", {"image": image_view(rec), "complete": r.image.complete, "cell": {"x": r.cell.ix, "y": r.cell.iy, "z": r.cell.iz}, "cells": r.total})
+        if results and not live.control.interrupted:
+            picture, text = grid_picture(cmp, results)
+            grids = ensure_writable_folder(self.home.outputs / "grids" / _dt.date.today().isoformat())
+            first = results[0].image
+            grid = replace(first, image=picture, infotext=text)
+            rec = self._record(job, grid, save_png(picture, grids, first.seed, text), len(records))
+            records.append(rec)
+            with self._cv:
+                self._emit(job.id, "image", {"image": image_view(rec), "complete": True, "grid": True})
         return records
 
     def _finish(self, job_id: str, state: str, error: Optional[str] = None, error_kind: Optional[str] = None, warnings: Optional[list[str]] = None) -> None:
@@ -615,7 +662,11 @@ class _WarningCollector(logging.Handler):
             self.sink.append(record.getMessage())
 
 
+def _axis_text(axis) -> Optional[str]:
+    return None if axis is None or axis.label == "Nothing" else f"{axis.label}: {axis.raw}"
+
+
 def image_view(rec: ImageRecord) -> dict[str, Any]:
-    return {"id": rec.id, "job_id": rec.job_id, "index": rec.idx, "url": f"/api/v1/images/{rec.id}", "seed": rec.seed, "width": rec.width, "height": rec.height, "prompt": rec.prompt, "negative_prompt": rec.negative_prompt, "infotext": rec.infotext, "model": rec.model, "model_hash": rec.model_hash, "created": rec.created, "stopped_at": stopped_step(rec.infotext)}
+    return {"grid": rec.path.startswith("outputs/grids/"), "id": rec.id, "job_id": rec.job_id, "index": rec.idx, "url": f"/api/v1/images/{rec.id}", "seed": rec.seed, "width": rec.width, "height": rec.height, "prompt": rec.prompt, "negative_prompt": rec.negative_prompt, "infotext": rec.infotext, "model": rec.model, "model_hash": rec.model_hash, "created": rec.created, "stopped_at": stopped_step(rec.infotext)}
 
 

@@ -4,7 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const API = "/api/v1";
 const STORE_KEY = "brushwork.form.v1";
-const FIELDS = ["prompt", "negative_prompt", "seed", "steps", "cfg_scale", "sampler", "schedule", "width", "height", "batch_size", "batch_count", "styles"];
+const FIELDS = ["prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "steps", "cfg_scale", "sampler", "schedule", "width", "height", "batch_size", "batch_count", "styles"];
 
 const state = {
   options: null,       // /api/v1/options
@@ -127,6 +127,8 @@ function requestBody() {
     prompt: v.prompt,
     negative_prompt: v.negative_prompt,
     seed: v.seed === "" ? -1 : Math.trunc(Number(v.seed)),
+    subseed: v.subseed === "" ? -1 : Math.trunc(Number(v.subseed)),
+    subseed_strength: v.subseed_strength === "" ? 0 : Number(v.subseed_strength),
     steps: num(v.steps),
     cfg_scale: num(v.cfg_scale),
     sampler: v.sampler || null,
@@ -419,7 +421,7 @@ function watchJob(id, { quiet = false } = {}) {
     es.addEventListener("image", (e) => {
       if (quiet) return;
       const d = JSON.parse(e.data);
-      addBatchThumb(d.image);
+      if (isCompareJob(id)) compareImage(id, d); else addBatchThumb(d.image);
     });
     es.addEventListener("done", (e) => {
       const d = JSON.parse(e.data);
@@ -500,7 +502,9 @@ function jobDone(id, d) {
   } else if (d.warnings?.length) {
     $("form-error").textContent = d.warnings.join(" ");
   }
-  if (d.images?.length) {
+  if (compare.jobs.has(id)) {
+    compareDone(id, d);
+  } else if (d.images?.length) {
     showImage(d.images[0]);
     $("batch").innerHTML = "";
     if (d.images.length > 1) for (const im of d.images) addBatchThumb(im);
@@ -632,7 +636,10 @@ function applyParameters(p, unstyled) {
   } else if (p.Prompt !== undefined) {
     setStyles([]);
   }
-  const map = { Prompt: "prompt", "Negative prompt": "negative_prompt", Steps: "steps", "CFG scale": "cfg_scale", Seed: "seed", "Size-1": "width", "Size-2": "height" };
+  const map = { Prompt: "prompt", "Negative prompt": "negative_prompt", Steps: "steps", "CFG scale": "cfg_scale", Seed: "seed", "Size-1": "width", "Size-2": "height",
+    "Variation seed": "subseed", "Variation seed strength": "subseed_strength" };
+  // a picture without a variation seed was made from its seed alone
+  if (p.Seed !== undefined && p["Variation seed strength"] === undefined) { p = { ...p, "Variation seed strength": "0" }; }
   for (const [k, f] of Object.entries(map)) if (p[k] !== undefined) { setField(f, p[k]); state.dirty.add(f); }
   if (p["Denoising strength"] !== undefined && Number.isFinite(Number(p["Denoising strength"]))) {
     $("denoising_strength").value = p["Denoising strength"];
@@ -1050,6 +1057,323 @@ function wireRefine() {
   syncRefineOutputs();
 }
 
+// ------------------------------------------------------------------ compare (POST /api/v1/compare)
+
+const COMPARE_KEY = "brushwork.compare.v1";
+const AXIS_KEYS = ["x", "y", "z"];
+// the axes whose values come from the server's lists: a chip per value appends it
+const CHOICE_AXES = { "Sampler": () => state.options?.samplers || [], "Schedule type": () => state.options?.schedules || [], "Checkpoint name": () => (state.models || []).map((m) => m.name) };
+const NUMBER_AXES = ["Seed", "Steps", "CFG Scale", "Clip skip", "Var. seed", "Var. strength", "Denoising"];
+
+const compare = {
+  jobs: new Map(),  // job id -> {axes, cells: Map "x,y,z" -> image, grid}
+};
+
+function saveCompare() {
+  const values = { open: $("compare").open, legend: $("compare_legend").checked };
+  for (const k of AXIS_KEYS) { values[`${k}_type`] = $(`compare_${k}_type`).value; values[k] = $(`compare_${k}`).value; }
+  localStorage.setItem(COMPARE_KEY, JSON.stringify(values));
+}
+
+function restoreCompare() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(COMPARE_KEY) || "null");
+    if (!saved) return;
+    for (const k of AXIS_KEYS) {
+      const sel = $(`compare_${k}_type`);
+      if ([...sel.options].some((o) => o.value === saved[`${k}_type`])) sel.value = saved[`${k}_type`];
+      if (typeof saved[k] === "string") $(`compare_${k}`).value = saved[k];
+    }
+    if (typeof saved.legend === "boolean") $("compare_legend").checked = saved.legend;
+    if (saved.open) $("compare").open = true;
+  } catch { /* start fresh */ }
+}
+
+// the chips under an axis whose values are names from the server's lists
+function renderAxisChoices(k) {
+  const type = $(`compare_${k}_type`).value;
+  const list = $(`compare_${k}-choices`);
+  const none = type === "Nothing";
+  $(`compare_${k}`).disabled = none;
+  list.innerHTML = "";
+  list.hidden = !CHOICE_AXES[type];
+  if (!CHOICE_AXES[type]) return;
+  for (const name of CHOICE_AXES[type]()) {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = name;
+    b.title = `Add ${name} to the ${k.toUpperCase()} values`;
+    b.addEventListener("click", () => appendAxisValue(k, name));
+    li.append(b);
+    list.append(li);
+  }
+}
+
+function renderAllAxisChoices() { for (const k of AXIS_KEYS) renderAxisChoices(k); }
+
+function appendAxisValue(k, name) {
+  const input = $(`compare_${k}`);
+  const item = /[,"]/.test(name) ? `"${name.replace(/"/g, '""')}"` : name;
+  const have = splitValues(input.value).map((v) => v.trim());
+  if (have.includes(name)) return;
+  input.value = input.value.trim() ? input.value.replace(/[\s,]*$/, "") + "," + item : item;
+  input.dispatchEvent(new Event("input", { bubbles: true }));
+}
+
+// "a, b, \"c,d\"" -> ["a", "b", "c,d"] (A1111's values are CSV)
+function splitValues(text) {
+  const out = [];
+  let cur = "", quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"' && text[i + 1] === '"') { cur += '"'; i++; } else if (c === '"') quoted = false; else cur += c;
+    } else if (c === '"' && !cur.trim()) { quoted = true; cur = ""; } else if (c === ",") { out.push(cur.trim()); cur = ""; } else cur += c;
+  }
+  if (cur.trim() || out.length) out.push(cur.trim());
+  return out.filter((v) => v !== "");
+}
+
+// the values as headers for the live grid; the server parses them for real (a value
+// this cannot expand is shown as written, a cell past the list gets "#n")
+function headerValues(type, text) {
+  const items = splitValues(text);
+  if (!NUMBER_AXES.includes(type)) return items;
+  const num = "([+-]?\\d+(?:\\.\\d+)?)";
+  const range = new RegExp(`^${num}\\s*-\\s*${num}\\s*(?:\\(\\s*${num}\\s*\\)|\\[\\s*(\\d+)\\s*\\])?$`);
+  const round = (v) => String(Math.round(v * 1e6) / 1e6);
+  const out = [];
+  for (const item of items) {
+    const m = item.match(range);
+    if (!m) { out.push(item); continue; }
+    const a = Number(m[1]), b = Number(m[2]);
+    if (m[4]) {
+      const n = Number(m[4]);
+      for (let i = 0; i < n && out.length < 1024; i++) out.push(round(n === 1 ? a : a + ((b - a) * i) / (n - 1)));
+    } else {
+      const step = m[3] ? Number(m[3]) : (b >= a ? 1 : -1);
+      if (!step || (b - a) * step < 0) { out.push(item); continue; }
+      for (let v = a; (step > 0 ? v <= b + 1e-9 : v >= b - 1e-9) && out.length < 1024; v += step) out.push(round(v));
+    }
+  }
+  return out;
+}
+
+function compareAxes() {
+  return AXIS_KEYS.map((k) => {
+    const type = $(`compare_${k}_type`).value;
+    const values = $(`compare_${k}`).value.trim();
+    return type === "Nothing" ? null : { key: k, type, text: values, values: headerValues(type, values) };
+  });
+}
+
+function compareError(field, msg) {
+  showError(Object.assign(new Error(msg), { fields: { [field]: msg } }));
+}
+
+async function runCompare() {
+  clearErrors();
+  document.querySelectorAll("[aria-invalid]").forEach((e) => e.removeAttribute("aria-invalid"));
+  const axes = compareAxes();
+  for (const a of axes) if (a && !a.text) return compareError(`compare_${a.key}`, `Type the ${a.type} values, e.g. ${a.type === "Sampler" ? "Euler,DPM++ 2M" : "1,2,3"}.`);
+  if (!axes[0]) return compareError("compare_x", "Pick what changes across (the X axis).");
+  let body;
+  try {
+    body = { ...generateBody(), batch_size: 1, batch_count: 1 };
+  } catch (err) { showError(err); return; }
+  for (const a of axes) if (a) body[a.key] = `${a.type}: ${a.text}`;
+  body.draw_legend = $("compare_legend").checked;
+  let job;
+  try {
+    job = await api("/compare", { method: "POST", body });
+  } catch (err) {
+    // the server names the axis as x, y or z: its message goes beside that field
+    const fields = {};
+    for (const [f, msg] of Object.entries(err.fields || {})) fields[AXIS_KEYS.includes(f) ? `compare_${f}` : f] = msg;
+    err.fields = fields;
+    showError(err);
+    return;
+  }
+  compare.jobs.set(job.id, { axes, cells: new Map(), grid: null });
+  startCompareGrid(job.id);
+  state.jobs.set(job.id, job);
+  renderQueue();
+  watchJob(job.id).catch(showError);
+}
+
+// a compare job this page did not start (a reload): its axes from the job's request
+function compareJob(id) {
+  let c = compare.jobs.get(id);
+  if (c) return c;
+  const spec = state.jobs.get(id)?.request?.compare || {};
+  const axes = AXIS_KEYS.map((k) => {
+    const text = spec[k];
+    if (!text) return null;
+    const at = text.indexOf(":");
+    const type = text.slice(0, at).trim(), values = text.slice(at + 1).trim();
+    return { key: k, type, text: values, values: headerValues(type, values) };
+  });
+  c = { axes, cells: new Map(), grid: null };
+  compare.jobs.set(id, c);
+  startCompareGrid(id);
+  return c;
+}
+
+function isCompareJob(id) {
+  return compare.jobs.has(id) || state.jobs.get(id)?.kind === "compare";
+}
+
+let shownCompare = null;
+
+function startCompareGrid(id) {
+  shownCompare = id;
+  const c = compare.jobs.get(id);
+  $("compare-result").hidden = false;
+  $("compare-grid-link").hidden = true;
+  $("compare-tables").innerHTML = "";
+  const [x, y, z] = c.axes;
+  const count = (a) => (a ? Math.max(1, a.values.length) : 1);
+  $("compare-cells").textContent = `${count(x) * count(y) * count(z)} cells`;
+  for (let iz = 0; iz < count(z); iz++) ensureTable(c, iz);
+}
+
+function axisLabel(a, i) {
+  return a.values[i] !== undefined ? a.values[i] : `#${i + 1}`;
+}
+
+function ensureTable(c, iz) {
+  const tables = $("compare-tables");
+  let table = tables.querySelector(`table[data-z="${iz}"]`);
+  if (!table) {
+    const [x, y, z] = c.axes;
+    table = document.createElement("table");
+    table.className = "compare-grid";
+    table.dataset.z = iz;
+    if (z) {
+      const cap = document.createElement("caption");
+      cap.textContent = `${z.type}: ${axisLabel(z, iz)}`;
+      table.append(cap);
+    }
+    const head = document.createElement("thead");
+    const hr = document.createElement("tr");
+    const corner = document.createElement("th");
+    corner.className = "corner";
+    corner.textContent = y ? `${y.type} \\ ${x.type}` : x.type;
+    hr.append(corner);
+    head.append(hr);
+    table.append(head, document.createElement("tbody"));
+    // tables in Z order
+    const after = [...tables.querySelectorAll("table")].find((t) => Number(t.dataset.z) > iz);
+    tables.insertBefore(table, after || null);
+    const nx = x ? Math.max(1, x.values.length) : 1, ny = y ? Math.max(1, y.values.length) : 1;
+    for (let iy = 0; iy < ny; iy++) for (let ix = 0; ix < nx; ix++) ensureCell(c, table, ix, iy);
+  }
+  return table;
+}
+
+function ensureCell(c, table, ix, iy) {
+  const [x, y] = c.axes;
+  const hr = table.tHead.rows[0];
+  while (hr.cells.length <= ix + 1) {
+    const i = hr.cells.length - 1;
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = axisLabel(x, i);
+    hr.append(th);
+    for (const row of table.tBodies[0].rows) row.append(emptyCell(table, i, Number(row.dataset.y)));
+  }
+  const body = table.tBodies[0];
+  while (body.rows.length <= iy) {
+    const j = body.rows.length;
+    const tr = document.createElement("tr");
+    tr.dataset.y = j;
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = y ? axisLabel(y, j) : "";
+    tr.append(th);
+    for (let i = 0; i < hr.cells.length - 1; i++) tr.append(emptyCell(table, i, j));
+    body.append(tr);
+  }
+  return body.rows[iy].cells[ix + 1];
+}
+
+function emptyCell(table, ix, iy) {
+  const td = document.createElement("td");
+  td.dataset.x = ix;
+  td.dataset.y = iy;
+  td.dataset.z = table.dataset.z;
+  td.className = "pending";
+  td.innerHTML = '<span class="muted">…</span>';
+  return td;
+}
+
+function compareImage(id, d) {
+  const c = compareJob(id);
+  if (shownCompare !== id) { shownCompare = id; startCompareGrid(id); }
+  if (d.grid) {
+    c.grid = d.image;
+    const link = $("compare-grid-link");
+    link.href = d.image.url;
+    link.hidden = false;
+    return;
+  }
+  if (!d.cell) return;
+  const { x: ix, y: iy, z: iz } = d.cell;
+  c.cells.set(`${ix},${iy},${iz}`, d.image);
+  const td = ensureCell(c, ensureTable(c, iz), ix, iy);
+  const [xa, ya, za] = c.axes;
+  const what = [xa && `${xa.type} ${axisLabel(xa, ix)}`, ya && `${ya.type} ${axisLabel(ya, iy)}`, za && `${za.type} ${axisLabel(za, iz)}`].filter(Boolean).join(", ");
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "cell";
+  b.title = `${what}\nseed ${d.image.seed}\nClick to load its settings`;
+  b.setAttribute("aria-label", `Load the settings of ${what}`);
+  const img = document.createElement("img");
+  img.src = d.image.url;
+  img.alt = what;
+  img.decoding = "async";
+  b.append(img);
+  b.addEventListener("click", () => {
+    showImage(d.image);
+    reuseSettings().catch(showError);
+  });
+  td.className = "";
+  td.innerHTML = "";
+  td.append(b);
+  if (d.cells) $("compare-cells").textContent = `${c.cells.size}/${d.cells} cells`;
+}
+
+function compareDone(id, d) {
+  const c = compare.jobs.get(id);
+  if (!c) return;
+  if (d.state !== "done") $("compare-cells").textContent = `${c.cells.size} cells (${d.state})`;
+  const grid = c.grid || d.images?.find((im) => im.grid);
+  if (grid) {
+    c.grid = grid;
+    $("compare-grid-link").href = grid.url;
+    $("compare-grid-link").hidden = false;
+    showImage(grid);
+  }
+}
+
+function wireCompare() {
+  restoreCompare();
+  for (const k of AXIS_KEYS) {
+    $(`compare_${k}_type`).addEventListener("change", () => { renderAxisChoices(k); $(`compare_${k}-error`).textContent = ""; saveCompare(); });
+    $(`compare_${k}`).addEventListener("input", () => {
+      $(`compare_${k}`).removeAttribute("aria-invalid");
+      $(`compare_${k}-error`).textContent = "";
+      saveCompare();
+    });
+    $(`compare_${k}`).addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.ctrlKey && !e.metaKey) { e.preventDefault(); runCompare(); } });
+  }
+  $("compare_legend").addEventListener("change", saveCompare);
+  $("compare").addEventListener("toggle", () => { saveCompare(); if ($("compare").open) renderAllAxisChoices(); });
+  $("compare-run").addEventListener("click", runCompare);
+  renderAllAxisChoices();
+}
+
 // ------------------------------------------------------------------ wiring
 
 let endDrag = () => {};
@@ -1100,6 +1424,7 @@ function wire() {
     dropFile(e.dataTransfer.files[0]);
   });
   wireRefine();
+  wireCompare();
 }
 
 async function main() {
@@ -1108,6 +1433,7 @@ async function main() {
   restoreRefine();
   try {
     await Promise.all([loadModels(), loadOptions(), loadLoras(), loadStyles()]);
+    renderAllAxisChoices();
     await loadHistory();
     await refreshQueue();
     for (const j of state.jobs.values()) if (j.client === clientId()) watchJob(j.id).catch(showError);
