@@ -19,7 +19,7 @@ from typing import Optional
 from PIL import Image
 
 from .init_image import flatten, image_hash, resize_image
-from .masks import MaskError, crop_region, expand_to_aspect, fill_masked, fit_mask, is_empty, mask_from_alpha, mask_from_image, overlay_mask, prepare_mask
+from .masks import crop_region, expand_to_aspect, fill_masked, fit_mask, mask_from_alpha, mask_from_image, overlay_mask, prepare_mask, require_painted
 from .outpaint import check_sides, extend_canvas
 
 
@@ -91,9 +91,7 @@ def prepare(src: Source, width: int, height: int, resize_mode: str = "just resiz
         else:
             image = resize_image(src.picture, pixel_mode, width, height)
         return Canvas(image, None, image, None, None, latent_upscale)
-    mask = prepare_mask(src.mask, mask_blur, invert)
-    if is_empty(mask):
-        raise MaskError("the mask is empty: nothing to repaint. Paint the area to change in white (or turn off invert mask).")
+    mask = require_painted(prepare_mask(src.mask, mask_blur, invert))
     if only_masked:
         box = expand_to_aspect(crop_region(mask, padding), width, height, *src.picture.size)
         work_mask = resize_image(mask.crop(box), "resize and fill", width, height)

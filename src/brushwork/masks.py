@@ -114,6 +114,13 @@ def is_empty(mask: Image.Image) -> bool:
     return mask.convert("L").getbbox() is None
 
 
+def require_painted(mask: Image.Image) -> Image.Image:
+    """``mask`` (blurred and inverted already), or MaskError when it repaints nothing."""
+    if is_empty(mask):
+        raise MaskError("the mask is empty: nothing to repaint. Paint the area to change in white (or turn off invert mask).")
+    return mask
+
+
 # --- "only masked" ---------------------------------------------------------
 
 

@@ -77,13 +77,13 @@ def check_pictures(req: "GenerationRequest") -> None:
     """What can be said about the pictures before a job is queued: a mask whose shape
     does not fit the init image, or one with nothing to repaint (MaskError)."""
     from .canvas import source
-    from .masks import MaskError, is_empty, prepare_mask
+    from .masks import prepare_mask, require_painted
 
     if not req.refines:
         return
     src = source(req.init_image, req.mask, check_sides(req.outpaint) if req.outpaint else None, req.outpaint_fill)
-    if src.mask is not None and is_empty(prepare_mask(src.mask, req.mask_blur, req.invert_mask)):
-        raise MaskError("the mask is empty: nothing to repaint. Paint the area to change in white (or turn off invert mask).")
+    if src.mask is not None:
+        require_painted(prepare_mask(src.mask, req.mask_blur, req.invert_mask))
 
 
 def job_kind(req: "GenerationRequest") -> str:

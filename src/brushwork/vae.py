@@ -503,12 +503,18 @@ def decode_checked(vae, latent: torch.Tensor, should_stop: Optional[StopCheck] =
 
     Returns (pixels, switched): ``switched`` tells the caller the VAE now stays in
     float32 (the retry moves its weights)."""
-    pixels = decode_latent(vae, latent, should_stop)
-    if torch.isfinite(pixels).all() or next(vae.parameters()).dtype == torch.float32:
-        return pixels, False
-    log.warning("the VAE produced NaNs in half precision; switching it to float32")
+    return _retried_in_float32(vae, lambda: decode_latent(vae, latent, should_stop), "")
+
+
+def _retried_in_float32(vae, run: Callable[[], torch.Tensor], while_doing: str) -> tuple[torch.Tensor, bool]:
+    """``run()``, and once more with the VAE moved to float32 when half precision gave
+    non-finite values: (result, switched)."""
+    out = run()
+    if torch.isfinite(out).all() or next(vae.parameters()).dtype == torch.float32:
+        return out, False
+    log.warning("the VAE produced NaNs in half precision%s; switching it to float32", while_doing)
     vae.to(torch.float32)
-    return decode_latent(vae, latent, should_stop), True
+    return run(), True
 
 
 # ---------------------------------------------------------------- encode
@@ -555,9 +561,4 @@ def encode_checked(vae, pixels: torch.Tensor, should_stop: Optional[StopCheck] =
     """:func:`encode_image`, retried in float32 when half precision overflows.
 
     Returns (latent, switched), as :func:`decode_checked`."""
-    latent = encode_image(vae, pixels, should_stop)
-    if torch.isfinite(latent).all() or next(vae.parameters()).dtype == torch.float32:
-        return latent, False
-    log.warning("the VAE produced NaNs in half precision while encoding; switching it to float32")
-    vae.to(torch.float32)
-    return encode_image(vae, pixels, should_stop), True
+    return _retried_in_float32(vae, lambda: encode_image(vae, pixels, should_stop), " while encoding")

@@ -138,17 +138,11 @@ def work_order(cells: list[Cell], max_batch: int = MAX_BATCH_SIZE, current: Opti
     return batches
 
 
-def check_size(engine, cmp: Comparison, cells: list[Cell]) -> None:
-    """Refuse a grid picture beyond the limit before any work (GridTooLarge)."""
-    sizes = []
-    for cell in cells:
-        w, h = cell.request.width, cell.request.height
-        if w is None or h is None:
-            done = engine.complete(cell.request, warn=False) if engine.model is not None else cell.request
-            w, h = done.width or 512, done.height or 512
-        sizes.append((w, h))
+def check_size(cmp: Comparison, sizes: list[tuple[int, int]]) -> None:
+    """Refuse a grid picture beyond the limit before any work (GridTooLarge);
+    ``sizes``: each cell's (width, height)."""
     nx, ny, nz = grid_shape(*cmp.axes())
-    check_grid_size(nx, ny, nz, max(s[0] for s in sizes), max(s[1] for s in sizes))
+    check_grid_size(nx, ny, nz, max(w for w, _ in sizes), max(h for _, h in sizes))
 
 
 def run_comparison(engine, cmp: Comparison, progress: Optional[Callable] = None, control=None, rng: Optional[random.Random] = None,
@@ -160,12 +154,13 @@ def run_comparison(engine, cmp: Comparison, progress: Optional[Callable] = None,
 
     cells = plan_cells(cmp, rng)
     engine._require_model()
-    check_size(engine, cmp, cells)
+    # each cell as the current model completes it (another checkpoint's own default
+    # size and steps may differ: its cells then run with its own)
+    completed = {c.index: engine.complete(c.request, warn=False) for c in cells}
+    check_size(cmp, [(r.width, r.height) for r in completed.values()])
     original = engine.model.path if engine.model is not None else None
     batches = work_order(cells, max_batch, engine.model.name if engine.model is not None else None)
-    # steps per cell as the current model completes it (another checkpoint's own
-    # default steps may differ: then the total is corrected as its cells run)
-    steps = {c.index: planned_steps(engine.complete(c.request, warn=False)) for c in cells}
+    steps = {i: planned_steps(r) for i, r in completed.items()}
     total_steps = sum(steps[b[0].index] for b in batches)  # a batch runs its steps once for all its cells
     done_steps, done_cells, t0 = 0, 0, time.perf_counter()
     try:

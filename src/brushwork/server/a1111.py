@@ -213,8 +213,9 @@ def _comparison(req: GenerationRequest, script_args: list, mode: str):
 def _refine_fields(body: Img2ImgBody) -> dict[str, Any]:
     """GenerationRequest fields of an img2img body (pictures decoded; a bad one is a
     400 naming its field).  A1111's inpaint_full_res default is true ("only masked")."""
-    from ..init_image import ImageInputError, RESIZE_MODES, decode_base64_image
+    from ..init_image import RESIZE_MODES
     from ..masks import INPAINT_AREAS, MASKED_CONTENT
+    from .schemas import decode_picture
 
     if body.image_cfg_scale not in (None, 1.0, 1.5):
         log.info("image_cfg_scale %s ignored: only instruct-pix2pix models use it", body.image_cfg_scale)
@@ -225,16 +226,10 @@ def _refine_fields(body: Img2ImgBody) -> dict[str, Any]:
     if len(body.init_images or []) > 1:
         log.info("img2img got %d init images; Brushwork uses the first one", len(body.init_images))
 
-    def picture(text: str, field: str):
-        try:
-            return decode_base64_image(text, "init image" if field == "init_images" else "mask")
-        except ImageInputError as exc:
-            raise BadRequest(str(exc), field) from None
-
     blur = body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y)
     return {
-        "init_image": picture(body.init_images[0], "init_images"),
-        "mask": picture(body.mask, "mask") if body.mask else None,
+        "init_image": decode_picture(body.init_images[0], "init_images"),
+        "mask": decode_picture(body.mask, "mask") if body.mask else None,
         "denoising_strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
         "resize_mode": RESIZE_MODES[body.resize_mode],
         "mask_blur": blur,

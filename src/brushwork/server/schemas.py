@@ -88,9 +88,9 @@ class GenerateBody(BaseModel):
         """The engine's request; the pictures decoded here (a bad one is a 400 naming its field)."""
         init = mask = None
         if self.init_image is not None:
-            init = _picture(self.init_image, "init_image")
+            init = decode_picture(self.init_image, "init_image")
         if self.mask is not None:
-            mask = _picture(self.mask, "mask")
+            mask = decode_picture(self.mask, "mask")
         return GenerationRequest(
             prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed, steps=self.steps, cfg_scale=self.cfg_scale,
             sampler=self.sampler, schedule=self.schedule, width=self.width, height=self.height,
@@ -138,25 +138,25 @@ def check_comparison(cmp) -> None:
     """Plan the cells once (Prompt S/R strings, value ranges, the cell limit) and the
     grid's size: 400s before anything is queued."""
     from ..compare.axes import AxisError
-    from ..compare.grid import GridTooLarge, check_grid_size
-    from ..compare.job import plan_cells
+    from ..compare.grid import GridTooLarge
+    from ..compare.job import check_size, plan_cells
 
     try:
         cells = plan_cells(cmp)
         for cell in cells:
             validate_request(cell.request)
-        from ..compare.axes import grid_shape
-
-        nx, ny, nz = grid_shape(cmp.x, cmp.y, cmp.z)
-        check_grid_size(nx, ny, nz, max(c.request.width or 1024 for c in cells), max(c.request.height or 1024 for c in cells))
+        # before a model is asked: sizes left to the model's default count as 1024
+        check_size(cmp, [(c.request.width or 1024, c.request.height or 1024) for c in cells])
     except (AxisError, GridTooLarge, RequestError) as exc:
         raise BadRequest(str(exc), "x") from None
 
 
-def _picture(text: str, field: str):
-    """A base64 picture of a request, decoded with its size checked first."""
+def decode_picture(text: str, field: str):
+    """A base64 picture of a request (``field``: its name, e.g. ``init_image``,
+    ``init_images``, ``mask``), decoded with its size checked first; a bad one is a
+    400 naming the field."""
     try:
-        return decode_base64_image(text, "init image" if field == "init_image" else "mask")
+        return decode_base64_image(text, "mask" if field == "mask" else "init image")
     except ImageInputError as exc:
         raise BadRequest(str(exc), field) from None
 
