@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import shutil
+import time
 
 import httpx
 import numpy as np
@@ -192,3 +193,23 @@ def test_each_distinct_prompt_is_encoded_once_over_the_grid(tiny_home, tmp_path,
     cmp = Comparison(GenerationRequest("a cat", negative_prompt="blurry", seed=1, width=64, height=64), parse_axis("Steps: 2,3,4"), parse_axis("CFG Scale: 4,7"))
     assert len(list(run_comparison(eng, cmp))) == 6
     assert sorted(texts) == ["", "a cat", "blurry"]  # 3 batches, each text once
+
+
+def test_native_compare_of_an_img2img_request_keeps_its_picture(server):
+    """A grid over the studio's img2img mode: the init image is stored with the job
+    and every cell starts from it."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (30, 120, 200)).save(buf, "PNG")
+    r = server.post("/api/v1/compare", json={"prompt": "a lake", "seed": 3, "steps": 3, "init_image": base64.b64encode(buf.getvalue()).decode(), "x": "Denoising: 0.3,0.6"})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    for _ in range(600):
+        job = server.get(f"/api/v1/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["state"] == "done", job
+    assert job["request"]["init_image"].startswith("inputs/")
+    cells = [im for im in job["images"] if not im["grid"]]
+    assert [parse_infotext(im["infotext"])["Denoising strength"] for im in cells] == ["0.3", "0.6"]
+    assert all("Init image hash" in im["infotext"] for im in cells)

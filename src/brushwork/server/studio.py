@@ -250,22 +250,27 @@ class Studio:
         """Queue a generation (validated already by the caller); the seed is fixed now, so
         a job resumed after a restart makes the same pictures."""
         model_name = self.resolve_model(model) if model else self.model_name()
-        fields = asdict(replace(request, init_image=None, mask=None))
+        fields = self._job_fields(request)
         fields["seed"] = resolve_seed(request.seed)
-        # the pictures a refine starts from are kept in HOME/inputs; the job names them
+        steps = planned_steps(request) if request.steps else 0
+        return self._submit(client, job_kind(request), fields, model_name, total=steps * request.batch_count)
+
+    def _job_fields(self, request: GenerationRequest) -> dict[str, Any]:
+        """A request as a job stores it: its fields, with the pictures a refine starts
+        from kept in HOME/inputs and named by their path there (request_of reads them back)."""
+        fields = asdict(replace(request, init_image=None, mask=None))
         for name in ("init_image", "mask"):
             picture = getattr(request, name)
             if picture is not None:
                 path = save_input(picture, self.home.inputs, image_hash(picture))
                 fields[name] = path.relative_to(self.home.root).as_posix()
-        steps = (planned_steps(request) if request.steps else 0) if request.refines else (request.steps or 0)
-        return self._submit(client, job_kind(request), fields, model_name, total=steps * request.batch_count)
+        return fields
 
     def submit_compare(self, cmp: "Comparison", client: str = "local", model: Optional[str] = None) -> JobRecord:
         """Queue a comparison grid (checked already: axes parsed, cells planned); its
         seeds are fixed now, like a generation's."""
         model_name = self.resolve_model(model) if model else self.model_name()
-        fields = asdict(replace(cmp.request, init_image=None, mask=None))
+        fields = self._job_fields(cmp.request)
         fields["seed"] = resolve_seed(cmp.request.seed) if not cmp.keep_random_seeds else cmp.request.seed
         fields["compare"] = {"x": _axis_text(cmp.x), "y": _axis_text(cmp.y), "z": _axis_text(cmp.z), "vary_seeds": list(cmp.vary_seeds),
                              "keep_random_seeds": cmp.keep_random_seeds, "draw_legend": cmp.draw_legend, "margin": cmp.margin}
