@@ -8,22 +8,13 @@ import json
 import pytest
 
 from test_web_refine import server  # noqa: F401 - the same studio server fixture
-from test_web_studio import CHROMIUM, browser, pixels, playwright, pytestmark, small_settings  # noqa: F401 - fixture and skip marks shared
+from test_web_studio import CHROMIUM, browser, pixels, playwright, pytestmark, small_settings, studio_page  # noqa: F401 - fixture and skip marks shared
 
 
 @pytest.fixture
 def page(browser, server):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = ctx.new_page()
-    messages = []
-    pg.on("pageerror", lambda exc: messages.append(str(exc)))
-    pg.goto(server[0] + "/")
-    pg.wait_for_selector("body[data-ready=true]")
-    pg.compares = []  # the bodies POSTed to /api/v1/compare, in order
-    pg.on("request", lambda r: pg.compares.append(json.loads(r.post_data)) if r.method == "POST" and r.url.endswith("/api/v1/compare") else None)
-    yield pg
-    ctx.close()
-    assert not messages, f"JavaScript errors: {messages}"
+    with studio_page(browser, server[0], {"compares": "/api/v1/compare"}) as pg:  # pg.compares: the bodies POSTed there
+        yield pg
 
 
 def set_axis(pg, key: str, label: str, values: str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_web_studio import CHROMIUM, browser, pixels, playwright, pytestmark, small_settings  # noqa: F401 - fixture and skip marks shared
+from test_web_studio import CHROMIUM, browser, pixels, playwright, pytestmark, small_settings, studio_page  # noqa: F401 - fixture and skip marks shared
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +30,8 @@ def server(tiny_home, tmp_path_factory):
 
 @pytest.fixture
 def page(browser, server):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = ctx.new_page()
-    messages = []
-    pg.on("pageerror", lambda exc: messages.append(str(exc)))
-    pg.goto(server[0] + "/")
-    pg.wait_for_selector("body[data-ready=true]")
-    pg.jobs = []  # the bodies POSTed to /api/v1/jobs, in order
-    pg.on("request", lambda r: pg.jobs.append(json.loads(r.post_data)) if r.method == "POST" and r.url.endswith("/api/v1/jobs") else None)
-    yield pg
-    ctx.close()
-    assert not messages, f"JavaScript errors: {messages}"
+    with studio_page(browser, server[0], {"jobs": "/api/v1/jobs"}) as pg:  # pg.jobs: the bodies POSTed there
+        yield pg
 
 
 def generate_and_wait(pg) -> dict:

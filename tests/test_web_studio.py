@@ -8,7 +8,9 @@ screenshots into ``docs/`` (``tools/studio_screenshots.sh``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import json
 import os
 import shutil
 import time
@@ -61,17 +63,29 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, server):
+@contextlib.contextmanager
+def studio_page(browser, url: str, posts: dict[str, str] | None = None):
+    """The studio open and ready in a fresh 1280x900 browser context; afterwards it
+    must have raised no JavaScript error.  ``posts`` {attribute: path}: the JSON
+    bodies POSTed to each path are collected, in order, in ``page.<attribute>``."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     pg = ctx.new_page()
     messages = []
     pg.on("pageerror", lambda exc: messages.append(str(exc)))
-    pg.goto(server[0] + "/")
+    pg.goto(url + "/")
     pg.wait_for_selector("body[data-ready=true]")
+    for attr, path in (posts or {}).items():
+        setattr(pg, attr, [])
+        pg.on("request", lambda r, a=attr, p=path: getattr(pg, a).append(json.loads(r.post_data)) if r.method == "POST" and r.url.endswith(p) else None)
     yield pg
     ctx.close()
     assert not messages, f"JavaScript errors: {messages}"
+
+
+@pytest.fixture
+def page(browser, server):
+    with studio_page(browser, server[0]) as pg:
+        yield pg
 
 
 def long_settings(pg, prompt: str, batches: int) -> None:
