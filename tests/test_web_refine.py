@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_web_studio import CHROMIUM, browser, pixels, playwright, pytestmark, small_settings, studio_page  # noqa: F401 - fixture and skip marks shared
+from test_web_studio import CHROMIUM, browser, pixels, playwright, pytestmark, small_settings, studio_page, unlabelled_controls  # noqa: F401 - fixture and skip marks shared
 
 
 @pytest.fixture(scope="module")
@@ -237,14 +237,7 @@ def test_phone_width_in_img2img_mode_has_no_horizontal_scroll(browser, server):
     pg.wait_for_function("() => document.getElementById('init-canvas').width === 512")
     pg.click("#inpaint-options summary")
     assert pg.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
-    unlabelled = pg.evaluate(
-        """() => [...document.querySelectorAll('input, select, textarea, button')].filter(el => {
-            if (el.closest('[hidden]')) return false;
-            const named = el.getAttribute('aria-label') || (el.labels && el.labels.length) || el.textContent.trim() || el.title;
-            return !named;
-        }).map(el => el.id || el.outerHTML.slice(0, 60))"""
-    )
-    assert unlabelled == []
+    assert unlabelled_controls(pg) == []
     # a finger paints (touch pointer events), not scrolls
     pg.locator("#mask-canvas").scroll_into_view_if_needed()
     box = pg.locator("#mask-canvas").bounding_box()

@@ -117,6 +117,17 @@ def pixels(pg, src: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
 
 
+def unlabelled_controls(pg) -> list[str]:
+    """The visible inputs, selects, text areas and buttons with no name a screen reader can read."""
+    return pg.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button')].filter(el => {
+            if (el.closest('[hidden]')) return false;
+            const named = el.getAttribute('aria-label') || (el.labels && el.labels.length) || el.textContent.trim() || el.title;
+            return !named;
+        }).map(el => el.id || el.outerHTML.slice(0, 60))"""
+    )
+
+
 def drop_file(pg, payload: bytes, name: str) -> None:
     """Drop a file onto the page the way a drag from the desktop does."""
     pg.evaluate(
@@ -266,14 +277,7 @@ def test_phone_width_has_no_horizontal_scroll_and_controls_are_labelled(browser,
     pg.goto(server[0] + "/")
     pg.wait_for_selector("body[data-ready=true]")
     assert pg.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
-    unlabelled = pg.evaluate(
-        """() => [...document.querySelectorAll('input, select, textarea, button')].filter(el => {
-            if (el.closest('[hidden]')) return false;
-            const named = el.getAttribute('aria-label') || (el.labels && el.labels.length) || el.textContent.trim() || el.title;
-            return !named;
-        }).map(el => el.id || el.outerHTML.slice(0, 60))"""
-    )
-    assert unlabelled == []
+    assert unlabelled_controls(pg) == []
     # keyboard: Tab from the top reaches the prompt and then the Generate button is reachable
     order = []
     for _ in range(12):
