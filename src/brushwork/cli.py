@@ -295,6 +295,35 @@ def _variation_of(params) -> dict:
     return out
 
 
+def _generation_fields(args) -> tuple[dict, Optional[str]]:
+    """The request fields the generation options give (None: left to the model or
+    the picture), and what is wrong with them, if anything."""
+    fields = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative,
+        "seed": args.seed,
+        "steps": args.steps,
+        "cfg_scale": args.cfg,
+        "sampler": args.sampler,
+        "schedule": args.schedule,
+        "width": args.width,
+        "height": args.height,
+        "batch_size": args.batch_size,
+        "batch_count": args.batch_count,
+        "clip_skip": args.clip_skip,
+        "rng": args.rng,
+        "ensd": args.ensd,
+        "subseed": args.var_seed,
+        "subseed_strength": args.var_strength,
+    }
+    if args.seed_resize_from is not None:
+        w, _, h = args.seed_resize_from.lower().partition("x")
+        if not (w.strip().isdigit() and h.strip().isdigit()):
+            return fields, f"--seed-resize-from takes WIDTHxHEIGHT, e.g. 512x512; got {args.seed_resize_from!r}"
+        fields.update(seed_resize_from_w=int(w), seed_resize_from_h=int(h))
+    return fields, None
+
+
 def _with_pictures(home, req, args, params):
     """The refine request with its init image and mask read (``--from``: found again
     in HOME/inputs by the infotext's hashes when not given), and both kept in
@@ -476,30 +505,10 @@ def cmd_generate(args) -> int:
             print("error: give a prompt, e.g. brushwork generate \"a lighthouse at dusk\" (or --from IMAGE)", file=sys.stderr)
             return EXIT_USAGE
         req = GenerationRequest()
-    overrides = {
-        "prompt": args.prompt,
-        "negative_prompt": args.negative,
-        "seed": args.seed,
-        "steps": args.steps,
-        "cfg_scale": args.cfg,
-        "sampler": args.sampler,
-        "schedule": args.schedule,
-        "width": args.width,
-        "height": args.height,
-        "batch_size": args.batch_size,
-        "batch_count": args.batch_count,
-        "clip_skip": args.clip_skip,
-        "rng": args.rng,
-        "ensd": args.ensd,
-        "subseed": args.var_seed,
-        "subseed_strength": args.var_strength,
-    }
-    if args.seed_resize_from is not None:
-        w, _, h = args.seed_resize_from.lower().partition("x")
-        if not (w.strip().isdigit() and h.strip().isdigit()):
-            print(f"error: --seed-resize-from takes WIDTHxHEIGHT, e.g. 512x512; got {args.seed_resize_from!r}", file=sys.stderr)
-            return EXIT_USAGE
-        overrides.update(seed_resize_from_w=int(w), seed_resize_from_h=int(h))
+    overrides, problem = _generation_fields(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if refining:
         overrides.update({
             "denoising_strength": args.strength, "exact_steps": args.exact_steps, "resize_mode": args.resize_mode,
@@ -584,15 +593,16 @@ def cmd_compare(args) -> int:
     home = DataHome.resolve(args.home)
     axes = [parse_axis(text) if text else None for text in (args.x, args.y, args.z)]
     vary = tuple(a in {v.strip().lower() for v in args.vary_seeds.split(",") if v.strip()} for a in "xyz")
-    fields = {"prompt": args.prompt, "negative_prompt": args.negative, "seed": args.seed, "steps": args.steps, "cfg_scale": args.cfg,
-              "sampler": args.sampler, "schedule": args.schedule, "width": args.width, "height": args.height, "clip_skip": args.clip_skip,
-              "rng": args.rng, "ensd": args.ensd, "subseed": args.var_seed, "subseed_strength": args.var_strength}
-    req = replace(GenerationRequest(), **{k: v for k, v in fields.items() if v is not None})
-    if args.style:
-        req = replace(req, styles=args.style)
+    fields, problem = _generation_fields(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if (args.batch_size or 1) != 1 or (args.batch_count or 1) != 1:
         print("error: a comparison makes one picture per cell; for more seeds add an axis, e.g. --y 'Seed: 1,2,3'", file=sys.stderr)
         return EXIT_USAGE
+    req = replace(GenerationRequest(), **{k: v for k, v in fields.items() if v is not None})
+    if args.style:
+        req = replace(req, styles=args.style)
     validate_request(req)
     cmp = Comparison(req, axes[0], axes[1], axes[2], vary_seeds=vary, keep_random_seeds=args.keep_random_seeds, draw_legend=not args.no_legend, margin=args.margin)
     day = _dt.date.today().isoformat()
