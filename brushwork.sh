@@ -6,12 +6,20 @@
 #   ./brushwork.sh generate "a lighthouse at dusk"   any brushwork command
 #   ./brushwork.sh serve                             the web studio
 #   ./brushwork.sh test [pytest arguments]           install the test extras and run the tests
+#   ./brushwork.sh setup-upscalers                   add spandrel, for ESRGAN-family upscaler files
 set -eu
 HERE="$(cd "$(dirname "$0")" && pwd)"
 VENV="${BRUSHWORK_VENV:-$HERE/.venv}"
 # torch is pinned: a bare "torch" pulls a multi-GB CUDA build on machines without one;
 # on an NVIDIA machine the same pin installs the CUDA build, which Brushwork uses
 TORCH="torch==2.13.0"
+# upscaler model files load through spandrel, which needs a torchvision built for the very
+# same torch (a mismatched one breaks every import, Brushwork's included): so they come as
+# a pair, and only with the tests or setup-upscalers (docs/upscalers.md)
+case "$(uname -m)" in
+  aarch64|arm64) TORCH_PAIR="torch==2.9.1 torchvision==0.24.1" ;;
+  *) TORCH_PAIR="torch==2.14.1 torchvision==0.29.1" ;;
+esac
 
 find_python() {
   for p in python3.13 python3.12 python3.11 python3; do
@@ -43,15 +51,19 @@ make_venv() {
   fi
 }
 
-install() {  # $1: the extras, e.g. "[test]" or ""
+installed() {  # a stamp newer than pyproject.toml
+  [ -f "$1" ] && [ "$1" -nt "$HERE/pyproject.toml" ]
+}
+
+install() {  # $1: the extras, e.g. "[test]" or ""; $2: the torch requirement(s)
   stamp="$VENV/.brushwork-installed$1"
-  for done in "$stamp" "$VENV/.brushwork-installed[test]"; do  # the test install has everything
-    if [ -f "$done" ] && [ "$done" -nt "$HERE/pyproject.toml" ]; then
-      return 0
-    fi
-  done
-  echo "brushwork: installing Brushwork$1 and $TORCH into $VENV (a few minutes the first time) ..." >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$TORCH" -e "$HERE$1"
+  # the test install has everything; the upscalers one holds the plain install too
+  if installed "$stamp" || installed "$VENV/.brushwork-installed[test]" || { [ -z "$1" ] && installed "$VENV/.brushwork-installed[upscalers]"; }; then
+    return 0
+  fi
+  echo "brushwork: installing Brushwork$1 and $2 into $VENV (a few minutes the first time) ..." >&2
+  # shellcheck disable=SC2086 # $2 may hold two requirements
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check $2 -e "$HERE$1"
   touch "$stamp"
 }
 
@@ -59,7 +71,7 @@ install() {  # $1: the extras, e.g. "[test]" or ""
 
 if [ "${1:-}" = "test" ]; then
   shift
-  install "[test]"
+  install "[test]" "$TORCH_PAIR"
   if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 && [ -z "${BRUSHWORK_CHROMIUM:-}" ]; then
     echo "brushwork: note: no Chromium here, so the web studio's browser tests (tests/test_web_studio.py) will be SKIPPED." >&2
     echo "  To run them: sudo apt install chromium   (or set BRUSHWORK_CHROMIUM to a Chromium binary)" >&2
@@ -68,5 +80,15 @@ if [ "${1:-}" = "test" ]; then
   exec "$VENV/bin/python" -m pytest -q "$@"
 fi
 
-install ""
+if [ "${1:-}" = "setup-upscalers" ]; then
+  install "[upscalers]" "$TORCH_PAIR"
+  echo "brushwork: upscaler model files can now be used (put them in models/upscalers of the data home; brushwork upscalers lists them)" >&2
+  exit 0
+fi
+
+# a torchvision in the environment (tests, setup-upscalers) must keep the torch it was built for
+if "$VENV/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torchvision") is None)' 2>/dev/null; then
+  TORCH="$TORCH_PAIR"
+fi
+install "" "$TORCH"
 exec "$VENV/bin/brushwork" "$@"

@@ -240,14 +240,15 @@ def test_3_the_aiya_discord_bot_starts_and_every_listing_answers_in_a1111_shape(
         assert "components" not in config
         assert "DPM++ 2M" in sampler_names and {"alpha", "beta"} <= set(model_info)
         assert style_names == {"None": "", "Cinematic": ("{prompt}, cinematic still", "cartoon"), "Noir": ("black and white film", "colour")}
-        assert facefix == [] and hypernets == [] and embeddings == [] and upscalers == ["None"]
+        assert facefix == [] and hypernets == [] and embeddings == [] and upscalers == ["None", "Lanczos", "Nearest"]
 
         for path in ("cmd-flags", "samplers", "upscalers", "sd-models", "hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles", "embeddings"):
             assert s.get(f"/sdapi/v1/{path}").status_code == 200, path  # AUTOMATIC1111's test_get_api_url
 
         # the other listings, in AUTOMATIC1111's shapes (modules/api/models.py)
-        assert r6.json() == [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}]
-        for path in ("latent-upscale-modes", "realesrgan-models", "sd-vae", "sd-modules", "script-info", "extensions", "face-restorers", "hypernetworks"):
+        assert r6.json()[0] == {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+        assert [u["name"] for u in r6.json()] == ["None", "Lanczos", "Nearest"]
+        for path in ("realesrgan-models", "sd-vae", "sd-modules", "script-info", "extensions", "face-restorers", "hypernetworks"):
             assert s.get(f"/sdapi/v1/{path}").json() == [], path
         assert s.get("/sdapi/v1/scripts").json() == {"txt2img": ["x/y/z plot"], "img2img": ["x/y/z plot"]}
         assert set(s.get("/sdapi/v1/memory").json()) == {"ram", "cuda"}
@@ -257,7 +258,7 @@ def test_3_the_aiya_discord_bot_starts_and_every_listing_answers_in_a1111_shape(
         # SillyTavern's /api/sd/upscalers: "0 = None, then Latent Upscalers, then Upscalers"
         names = [x["name"] for x in s.get("/sdapi/v1/upscalers").json()]
         names[1:1] = [x["name"] for x in s.get("/sdapi/v1/latent-upscale-modes").json()]
-        assert names == ["None"]
+        assert names[:3] == ["None", "Latent", "Latent (antialiased)"] and names[-2:] == ["Lanczos", "Nearest"] and len(names) == 9
         # SillyTavern's /api/sd/vaes
         answers = [s.get(f"/sdapi/v1/{p}") for p in ("sd-vae", "sd-modules")]
         data = next(a.json() for a in answers if a.is_success)
@@ -478,8 +479,8 @@ def test_7_missing_routes_are_501_and_refusals_land_where_each_client_reads_them
     """Where each client reads an error:
 
     * webuiapi 0.9.17 raises ``RuntimeError(status, response.text)`` for any non-200
-      (``_to_api_result``): ``extra_single_image(image)`` must name the missing feature
-      (img2img itself works now: tests/test_refine_api.py);
+      (``_to_api_result``): ``interrogate(image)`` must name the missing feature
+      (img2img and the extras work now: tests/test_refine_api.py, tests/test_hires_api.py);
     * Open WebUI 0.6.x routers/images.py, automatic1111 branch: ``res["images"]`` fails
       on an error body, then ``data = r.json(); if "error" in data: error =
       data["error"]["message"]`` becomes the message the user sees (AUTOMATIC1111's
@@ -493,9 +494,9 @@ def test_7_missing_routes_are_501_and_refusals_land_where_each_client_reads_them
     host, port = url.rsplit("//", 1)[1].split(":")
     api = webuiapi.WebUIApi(host=host, port=int(port))
     with pytest.raises(RuntimeError) as raised:
-        api.extra_single_image(Image.new("RGB", (64, 64)), upscaler_1="Lanczos", upscaling_resize=2)
+        api.interrogate(Image.new("RGB", (64, 64)))
     status, text = raised.value.args
-    assert status == 501 and "extras tab" in text and "not implemented in Brushwork" in text and "docs/http-api.md" in text
+    assert status == 501 and "interrogate" in text and "not implemented in Brushwork" in text and "docs/http-api.md" in text
 
     def open_webui_error(r: httpx.Response) -> str:
         res = r.json()
@@ -507,7 +508,7 @@ def test_7_missing_routes_are_501_and_refusals_land_where_each_client_reads_them
             return data["error"]["message"] if "error" in data else "'images'"
 
     with client(url) as http:
-        for path in ("extra-single-image", "extra-batch-images", "interrogate", "unload-checkpoint"):
+        for path in ("interrogate", "unload-checkpoint", "create/embedding"):
             r = http.post(f"/sdapi/v1/{path}", json={})
             assert r.status_code == 501 and r.json()["error"]["type"] == "NotImplemented" and "Brushwork" in r.json()["detail"], path
 
@@ -519,8 +520,8 @@ def test_7_missing_routes_are_501_and_refusals_land_where_each_client_reads_them
         scripts = http.post("/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "alwayson_scripts": {"ADetailer": {"args": []}}})
         assert scripts.status_code == 422 and "ADetailer" in open_webui_error(scripts)
 
-        hires = http.post("/sdapi/v1/txt2img", json=sillytavern_body(url, enable_hr=True))
-        assert hires.status_code == 400 and "hires fix (enable_hr) is not supported yet" in hires.text  # SillyTavern's result.text()
+        hires = http.post("/sdapi/v1/txt2img", json=sillytavern_body(url, enable_hr=True, hr_upscaler="4x-NotInstalled"))
+        assert hires.status_code == 400 and "unknown upscaler '4x-NotInstalled'" in hires.text and "Lanczos" in hires.text  # SillyTavern's result.text()
 
         a1111 = http.post("/sdapi/v1/txt2img", json={**A1111_SIMPLE_TXT2IMG, "restore_faces": True})
         assert a1111.status_code == 400 and a1111.json()["detail"] == a1111.json()["errors"] == a1111.json()["error"]["message"]

@@ -166,7 +166,7 @@ def build_cases(job_id: str, image_id: int) -> list[Case]:
         ("seed", 2**64, 422), ("seed", -2, 422), ("batch_size", 0, 422), ("batch_size", 17, 422), ("n_iter", 0, 422), ("n_iter", 101, 422),
         ("sampler_name", "nope", 400), ("sampler_name", "x" * 65, 422), ("sampler_index", "x" * 65, 422), ("scheduler", "nope", 400),
         ("eta", b"NaN", 422), ("denoising_strength", b"Infinity", 422), ("s_noise", b"-Infinity", 422), ("hr_scale", b"NaN", 422), ("subseed_strength", b"NaN", 422),
-        ("subseed_strength", 1.5, 422), ("subseed", -2, 422), ("enable_hr", True, 400), ("restore_faces", True, 400), ("tiling", True, 400),
+        ("subseed_strength", 1.5, 422), ("subseed", -2, 422), ("hr_cfg", 99, 422), ("hr_prompt", HUGE, 422), ("restore_faces", True, 400), ("tiling", True, 400),
         ("styles", "x", 422), ("styles", [5], 422), ("styles", ["x" * 257], 422), ("styles", ["x"] * 65, 422),
         ("refiner_checkpoint", "x", 400), ("refiner_checkpoint", "x" * 513, 422), ("seed_resize_from_w", 10, 400),
         ("script_name", "x/y/z plot", 400), ("script_args", "x", 422),
@@ -179,6 +179,38 @@ def build_cases(job_id: str, image_id: int) -> list[Case]:
         ("disable_extra_networks", "maybe", 422), ("send_images", "maybe", 422),
         *[("prompt", f"a <lora:{t}:1>", 400) for t in TRAVERSALS[:4]],
     ])
+    # the hires fix: values that only matter with enable_hr
+    cases += field_cases("/sdapi/v1/txt2img", "txt2img-hr", {**small, "enable_hr": True}, [
+        ("hr_scale", 0.5, 400), ("hr_scale", 80, 400), ("hr_upscaler", "4x-Nothing", 400), ("hr_upscaler", "../../etc/passwd", 400),
+        ("hr_second_pass_steps", -1, 400), ("hr_second_pass_steps", 999, 400), ("hr_resize_x", 30, 400), ("hr_sampler_name", "Eulr", 400),
+        ("denoising_strength", 1.5, 400), ("hr_checkpoint_name", "other", 400),
+    ])
+    # ------------------------------------------------ POST /sdapi/v1/extra-single-image and extra-batch-images
+    small_png = b64(png_file())
+    for route, prefix in (("/sdapi/v1/extra-single-image", "extras"), ("/sdapi/v1/extra-batch-images", "extras-batch")):
+        cases += body_shape_cases(route, prefix, json_without_type=True)
+        base = {"image": small_png} if prefix == "extras" else {"imageList": [{"data": small_png, "name": "a.png"}]}
+        cases += field_cases(route, prefix, {**base, "upscaler_1": "Lanczos"}, [
+            ("upscaler_1", "4x-Nothing", 400), ("upscaler_1", "../x", 400), ("upscaling_resize", 0.5, 422), ("upscaling_resize", 99, 422),
+            ("upscaling_resize", b"NaN", 422), ("resize_mode", 2, 422), ("upscaling_resize_w", 0, 422), ("gfpgan_visibility", 0.5, 400),
+            ("codeformer_visibility", 1, 400), ("extras_upscaler_2_visibility", 2, 422), ("upscaler_2", "x" * 300, 422),
+        ])
+    not_pictures = {"text": "aGVsbG8gd29ybGQ=", "data-url-not-base64": "data:image/png,abc", "truncated-png": b64(png_file())[:40], "empty": ""}
+    cases += [Case(f"extras-{name}", "POST", "/sdapi/v1/extra-single-image", 400, {"image": data, "upscaler_1": "Lanczos"}, words="picture") for name, data in not_pictures.items()]
+    cases.append(Case("extras-batch-empty", "POST", "/sdapi/v1/extra-batch-images", 400, {"imageList": []}, words="imageList is empty"))
+    cases.append(Case("extras-batch-too-many", "POST", "/sdapi/v1/extra-batch-images", 422, {"imageList": [{"data": small_png}] * 17}))
+    # ------------------------------------------------ POST /api/v1/upscale
+    cases += body_shape_cases("/api/v1/upscale", "upscale", json_without_type=False)
+    cases += field_cases("/api/v1/upscale", "upscale", {"image_id": image_id}, [
+        ("image_id", 0, 422), ("image_id", "1", 422), ("image_id", 2**63, 422), ("upscaler", "Lancos", 400), ("upscaler", "../../x", 400),
+        ("upscaler", 5, 422), ("scale", 0.5, 422), ("scale", 9, 422), ("scale", b"NaN", 422), ("width", 5, 422), ("visibility_2", 2, 422),
+        ("image", "abc", 400), ("stuff", 1, 422),
+    ])
+    cases.append(Case("upscale-neither", "POST", "/api/v1/upscale", 400, {"upscaler": "Lanczos"}, words="either image_id"))
+    cases.append(Case("upscale-missing-image", "POST", "/api/v1/upscale", 404, {"image_id": 999_999}))
+    cases.append(Case("upscale-too-large", "POST", "/api/v1/upscale", 422, {"image": small_png, "width": 9000, "height": 9000}))
+    cases.append(Case("upscale-factor-too-large", "POST", "/api/v1/upscale", 400, {"image": b64(png_file(width=4000, height=8)), "scale": 4}, words="larger than 8192"))
+    cases += [Case(f"upscale-{name}", "POST", "/api/v1/upscale", 400, {"image": data}, words="picture") for name, data in not_pictures.items()]
     # explicit fields win over the infotext's, so these send the infotext alone
     cases += field_cases("/sdapi/v1/txt2img", "txt2img", {}, [
         ("infotext", 5, 422), ("infotext", SURROGATE, 422), ("infotext", "a," * 120_000, 422),

@@ -134,12 +134,12 @@ def test_parse_axis_cli_form_and_aliases():
         ('Prompt S/R: "cat, dog', "Prompt S/R: a quote in '\"cat, dog' is never closed; put a \" after the value."),
         ("Prompt order: a,b,c,d,e", "Prompt order: 5 phrases give 120 orders; an axis takes at most 64 values, so list at most 4 phrases."),
         ("Steps 10", "Axis 'Steps 10' has no ':'; write it as 'Label: values', e.g. 'Steps: 10,20,30'."),
-        ("Hires steps: 10", "X/Y/Z plot axis 'Hires steps' is not supported by Brushwork. Supported axes: "
-         "Nothing, Seed, Var. seed, Var. strength, Steps, CFG Scale, Prompt S/R, Prompt order, Sampler, "
-         "Checkpoint name, Schedule type, Clip skip, Denoising, VAE, Size."),
+        ("Eta: 1", "X/Y/Z plot axis 'Eta' is not supported by Brushwork. Supported axes: "
+         "Nothing, Seed, Var. seed, Var. strength, Steps, Hires steps, CFG Scale, Prompt S/R, Prompt order, Sampler, "
+         "Hires sampler, Checkpoint name, Schedule type, Clip skip, Denoising, Hires upscaler, VAE, Size."),
         ("Stpes: 10", "Unknown X/Y/Z plot axis 'Stpes'. Did you mean 'Steps'? Valid axes: "
-         "Nothing, Seed, Var. seed, Var. strength, Steps, CFG Scale, Prompt S/R, Prompt order, Sampler, "
-         "Checkpoint name, Schedule type, Clip skip, Denoising, VAE, Size."),
+         "Nothing, Seed, Var. seed, Var. strength, Steps, Hires steps, CFG Scale, Prompt S/R, Prompt order, Sampler, "
+         "Hires sampler, Checkpoint name, Schedule type, Clip skip, Denoising, Hires upscaler, VAE, Size."),
     ],
 )
 def test_bad_values_name_the_axis_and_the_fix(text, message):
@@ -167,8 +167,9 @@ def test_unknown_sampler_and_schedule_suggest():
 
 def test_axes_table():
     assert list(AXES) == [
-        "Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "CFG Scale", "Prompt S/R",
-        "Prompt order", "Sampler", "Checkpoint name", "Schedule type", "Clip skip", "Denoising", "VAE", "Size",
+        "Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
+        "Prompt order", "Sampler", "Hires sampler", "Checkpoint name", "Schedule type", "Clip skip", "Denoising",
+        "Hires upscaler", "VAE", "Size",
     ]
     assert AXES["Var. seed"].fields == ("subseed",)
     assert AXES["Var. strength"].fields == ("subseed_strength",)
@@ -178,7 +179,7 @@ def test_axes_table():
     assert (AXES["Steps"].kind, AXES["CFG Scale"].kind, AXES["Sampler"].kind) == (int, float, str)
     # A1111's list order: every supported axis keeps its relative place
     assert [n for n in TXT2IMG_AXES if n in AXES] == list(AXES)
-    assert [n for n in IMG2IMG_AXES if n in AXES] == list(AXES)
+    assert [n for n in IMG2IMG_AXES if n in AXES] == [n for n in AXES if not n.startswith("Hires")]  # txt2img only
 
 
 # ---------------------------------------------------------------- apply_value
@@ -344,8 +345,8 @@ def test_script_args_indices_per_mode_and_dropdowns():
     # index 9 is Sampler in both lists; 5 is Hires steps (txt2img) but CFG Scale (img2img)
     args = [9, "", ["Euler a", "DPM++ 2M Karras"], 5, "3,5", None, 41, "512x512,768x512", None,
             False, True, True, True, True, False, False, 4, False, False]
-    with pytest.raises(AxisError, match=r"^X/Y/Z plot axis 'Hires steps' is not supported by Brushwork\."):
-        script_args_to_axes(args, "txt2img")
+    x, y, *_ = script_args_to_axes(args, "txt2img")
+    assert y == Axis("Hires steps", [3, 5], "3,5")
     x, y, z, options = script_args_to_axes([*args[:6], 40, *args[7:]], "img2img")
     assert x == Axis("Sampler", ["Euler a", "DPM++ 2M Karras"], "Euler a,DPM++ 2M Karras")
     assert y == Axis("CFG Scale", [3.0, 5.0], "3,5")
@@ -361,7 +362,7 @@ def test_script_args_indices_per_mode_and_dropdowns():
 
 @pytest.mark.parametrize(
     "index, name",
-    [(32, "Face restore"), (28, "Hires upscaler"), (10, "Hires sampler"), (39, "RNG source"), (42, "Skip Early CFG")],
+    [(32, "Face restore"), (23, "Eta"), (13, "Sigma Churn"), (39, "RNG source"), (42, "Skip Early CFG")],
 )
 def test_script_args_unsupported_axes(index, name):
     with pytest.raises(AxisError) as e:

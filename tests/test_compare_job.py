@@ -18,7 +18,7 @@ from brushwork.cli import main
 from brushwork.compare.axes import AxisError, parse_axis
 from brushwork.compare.job import Comparison, grid_picture, plan_cells, run_comparison, work_order
 from brushwork.engine import GenerationRequest
-from brushwork.infotext import parse_infotext
+from brushwork.infotext import params_from_infotext, parse_infotext
 
 BASE = GenerationRequest("a cat on a hill", seed=5, width=64, height=64, steps=4)
 
@@ -114,6 +114,18 @@ def test_cli_compare_saves_the_grid_and_every_cell(home, capsys):
     assert main(["generate", "--from", cell, "-q", "--home", str(home)]) == 0
     again = capsys.readouterr().out.split("  seed ")[0]
     assert np.abs(px(Image.open(cell)) - px(Image.open(again))).max() <= 1
+
+
+def test_cli_compare_from_a_picture_takes_its_settings_as_the_base(home, capsys):
+    assert main(["generate", "a red barn", "--seed", "21", "--steps", "3", "--cfg", "5", "-W", "64", "-H", "64", "-q", "--model", "tiny-sd1", "--home", str(home)]) == 0
+    made = capsys.readouterr().out.split("  seed ")[0]
+    assert main(["compare", "--from", made, "--x", "Steps: 3,4", "-q", "--home", str(home)]) == 0
+    cells = [line.split("  seed ")[0] for line in capsys.readouterr().out.strip().splitlines()[:2]]
+    first = params_from_infotext(Image.open(cells[0]).text["parameters"])
+    assert (first.prompt, first.seed, first.cfg_scale, first.steps) == ("a red barn", 21, 5.0, 3)
+    assert np.abs(px(Image.open(cells[0])) - px(Image.open(made))).max() <= 1  # the 3-step cell is the picture
+    assert main(["compare", "--x", "Steps: 3,4", "--home", str(home)]) == 2
+    assert "give the base prompt" in capsys.readouterr().err
 
 
 def test_cli_compare_bad_axis_is_a_clear_error(home, capsys):

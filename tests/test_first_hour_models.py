@@ -128,7 +128,7 @@ def options(tmp_path):
 def test_options_for_the_demo_give_folders_and_128_px_presets(options):
     o = options(PACKAGED_DEMO, "demo")
     assert o["demo"] is True
-    assert o["folders"] == {"checkpoints": "models/checkpoints", "loras": "models/loras"}
+    assert o["folders"] == {"checkpoints": "models/checkpoints", "loras": "models/loras", "upscalers": "models/upscalers"}
     assert o["defaults"]["width"] == 128 and o["defaults"]["height"] == 128
     assert o["size_presets"] == [{"width": 128, "height": 128}, {"width": 128, "height": 192}, {"width": 192, "height": 128}, {"width": 160, "height": 112}, {"width": 112, "height": 160}]
     assert o["native_size"] == {"width": 128, "height": 128, "hint": "This model was trained at 128x128; far larger or smaller sizes give repeated or broken pictures."}

@@ -125,8 +125,8 @@ def test_a1111_txt2img_progress_and_interrupt(http, server):
     # errors say what to fix instead of falling back or failing with a 500
     r = http.post("/sdapi/v1/txt2img", json={"sampler_name": "Eulr", "steps": 2, "width": 64, "height": 64})
     assert r.status_code == 400 and "Euler" in r.json()["detail"] and r.json()["error"] == {"type": "BadRequest", "message": r.json()["detail"], "code": 400}
-    r = http.post("/sdapi/v1/txt2img", json={"enable_hr": True, "width": 64, "height": 64})
-    assert r.status_code == 400 and "hires" in r.json()["detail"]
+    r = http.post("/sdapi/v1/txt2img", json={"enable_hr": True, "hr_scale": 0.5, "width": 64, "height": 64})
+    assert r.status_code == 400 and "hires scale must be from 1" in r.json()["detail"]
     r = http.post("/sdapi/v1/txt2img", json={"steps": "many"})
     assert r.status_code == 422
     r = http.post("/sdapi/v1/txt2img", json={"override_settings": {"sd_model_checkpoint": "nope"}, "steps": 1, "width": 64, "height": 64})

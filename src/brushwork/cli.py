@@ -49,6 +49,15 @@ The result has the picture's size unless -W/-H say otherwise (--resize-mode says
 HOME/outputs/init-images, where every picture you start from is kept."""
 
 
+UPSCALE_EXAMPLES = """examples:
+  brushwork upscale outputs/2026-12-02/00004-42.png --scale 2
+  brushwork upscale photo.png --upscaler RealESRGAN_x4plus --scale 4
+  brushwork upscale small.png --size 1920x1080 --upscaler 4x-UltraSharp
+
+Upscaler model files (ESRGAN, RealESRGAN, SwinIR, DAT, HAT, ... as .pth or
+.safetensors) need the optional spandrel package (docs/upscalers.md)."""
+
+
 COMPARE_EXAMPLES = """examples:
   brushwork compare "a lighthouse" --x "Steps: 5,20,45,75"
   brushwork compare "a lighthouse" --x "Steps: 10-40 [4]" --y "CFG Scale: 1,4,7,12"
@@ -56,7 +65,8 @@ COMPARE_EXAMPLES = """examples:
   brushwork compare "a fox" --x "Checkpoint name: demo,juggernautXL_v9" --y "Seed: 1,2,3"
 
 Axes: Seed, Var. seed, Var. strength, Steps, CFG Scale, Prompt S/R, Prompt order,
-Sampler, Schedule type, Checkpoint name, Clip skip, Size, Denoising. Values: a,b,c
+Sampler, Schedule type, Checkpoint name, Clip skip, Size, Denoising, Hires steps,
+Hires sampler, Hires upscaler. Values: a,b,c
 ("quoted, with commas"), 1-5, 1-10 (+2), 1-10 [5], 0.5-1.5 (+0.25).
 The grid is saved in HOME/outputs/grids/DATE, every cell in HOME/outputs/DATE with
 its own parameters (brushwork generate --from CELL re-creates it)."""
@@ -99,9 +109,24 @@ def _parser() -> argparse.ArgumentParser:
         common(g)
 
 
+    def hires_options(sp) -> None:
+        h = sp.add_argument_group("hires fix", "generate at the model's size, upscale, then refine at the larger size (any --hires-* option turns it on)")
+        h.add_argument("--hires", action="store_true", default=None, help="turn the hires fix on (defaults by model: SD 1.5: 2x, 10 steps, strength 0.5)")
+        h.add_argument("--hires-scale", type=float, default=None, metavar="S", help="upscale by S (e.g. 2: 512 -> 1024 px)")
+        h.add_argument("--hires-resize", default=None, metavar="WxH", help="upscale to this size instead (0 for one side: from the aspect, e.g. 1024x0)")
+        h.add_argument("--hires-upscaler", default=None, metavar="NAME", help="Latent (default), 'Latent (bicubic)', ..., Lanczos, Nearest or an upscaler model (see: brushwork upscalers)")
+        h.add_argument("--hires-steps", type=int, default=None, metavar="N", help="steps of the hires pass (0: the same as --steps)")
+        h.add_argument("--hires-strength", type=float, default=None, metavar="S", help="denoising strength of the hires pass, 0-1 (0.3-0.6 keeps the picture; latent upscalers want 0.5 or more)")
+        h.add_argument("--hires-sampler", default=None, help="sampler of the hires pass (default: the same)")
+        h.add_argument("--hires-schedule", default=None, help="schedule of the hires pass (default: the same)")
+        h.add_argument("--hires-prompt", default=None, help="prompt of the hires pass (default: the same)")
+        h.add_argument("--hires-negative", default=None, help="negative prompt of the hires pass (default: the same)")
+        h.add_argument("--hires-cfg", type=float, default=None, help="CFG scale of the hires pass (default: the same)")
+
     g = sub.add_parser("generate", help="make images from a prompt", description="Make images from a prompt. Settings left out use the model's defaults.", epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("prompt", nargs="?", help="what to draw; <lora:NAME:0.8> in it applies a LoRA at weight 0.8 (see: brushwork loras)")
     generation_options(g)
+    hires_options(g)
 
     i2i = sub.add_parser("img2img", help="redraw a picture, inpaint part of it (--mask) or extend it (--outpaint)", description="Redraw a picture from a prompt: img2img, inpaint with a mask (white = repaint) or outpaint (extend the canvas). The size defaults to the picture's own.", epilog=IMG2IMG_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     i2i.add_argument("image", nargs="?", help="the picture to start from (PNG, JPEG or WebP); with --from it may be left out when the picture is in HOME/outputs/init-images")
@@ -120,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     generation_options(i2i)
 
     cp = sub.add_parser("compare", help="an X/Y/Z grid: the same picture over a range of settings", description="Make a comparison grid: every combination of the --x, --y (and --z) axis values, as one job. Axes use AUTOMATIC1111's X/Y/Z plot names and value syntax.", epilog=COMPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cp.add_argument("prompt", help="the base prompt of every cell")
+    cp.add_argument("prompt", nargs="?", help="the base prompt of every cell (or --from PICTURE: its settings are the base)")
     cp.add_argument("--x", required=True, metavar="'AXIS: VALUES'", help="the axis across, e.g. 'Steps: 5,20,45,75'")
     cp.add_argument("--y", metavar="'AXIS: VALUES'", help="the axis down, e.g. 'CFG Scale: 1,4,7,12'")
     cp.add_argument("--z", metavar="'AXIS: VALUES'", help="one sub-grid per value, e.g. 'Checkpoint name: a,b'")
@@ -130,6 +155,22 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--no-cells", action="store_true", help="save only the grid, not every cell as its own PNG")
     cp.add_argument("--margin", type=int, default=0, help="pixels between cells (default 0)")
     generation_options(cp)
+    hires_options(cp)
+
+    up = sub.add_parser("upscale", help="make a picture bigger with an upscaler (Lanczos, or an ESRGAN-family model file)", description="Upscale pictures (AUTOMATIC1111's Extras): each result is saved next to the others with the picture's parameters and the upscale's. Upscaler model files go in HOME/models/upscalers (or A1111's models/ESRGAN, models/RealESRGAN, ComfyUI's models/upscale_models).", epilog=UPSCALE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    up.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG or WebP pictures")
+    up.add_argument("--scale", "-s", type=float, default=None, help="upscale by this factor (default 2)")
+    up.add_argument("--size", metavar="WxH", default=None, help="upscale to this size instead (the middle is kept when the aspect differs; --stretch to stretch)")
+    up.add_argument("--stretch", action="store_true", help="with --size: stretch instead of cropping")
+    up.add_argument("--upscaler", "-u", default="Lanczos", help="Lanczos (default), Nearest or an upscaler model's name (see: brushwork upscalers)")
+    up.add_argument("--upscaler-2", default="None", help="a second upscaler blended in by --visibility-2")
+    up.add_argument("--visibility-2", type=float, default=0.0, help="how much of the second upscaler, 0-1")
+    up.add_argument("--out", "-o", help="output folder (default: HOME/outputs/DATE)")
+    up.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    common(up)
+
+    ups = sub.add_parser("upscalers", help="list the upscalers: built-in ones and the model files found", description="List the upscalers: Lanczos and Nearest, the hires fix's latent modes, and every upscaler model file found (with architecture and scale).")
+    common(ups)
 
     m = sub.add_parser("models", help="list the checkpoints found", description="List the checkpoints in HOME/models/checkpoints (and the built-in demo model) with family, size and hash. Pass a NAME or HASH from this list to generate --model.")
     m.add_argument("--no-hash", action="store_true", help="skip computing file hashes (faster for big new files)")
@@ -198,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE
-    handler = {"generate": cmd_generate, "img2img": cmd_generate, "compare": cmd_compare, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history, "styles": cmd_styles}[args.command]
+    handler = {"generate": cmd_generate, "img2img": cmd_generate, "compare": cmd_compare, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history, "styles": cmd_styles, "upscale": cmd_upscale, "upscalers": cmd_upscalers}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -242,7 +283,10 @@ def _is_user_error(exc: Exception) -> bool:
 
     if isinstance(exc, ValueError) and str(exc).startswith("--port"):
         return True
-    return isinstance(exc, (AxisError, GridTooLarge, ImageInputError, HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
+    from .runtime import TorchvisionMismatch
+    from .upscale import UpscalerError
+
+    return isinstance(exc, (TorchvisionMismatch, UpscalerError, AxisError, GridTooLarge, ImageInputError, HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
 
 
 # ------------------------------------------------------------------ generate
@@ -250,6 +294,7 @@ def _is_user_error(exc: Exception) -> bool:
 
 def _request_from_image(path: str):
     from .engine import GenerationRequest
+    from .hires import hires_fields
     from .infotext import InfotextError, noise_settings, params_from_infotext
     from .outputs import read_infotext
 
@@ -273,6 +318,7 @@ def _request_from_image(path: str):
         ensd=ensd,
         stop_at_step=_stopped_at(p),
         **_variation_of(p),
+        **hires_fields(p.extra),
     )
     return req, p
 
@@ -321,6 +367,19 @@ def _generation_fields(args) -> tuple[dict, Optional[str]]:
         if not (w.strip().isdigit() and h.strip().isdigit()):
             return fields, f"--seed-resize-from takes WIDTHxHEIGHT, e.g. 512x512; got {args.seed_resize_from!r}"
         fields.update(seed_resize_from_w=int(w), seed_resize_from_h=int(h))
+    if hasattr(args, "hires_scale"):
+        hires = {
+            "hires_scale": args.hires_scale, "hires_upscaler": args.hires_upscaler, "hires_steps": args.hires_steps, "hires_strength": args.hires_strength,
+            "hires_sampler": args.hires_sampler, "hires_schedule": args.hires_schedule, "hires_prompt": args.hires_prompt,
+            "hires_negative_prompt": args.hires_negative, "hires_cfg": args.hires_cfg,
+        }
+        if args.hires_resize is not None:
+            w, _, h = args.hires_resize.lower().partition("x")
+            if not (w.strip().isdigit() and h.strip().isdigit()) or not (int(w) or int(h)):
+                return fields, f"--hires-resize takes WIDTHxHEIGHT (0 for one side: from the aspect), e.g. 1024x1024 or 1024x0; got {args.hires_resize!r}"
+            hires.update(hires_resize_x=int(w), hires_resize_y=int(h))
+        if args.hires or any(v is not None for v in hires.values()):
+            fields.update(hires=True, **hires)
     return fields, None
 
 
@@ -454,6 +513,12 @@ def _header(loaded, engine, req) -> str:
 
     steps = f"{req.steps} steps" if not req.refines else f"strength {req.denoising_strength:g}: {planned_steps(req)} of {req.steps} steps"
     line = f"{loaded.path.name} ({loaded.spec.label}) on {engine.placement.label}: {req.width}x{req.height}, {steps}, {sampler}, CFG {req.cfg_scale}"
+    if req.hires:
+        from .hires import hires_size, upscaler_name
+        from .request import hires_steps_run
+
+        size = hires_size(req.width, req.height, req.hires_scale, req.hires_resize_x, req.hires_resize_y)
+        line += f", then hires fix to {size.width}x{size.height} ({upscaler_name(req)}, strength {req.hires_strength:g}: {hires_steps_run(req)} steps)"
     loras = [n for n in extract_extra_networks(req.prompt).networks if n.kind == "lora"]
     if loras:
         line += ", LoRA " + ", ".join(f"{n.name}:{n.te:g}" + (f":{n.unet:g}" if n.unet != n.te else "") for n in loras)
@@ -600,7 +665,19 @@ def cmd_compare(args) -> int:
     if (args.batch_size or 1) != 1 or (args.batch_count or 1) != 1:
         print("error: a comparison makes one picture per cell; for more seeds add an axis, e.g. --y 'Seed: 1,2,3'", file=sys.stderr)
         return EXIT_USAGE
-    req = replace(GenerationRequest(), **{k: v for k, v in fields.items() if v is not None})
+    base, model = GenerationRequest(), args.model
+    if args.from_image:  # the picture's settings are every cell's base, the options change them
+        base, params = _request_from_image(args.from_image)
+        if "Init image hash" in params.extra:
+            print(f"error: {args.from_image} was made from another picture (img2img or inpaint); a comparison grid starts from a txt2img picture", file=sys.stderr)
+            return EXIT_USAGE
+        base = replace(base, stop_at_step=None)
+        if model is None:
+            model = _model_for_image(home, params)
+    elif args.prompt is None:
+        print("error: give the base prompt, e.g. brushwork compare \"a lighthouse\" --x 'Steps: 5,20' (or --from PICTURE)", file=sys.stderr)
+        return EXIT_USAGE
+    req = replace(base, **{k: v for k, v in fields.items() if v is not None})
     if args.style:
         req = replace(req, styles=args.style)
     validate_request(req)
@@ -609,7 +686,7 @@ def cmd_compare(args) -> int:
     out_dir = ensure_writable_folder(Path(args.out) if args.out else home.outputs / day)
     grid_dir = ensure_writable_folder(Path(args.out) / "grids" if args.out else home.outputs / "grids" / day)
     engine = Engine(home, device=args.device, use_ema=args.ema, max_job_seconds=optional_limit(args.max_minutes), threads=args.threads)
-    loaded = engine.load(args.model)
+    loaded = engine.load(model)
     if not args.quiet:
         print(f"{loaded.path.name} ({loaded.spec.label}) on {engine.placement.label}", file=sys.stderr)
     bar = None
@@ -822,6 +899,83 @@ def cmd_history(args) -> int:
     return 0
 
 
+
+
+
+def cmd_upscale(args) -> int:
+    from .devices import choose_placement
+    from .init_image import read_image_file
+    from .outputs import ensure_writable_folder, read_infotext, save_png
+    from .paths import DataHome
+    from .postprocess import UpscaleSettings, check_settings, target_size, upscale_picture, with_postprocess
+    from .upscale import UpscalerError, find_upscaler
+
+    home = DataHome.resolve(args.home)
+    width = height = None
+    if args.size is not None:
+        w, _, h = args.size.lower().partition("x")
+        if not (w.strip().isdigit() and h.strip().isdigit()):
+            print(f"error: --size takes WIDTHxHEIGHT, e.g. 1920x1080; got {args.size!r}", file=sys.stderr)
+            return EXIT_USAGE
+        width, height = int(w), int(h)
+        if args.scale is not None:
+            print("error: give --scale or --size, not both", file=sys.stderr)
+            return EXIT_USAGE
+    settings = UpscaleSettings(upscaler=args.upscaler, scale=args.scale or 2.0, width=width, height=height, crop=not args.stretch,
+                               upscaler_2=args.upscaler_2, visibility_2=args.visibility_2)
+    check_settings(settings)
+    try:  # every name and picture checked before the first upscale
+        find_upscaler(home, settings.upscaler)
+        if settings.visibility_2 > 0:
+            find_upscaler(home, settings.upscaler_2)
+    except UpscalerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    pictures = [(path, read_image_file(path, "picture")) for path in args.images]
+    for _, picture in pictures:
+        target_size(picture.width, picture.height, settings)
+    out_dir = ensure_writable_folder(Path(args.out) if args.out else home.outputs / _dt.date.today().isoformat())
+    device = choose_placement(args.device).device
+    for path, picture in pictures:
+        text = read_infotext(path) or ""
+        seed = _seed_of(text)
+        out, extra = upscale_picture(picture, settings, home, device)
+        saved = save_png(out, out_dir, seed, with_postprocess(text, extra))
+        print(f"{saved}  {picture.width}x{picture.height} -> {out.width}x{out.height} ({extra['Postprocess upscaler']})", flush=True)
+    return 0
+
+
+def _seed_of(infotext: str) -> int:
+    """A picture's seed, for the saved file's name (0 when it records none)."""
+    from .infotext import InfotextError, params_from_infotext
+
+    try:
+        return params_from_infotext(infotext).seed if infotext else 0
+    except InfotextError:
+        return 0
+
+
+def cmd_upscalers(args) -> int:
+    from .paths import DataHome
+    from .upscale import list_upscalers, upscaler_problems
+    from .upscale.latent import LATENT_UPSCALE_MODES
+
+    home = DataHome.resolve(args.home)
+    print("image upscalers (brushwork upscale --upscaler NAME, generate --hires-upscaler NAME):")
+    for u in list_upscalers(home):
+        if u.kind == "builtin":
+            print(f"  {u.name:<28} built in")
+        else:
+            print(f"  {u.name:<28} {u.architecture or '?'} {u.scale}x  {u.path}")
+    print("latent modes (generate --hires-upscaler NAME; resize the latents, no VAE round trip):")
+    for name in LATENT_UPSCALE_MODES:
+        print(f"  {name}")
+    for problem in upscaler_problems(home):
+        print(f"note: {problem}", file=sys.stderr)
+    folders = ", ".join(str(d) for d in home.upscaler_dirs[:3])
+    print(f"upscaler model files go in {folders} (or models/upscale_models, ComfyUI's folder)", file=sys.stderr)
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

@@ -46,9 +46,10 @@ from .refine import RefinedPicture, refine_defaults, refine_infotext
 # the request, its limits and checks live in request.py; re-exported for the clients
 from .request import (  # noqa: F401
     MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CLIP_SKIP, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE,
-    FamilyDefaults, GenerationRequest, RequestError, family_defaults, planned_steps, resolve_seed, unet_calls, validate_request, with_defaults,
+    FamilyDefaults, GenerationRequest, RequestError, family_defaults, pass_steps, planned_steps, resolve_seed, unet_calls, validate_request, with_defaults,
 )
-from .runtime import ThreadChoice, apply_threads, tune_cpu_allocator
+from .hires import HiresPass, hires_start, prepare_hires
+from .runtime import ThreadChoice, TorchvisionMismatch, apply_threads, torchvision_problem, tune_cpu_allocator
 from .sampling.denoiser import make_denoiser, step_locator
 from .sampling.registry import SamplerInfo, UnknownSamplerError, resolve_sampler, sampling_sigmas, schedule_label
 from .sampling.schedules import ModelSchedule, scaled_linear_schedule
@@ -145,7 +146,8 @@ class Prepared:
     extra: dict  # infotext entries of every picture (LoRA hashes, styles, refine keys ...)
     refine: Optional[RefinedPicture]
     start: Optional[Start]
-    steps: int  # sampling steps per batch
+    steps: int  # sampling steps per batch (both passes of a hires fix)
+    hires: Optional["HiresPass"] = None  # the hires fix's second pass (hires.py)
 
 
 class Engine:
@@ -177,6 +179,9 @@ class Engine:
             mtime = path.stat().st_mtime
             if self.model and self.model.path == path and self.model.mtime == mtime:
                 return self.model
+            problem = torchvision_problem()  # a mismatched torchvision breaks the libraries inside the load
+            if problem:
+                raise TorchvisionMismatch(problem)
             self.model = None  # release the old weights before reading the new ones
             self.loras = LoraStack()
             t0 = time.perf_counter()
@@ -204,6 +209,10 @@ class Engine:
         req = with_defaults(refine_defaults(request, family_defaults(m.spec)), family_defaults(m.spec))
         validate_request(req)
         resolve_sampler(req.sampler, req.schedule)  # raises with the valid names
+        if req.hires:  # an upscaler name that is no latent mode must be in the data home
+            from .hires import check_upscaler_name
+
+            check_upscaler_name(self.home, req)
         # hidden_states[-n] of an L-layer encoder: SD 1.x reads layer L+1-clip_skip,
         # SD 2.x and SDXL one earlier; the embeddings (or beyond) are no layer to use
         depth = min(e.layers for e in m.spec.text_encoders)
@@ -216,11 +225,17 @@ class Engine:
             )
         if warn and not extract_extra_networks(req.prompt).text.strip() and not req.styles:
             log.warning("the prompt is empty: the image is unconditional (the model draws whatever it likes). Give a prompt to say what to draw.")
-        needed = estimate_activation_bytes(m.spec, req.width, req.height, req.batch_size, req.cfg_scale, torch.finfo(self.placement.dtype).bits // 8)
+        w, h = (req.width, req.height)
+        if req.hires:
+            from .hires import hires_size
+
+            size = hires_size(req.width, req.height, req.hires_scale, req.hires_resize_x, req.hires_resize_y)
+            w, h = size.width, size.height
+        needed = estimate_activation_bytes(m.spec, w, h, req.batch_size, req.cfg_scale, torch.finfo(self.placement.dtype).bits // 8)
         free = free_memory_bytes(self.placement.device)
         if needed > free * 0.9:
             raise RequestError(
-                f"{req.width}x{req.height} with batch size {req.batch_size} needs about {needed / 2**30:.1f} GiB of working memory, "
+                f"{w}x{h} with batch size {req.batch_size} needs about {needed / 2**30:.1f} GiB of working memory, "
                 f"but only {free / 2**30:.1f} GiB is free on {self.placement.device.type}. Use a smaller size or batch size."
             )
         self._check_time(req)
@@ -242,16 +257,25 @@ class Engine:
 
     def estimate_time(self, req: GenerationRequest) -> TimeEstimate:
         """Estimated run time of a completed request on this device (see budget.py)."""
+        est = self._pass_time(req.width, req.height, unet_calls(req), req.batch_size, req.batch_count, float(req.cfg_scale))
+        if req.hires:  # the second pass, at its own size
+            from .hires import second_pass_estimate
+
+            w, h, calls, cfg = second_pass_estimate(req)
+            more = self._pass_time(w, h, calls, req.batch_size, req.batch_count, cfg)
+            est = TimeEstimate(est.seconds + more.seconds, est.flops + more.flops)
+        return est
+
+    def _pass_time(self, width: int, height: int, calls: int, batch: int, batch_count: int, cfg: float) -> TimeEstimate:
         m = self._require_model()
-        key = (req.width, req.height)
-        if key not in m.flops:
-            m.flops[key] = count_flops(m.spec, m.networks.unet, m.networks.vae, req.width, req.height)
+        if (width, height) not in m.flops:
+            m.flops[(width, height)] = count_flops(m.spec, m.networks.unet, m.networks.vae, width, height)
         rate = THROUGHPUT.rate(self.placement.device, self.placement.dtype)
-        return estimate_time(m.flops[key], rate, unet_calls(req), req.batch_size, req.batch_count, float(req.cfg_scale))
+        return estimate_time(m.flops[(width, height)], rate, calls, batch, batch_count, cfg)
 
     def _check_time(self, req: GenerationRequest) -> None:
         limit = self.max_job_seconds
-        if not limit or not needs_time_check(req.width, req.height, unet_calls(req), req.batch_size, req.batch_count, float(req.cfg_scale)):
+        if not limit or not (req.hires or needs_time_check(req.width, req.height, unet_calls(req), req.batch_size, req.batch_count, float(req.cfg_scale))):
             return
         est = self.estimate_time(req)
         if est.seconds > limit:
@@ -318,7 +342,11 @@ class Engine:
             return None
         if refine:
             extra.update(refine_infotext(req, refine[0]))
-        return Prepared(req, sampler, schedule, plan, extra, refine[0] if refine else None, start, steps)
+        hires = None
+        if req.hires:  # the second pass: its sampler, its prompts encoded once, its upscaler
+            hires = prepare_hires(req, tags, self.home, lambda r, text: self._encode(r, text, first_pass=req.steps))
+            extra.update(hires.infotext)
+        return Prepared(req, sampler, schedule, plan, extra, refine[0] if refine else None, start, steps, hires)
 
     def run_batch(self, prep: "Prepared", seeds: list[int], subseeds: Optional[list[int]], cfg_scales: Optional[list[float]], control, progress, done_before: int, total: int, t0: float) -> Optional[list["GeneratedImage"]]:
         """Sample and decode one batch of a prepared request: its images (empty when
@@ -327,13 +355,17 @@ class Engine:
         req = prep.req
         batch_t0 = time.perf_counter()
         try:
-            latents, complete, done = self._sample_batch(req, prep.sampler, prep.schedule, seeds, prep.plan, control, progress, done_before, total, t0, prep.start, subseeds, cfg_scales)
+            first = req if prep.hires is None or req.stop_at_step is None or req.stop_at_step < req.steps else replace(req, stop_at_step=None)
+            latents, complete, done = self._sample_batch(first, prep.sampler, prep.schedule, seeds, prep.plan, control, progress, done_before, total, t0, prep.start, subseeds, cfg_scales)
             if latents is None:
                 return []
-            pixels = self.decode(latents, control)
+            if prep.hires is not None and complete:
+                pixels, complete = self._hires_batch(prep, latents, seeds, subseeds, cfg_scales if prep.req.hires_cfg is None else None, control, progress, done_before + done, total, t0)
+            else:
+                pixels = self.decode(latents, control)
         except Cancelled:
             return None
-        if cfg_scales is None:
+        if cfg_scales is None and prep.hires is None:
             self._learn_speed(req, len(seeds), time.perf_counter() - batch_t0, complete)
         if prep.refine is not None:
             pixels = [finish(prep.refine.canvas, img) for img in pixels]
@@ -359,9 +391,30 @@ class Engine:
         styled = apply_styles(req.prompt, req.negative_prompt, req.styles, saved)
         for warning in styled.warnings:
             log.warning(warning)
-        return replace(req, prompt=styled.prompt, negative_prompt=styled.negative_prompt, styles=styled.applied)
+        more = {}
+        if req.hires and (req.hires_prompt or req.hires_negative_prompt):  # A1111 styles the hires prompts too
+            hr = apply_styles(req.hires_prompt, req.hires_negative_prompt, req.styles, saved)
+            more = {"hires_prompt": hr.prompt if req.hires_prompt else "", "hires_negative_prompt": hr.negative_prompt if req.hires_negative_prompt else ""}
+        return replace(req, prompt=styled.prompt, negative_prompt=styled.negative_prompt, styles=styled.applied, **more)
 
-    def _sample_batch(self, req, sampler, schedule, seeds, plan, control, progress, done_before, total, t0, start=None, subseeds=None, cfg_scales=None) -> tuple[Optional[torch.Tensor], bool, int]:
+    def _hires_batch(self, prep: "Prepared", latents: torch.Tensor, seeds: list[int], subseeds, cfg_scales, control, progress, done_before: int, total: int, t0: float) -> tuple[list[Image.Image], bool]:
+        """The hires fix's second pass of one batch: the first pass's latents upscaled
+        (hires.hires_start), then sampled as an img2img at the target size with the
+        same seeds.  Stopped before or during it: the upscaled first pictures."""
+        h = prep.hires
+        device = self.placement.device
+        should_stop = None if control is None else (lambda: control.cancelled)
+        start, upscaled = hires_start(h, latents, lambda lat: self.decode(lat, control), lambda px: self.encode(px, control), device, should_stop)
+        stopped = (control is not None and control.stopping()) or prep.req.stop_at_step == prep.req.steps
+        if not stopped:
+            second, complete, _ = self._sample_batch(h.req, h.sampler, h.schedule, seeds, h.plan, control, progress, done_before, total, t0, start, subseeds, cfg_scales, steps_run=h.window.steps_run)
+            if complete:
+                return self.decode(second, control), True
+        if control is not None:
+            control.skipped = False
+        return (upscaled if upscaled is not None else self.decode(start.init, control)), False
+
+    def _sample_batch(self, req, sampler, schedule, seeds, plan, control, progress, done_before, total, t0, start=None, subseeds=None, cfg_scales=None, steps_run=None) -> tuple[Optional[torch.Tensor], bool, int]:
         """Sample one batch: (latents, complete, steps done).  Interrupt or skip (or
         the request's ``stop_at_step``) keeps the last denoised latents (None when no
         step finished); cancel raises Cancelled."""
@@ -378,7 +431,7 @@ class Engine:
 
         try:
             with stop_points(self._require_model().networks.unet, None if control is None else control.stopping):
-                return self.sample(req, sampler, schedule, seeds, plan, on_step, start=start, subseeds=subseeds, cfg_scales=cfg_scales), True, planned_steps(req)
+                return self.sample(req, sampler, schedule, seeds, plan, on_step, start=start, subseeds=subseeds, cfg_scales=cfg_scales), True, pass_steps(req) if steps_run is None else steps_run
         except (_Stopped, Cancelled):
             if control is not None and control.cancelled:
                 raise Cancelled() from None
@@ -403,15 +456,16 @@ class Engine:
         assert self.model is not None
         return self.model
 
-    def _encode(self, req: GenerationRequest, text: Optional[str] = None) -> PromptPlan:
-        """Encode the prompts (``text``: the positive prompt without its extra-network tags)."""
+    def _encode(self, req: GenerationRequest, text: Optional[str] = None, first_pass: int = 0) -> PromptPlan:
+        """Encode the prompts (``text``: the positive prompt without its extra-network
+        tags; ``first_pass``: a hires pass's first-pass steps, for prompt editing)."""
         m = self._require_model()
         text = extract_extra_networks(req.prompt).text if text is None else text
         # encodings are kept while the model and its merged LoRAs stay the same
         state = (str(m.path), m.mtime, repr(self.loras.applied))
         if self._texts.get("state") != state:
             self._texts = {"state": state, "store": {}}
-        return encode_prompts(m.spec, m.networks.text_encoders, self.home, text, req.negative_prompt, req.steps, req.clip_skip, self.placement.device, self._texts["store"])
+        return encode_prompts(m.spec, m.networks.text_encoders, self.home, text, req.negative_prompt, req.steps, req.clip_skip, self.placement.device, self._texts["store"], first_pass)
 
     def _apply_loras(self, tags) -> dict[str, str]:
         """Merge the prompt's LoRAs (only when the set changed); returns infotext entries.

@@ -199,6 +199,11 @@ def _parameter_items(params: GenerationParams) -> list[tuple[str, object]]:
     return items
 
 
+def format_pairs(items: dict) -> str:
+    """``Key: value, Key: value`` as A1111 writes a parameter line's pairs."""
+    return ", ".join(_format_pair(k, v) for k, v in items.items() if v is not None)
+
+
 def format_infotext(params: GenerationParams) -> str:
     """Write ``params`` exactly like A1111: prompt, negative line, parameters.
 

@@ -6,6 +6,7 @@ Layout (AUTOMATIC1111's folder names are accepted as well)::
     HOME/models/loras         (or models/Lora)
     HOME/models/vae           (or models/VAE)
     HOME/models/embeddings    (or embeddings)
+    HOME/models/upscalers     (or models/ESRGAN, RealESRGAN, SwinIR, DAT, HAT, upscale_models)
     HOME/outputs
     HOME/inputs               (every init image and mask a refine started from, by hash)
     HOME/cache
@@ -60,6 +61,12 @@ class DataHome:
         return self._dirs("models/embeddings", "embeddings")
 
     @property
+    def upscaler_dirs(self) -> list[Path]:
+        """Upscaler model files (ESRGAN, Real-ESRGAN, SwinIR ... read through spandrel):
+        ours first, then AUTOMATIC1111's folder names, then ComfyUI's."""
+        return self._dirs("models/upscalers", "models/ESRGAN", "models/RealESRGAN", "models/SwinIR", "models/DAT", "models/HAT", "models/upscale_models")
+
+    @property
     def outputs(self) -> Path:
         return self.root / "outputs"
 
@@ -80,7 +87,7 @@ class DataHome:
 
     def create(self) -> None:
         """Create the main folders (never touching anything already there)."""
-        for d in (self.checkpoint_dirs[0], self.lora_dirs[0], self.vae_dirs[0], self.embedding_dirs[0], self.outputs, self.cache):
+        for d in (self.checkpoint_dirs[0], self.lora_dirs[0], self.vae_dirs[0], self.embedding_dirs[0], self.upscaler_dirs[0], self.outputs, self.cache):
             d.mkdir(parents=True, exist_ok=True)
 
 

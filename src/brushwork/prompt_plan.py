@@ -50,11 +50,12 @@ class PromptPlan:
 MAX_STORED_TEXTS = 256
 
 
-def encode_prompts(spec, encoders, home, prompt: str, negative: str, steps: int, clip_skip: int, device, store: Optional[dict] = None) -> PromptPlan:
+def encode_prompts(spec, encoders, home, prompt: str, negative: str, steps: int, clip_skip: int, device, store: Optional[dict] = None, first_pass: int = 0) -> PromptPlan:
     """Encode both prompts over ``steps`` steps (``prompt`` without its extra-network
     tags): AND, prompt editing, emphasis, embeddings.  ``store`` (the caller's, for one
     state of the text encoders' weights) keeps encodings across calls, so a grid's
-    cells encode each distinct text once."""
+    cells encode each distinct text once.  ``first_pass``: a hires pass's first-pass
+    steps (prompt editing continues their timeline, prompts.schedule_prompt)."""
     embeddings = embeddings_for(spec, home, prompt + "\n" + negative)
     key = (clip_skip, tuple(sorted((name, str(e.path), e.path.stat().st_mtime_ns) for name, e in embeddings.items())))
     if store is not None and sum(len(v) for v in store.values()) > MAX_STORED_TEXTS:
@@ -67,7 +68,7 @@ def encode_prompts(spec, encoders, home, prompt: str, negative: str, steps: int,
         return cache[text]
 
     def timeline(text: str) -> list[tuple[int, TextConditioning]]:
-        return [(end, encoded(t)) for end, t in schedule_prompt(text, steps)]
+        return [(end, encoded(t)) for end, t in schedule_prompt(text, steps, first_pass)]
 
     positive = [(timeline(part), weight) for part, weight in split_and(prompt)]
     ti = {name: sha256_file(e.path)[:12] for name, e in embeddings.items()}

@@ -15,6 +15,7 @@ from PIL import Image
 
 from .models.detect import ModelSpec
 from .noise import RNG_SOURCES
+from .hires import check_hires
 from .refine import check_refine
 from .sampling.registry import resolve_sampler, resolve_schedule
 from .start import strength_window
@@ -97,6 +98,23 @@ class GenerationRequest:
     #: pixels to add per side ({"left": 128, ...}); the new area is filled and inpainted
     outpaint: Optional[dict] = None
     outpaint_fill: str = "edge"  # outpaint.OUTPAINT_FILLS
+    # ---- hires fix (txt2img, hires.py): generate, upscale, then an img2img pass of
+    # ``hires_strength`` at the target size with the same seeds.  None: the model
+    # family's default (hires.hires_defaults; SD 1.x: 2x, 10 steps, strength 0.5)
+    hires: bool = False
+    hires_scale: Optional[float] = None
+    hires_strength: Optional[float] = None
+    #: the target size instead of the scale (0: from the scale; one side: the other from the aspect)
+    hires_resize_x: int = 0
+    hires_resize_y: int = 0
+    #: a latent mode ("Latent", "Latent (bicubic)", ...) or an image upscaler; None: "Latent"
+    hires_upscaler: Optional[str] = None
+    hires_steps: Optional[int] = None  # 0: the same as steps
+    hires_sampler: Optional[str] = None  # None: the same sampler (and schedule)
+    hires_schedule: Optional[str] = None
+    hires_prompt: str = ""  # "": the same prompt
+    hires_negative_prompt: str = ""
+    hires_cfg: Optional[float] = None  # None: the same CFG scale
 
     @property
     def refines(self) -> bool:
@@ -124,22 +142,45 @@ def with_defaults(request: GenerationRequest, d: FamilyDefaults) -> GenerationRe
     )
     if request.sampler is None:
         req = replace(req, sampler=d.sampler, schedule=request.schedule or d.schedule)
+    if req.hires:
+        from .hires import with_hires_defaults
+
+        req = with_hires_defaults(req, d)
     return req
 
 
-def planned_steps(req: GenerationRequest) -> int:
-    """The sampling steps a completed request runs per batch: its steps, or for
+def pass_steps(req: GenerationRequest) -> int:
+    """The sampling steps of a completed request's (first) pass: its steps, or for
     img2img the window its denoising strength picks (start.strength_window)."""
     if not req.refines:
         return req.steps
     return strength_window(req.steps, float(req.denoising_strength), req.exact_steps).steps_run
 
 
+def hires_steps_run(req: GenerationRequest) -> int:
+    """The steps a completed request's hires pass runs (0 without the hires fix)."""
+    if not req.hires:
+        return 0
+    if req.hires_steps is None or req.hires_strength is None:  # not completed yet: the usual defaults, for a queue's estimate
+        from .hires import hires_defaults
+
+        _, steps, strength = hires_defaults(max(req.width or 512, req.height or 512))
+        req = replace(req, hires_steps=steps if req.hires_steps is None else req.hires_steps,
+                      hires_strength=strength if req.hires_strength is None else req.hires_strength)
+    return strength_window(req.hires_steps or req.steps, float(req.hires_strength)).steps_run
+
+
+def planned_steps(req: GenerationRequest) -> int:
+    """The sampling steps a completed request runs per batch, over both passes of a hires fix."""
+    return pass_steps(req) + hires_steps_run(req)
+
+
 def unet_calls(req: GenerationRequest) -> int:
-    """Model calls per image and CFG pass of a completed request: second-order
-    samplers call the UNet twice a step (DPM adaptive: its usual three per step)."""
+    """Model calls per image and CFG pass of a completed request's first pass (at its
+    size): second-order samplers call the UNet twice a step (DPM adaptive: its usual
+    three per step).  The hires pass is counted apart, at its own size (Engine.estimate_time)."""
     sampler, _ = resolve_sampler(req.sampler, req.schedule)
-    return planned_steps(req) * sampler.calls_per_step
+    return pass_steps(req) * sampler.calls_per_step
 
 
 def validate_request(req: GenerationRequest) -> None:
@@ -185,6 +226,7 @@ def validate_request(req: GenerationRequest) -> None:
         if isinstance(v, bool) or not isinstance(v, int) or not (v <= 0 or MIN_SIDE <= v <= MAX_SIDE):
             raise RequestError(f"{name.replace('_', ' ')} must be 0 (off) or a size from {MIN_SIDE} to {MAX_SIDE} pixels; got {v!r}.")
     check_refine(req)
+    check_hires(req)
     if req.sampler is not None:
         resolve_sampler(req.sampler, req.schedule)  # raises with the valid names
     elif req.schedule is not None:

@@ -178,3 +178,35 @@ def apply_threads(requested=None) -> ThreadChoice:
             pass
     log.debug("CPU threads: %s", choice)
     return choice
+
+
+class TorchvisionMismatch(RuntimeError):
+    """An installed torchvision that does not work with the installed torch."""
+
+
+def torchvision_problem() -> Optional[str]:
+    """None when torchvision is absent or imports; else a message with the fix.
+
+    Brushwork does not need torchvision, but transformers and diffusers import it
+    when it is installed, and one built for another torch (another version, or a
+    CUDA build beside a CPU one) fails inside them with an obscure operator error.
+    Only the upscaler model files (spandrel) need it, as a matching pair."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("torchvision") is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any failure here is the mismatch
+        import torch
+
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        return (
+            f"the installed torchvision does not work with torch {torch.__version__} ({first}). Brushwork itself does not need torchvision, "
+            "but the libraries it uses import it when it is there. Fix: pip uninstall torchvision (you lose only upscaler model files), "
+            "or install a matching pair, e.g. pip install torch==2.14.1 torchvision==0.29.1 (docs/upscalers.md)."
+        )
+    return None

@@ -91,14 +91,17 @@ AXES: dict[str, AxisType] = {
         AxisType("Var. seed", int, ("subseed",), ("var seed", "variation seed", "subseed"), lo=-1, hi=MAX_SEED, hint="1,2,3 or -1,-1"),
         AxisType("Var. strength", float, ("subseed_strength",), ("var strength", "variation strength", "subseed strength"), lo=0, hi=1, hint="0,0.25,0.5 or 0-1 [5]"),
         AxisType("Steps", int, ("steps",), ("step",), lo=1, hi=MAX_STEPS, hint="5,10,20 or 5-25 (+5)"),
+        AxisType("Hires steps", int, ("hires_steps",), ("hires step", "hr steps", "hr second pass steps"), lo=0, hi=MAX_STEPS, hint="0,10,20 (0: the same as steps)"),
         AxisType("CFG Scale", float, ("cfg_scale",), ("cfg", "cfg scale", "guidance", "guidance scale"), lo=0, hi=30, hint="4,7,10 or 3-12 [4]"),
         AxisType("Prompt S/R", str, ("prompt", "negative_prompt"), ("s/r", "sr", "prompt sr", "search replace", "search and replace")),
         AxisType("Prompt order", str, ("prompt",), ("order",), permutes=True),
         AxisType("Sampler", str, ("sampler", "schedule"), ("samplers", "sampler name"), choices=True),
+        AxisType("Hires sampler", str, ("hires_sampler", "hires_schedule"), ("hr sampler", "hires samplers"), choices=True),
         AxisType("Checkpoint name", str, (), ("checkpoint", "checkpoints", "model", "ckpt"), model=True, choices=True, cost=1.0),
         AxisType("Schedule type", str, ("schedule",), ("schedule", "scheduler", "schedule type"), choices=True),
         AxisType("Clip skip", int, ("clip_skip",), ("clip skip", "clipskip"), lo=1, hi=MAX_CLIP_SKIP, hint="1,2 or 1-4"),
         AxisType("Denoising", float, ("denoising_strength",), ("denoise", "denoising strength", "strength"), lo=0, hi=1, hint="0.3,0.5,0.7 or 0.2-0.8 (+0.2)"),
+        AxisType("Hires upscaler", str, ("hires_upscaler",), ("hr upscaler", "hires upscalers", "upscaler"), choices=True),
         AxisType("VAE", str, (), ("vae",), vae=True, choices=True, cost=0.7),
         AxisType("Size", str, ("width", "height"), ("size", "resolution", "width x height"), hint="512x512,512x768"),
     ]
@@ -368,8 +371,12 @@ def _typed(t: AxisType, items: list[str], text: str) -> list:
         return list(itertools.permutations(vals))
     if label == "Size":
         return [_size(s) for s in vals]
-    if label == "Sampler":
+    if label in ("Sampler", "Hires sampler"):
         return [_sampler_label(s) for s in vals]
+    if label == "Hires upscaler":
+        from ..upscale.latent import latent_mode_name
+
+        return [latent_mode_name(v) or v.strip() for v in vals]
     if label == "Schedule type":
         return [_schedule_label(s) for s in vals]
     return vals
@@ -411,9 +418,17 @@ def apply_value(label: str, value: Any, request, first_value: Any = None):
 
     ``first_value`` is the axis's first value: Prompt S/R's search string.  Checkpoint
     name, VAE and Nothing change no request field: the caller loads the model / VAE
-    (``AXES[label].model`` / ``.vae``).  Denoising only acts on img2img requests."""
+    (``AXES[label].model`` / ``.vae``).  Denoising sets an img2img's strength, or the
+    hires pass's; the Hires axes turn the hires fix on."""
     t = axis_type(label)
     label = t.label
+    if label == "Denoising" and request.hires:
+        return replace(request, hires_strength=value)
+    if label in ("Hires steps", "Hires upscaler"):
+        return replace(request, hires=True, **{t.fields[0]: value})
+    if label == "Hires sampler":
+        info, sched = resolve_sampler(value)
+        return replace(request, hires=True, hires_sampler=info.label, hires_schedule=None if sched == "automatic" else SCHEDULE_LABELS[sched])
     if label in ("Nothing", "Checkpoint name", "VAE"):
         return replace(request)
     if label == "Prompt S/R":
@@ -498,7 +513,7 @@ def value_label(axis: Axis, value: Any) -> str:
         return ""
     if label == "Prompt order":
         return ", ".join(value)
-    if label in ("Sampler", "Prompt S/R"):
+    if label in ("Sampler", "Prompt S/R", "Hires sampler", "Hires upscaler"):
         return str(value)
     if label == "Checkpoint name":
         return re.split(r"[\\/]", str(value))[-1]

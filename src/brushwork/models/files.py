@@ -249,7 +249,10 @@ def _flatten_tensors(obj) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
         if not isinstance(obj, Mapping):
             raise CorruptCheckpoint(f"its 'state_dict' is of type {type(obj).__name__}, not a dictionary of tensors")
-    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:  # BasicSR / Real-ESRGAN upscalers nest theirs: {"params_ema": {...}}
+        tensors = {f"{k}.{n}": v for k, inner in obj.items() if isinstance(inner, Mapping) for n, v in inner.items() if isinstance(v, torch.Tensor)}
+    return tensors
 
 
 def open_pickle(path: Path) -> TensorFile:

@@ -201,48 +201,56 @@ def _plain(nodes: list) -> str | None:
     return None
 
 
-def _when_step(when: str, steps: int) -> int:
+def _when_step(when: str, steps: int, first_pass: int = 0) -> int:
+    """The step after which ``when`` switches.  In a hires pass (``first_pass``: the
+    first pass's steps; A1111's "new timeline"), a whole number continues the first
+    pass's count and a fraction from 1 to 2 is a fraction of the hires pass; a
+    switch that happened in the first pass is at step 0 or below (already done)."""
     v = float(when)
     if "." in when:
-        v *= steps
+        v = (v - (1.0 if first_pass else 0.0)) * steps
+    else:
+        v -= first_pass
     return min(steps, int(v))
 
 
-def _boundaries(nodes: list, steps: int, out: set[int]) -> None:
+def _boundaries(nodes: list, steps: int, out: set[int], first_pass: int = 0) -> None:
     for n in nodes:
         if isinstance(n, _Group):
-            _boundaries(n.body, steps, out)
+            _boundaries(n.body, steps, out, first_pass)
         elif isinstance(n, _Scheduled):
-            out.add(_when_step(n.when, steps))
-            _boundaries(n.before, steps, out)
-            _boundaries(n.after, steps, out)
+            out.add(_when_step(n.when, steps, first_pass))
+            _boundaries(n.before, steps, out, first_pass)
+            _boundaries(n.after, steps, out, first_pass)
         elif isinstance(n, _Alternate):
             out.update(range(1, steps + 1))
             for o in n.options:
-                _boundaries(o, steps, out)
+                _boundaries(o, steps, out, first_pass)
 
 
-def _render(nodes: list, step: int, steps: int) -> str:
+def _render(nodes: list, step: int, steps: int, first_pass: int = 0) -> str:
     parts = []
     for n in nodes:
         if isinstance(n, _Text):
             parts.append(n.text)
         elif isinstance(n, _Group):
-            parts.append(n.open + _render(n.body, step, steps) + n.close)
+            parts.append(n.open + _render(n.body, step, steps, first_pass) + n.close)
         elif isinstance(n, _Scheduled):
-            chosen = n.before if step <= _when_step(n.when, steps) else n.after
-            parts.append(_render(chosen, step, steps))
+            chosen = n.before if step <= _when_step(n.when, steps, first_pass) else n.after
+            parts.append(_render(chosen, step, steps, first_pass))
         else:
-            parts.append(_render(n.options[(step - 1) % len(n.options)], step, steps))
+            parts.append(_render(n.options[(step - 1) % len(n.options)], step, steps, first_pass))
     return "".join(parts)
 
 
-def schedule_prompt(text: str, steps: int) -> list[tuple[int, str]]:
+def schedule_prompt(text: str, steps: int, first_pass: int = 0) -> list[tuple[int, str]]:
     """(end_step, text) segments: step s (from 1) uses the first segment with end_step >= s.
 
     ``[from:to:when]`` switches after step ``when`` (a number with a dot is a
     fraction of ``steps``), ``[to:when]`` adds text, ``[from::when]`` removes it,
     ``[a|b|c]`` cycles every step.  A prompt that does not parse is used unchanged.
+    ``first_pass``: the steps of the first pass when this is a hires pass of
+    ``steps`` steps (see :func:`_when_step`).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -252,10 +260,10 @@ def schedule_prompt(text: str, steps: int) -> list[tuple[int, str]]:
     except (_Unparsable, RecursionError):
         return [(steps, text)]
     ends = {steps}
-    _boundaries(tree, steps, ends)
+    _boundaries(tree, steps, ends, first_pass)
     segments: list[tuple[int, str]] = []
     for end in sorted(e for e in ends if e >= 1):
-        rendered = _render(tree, end, steps)
+        rendered = _render(tree, end, steps, first_pass)
         if segments and segments[-1][1] == rendered:
             segments[-1] = (end, rendered)
         else:

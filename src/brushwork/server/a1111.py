@@ -146,8 +146,9 @@ class Txt2ImgBody(BaseModel):
     hr_checkpoint_name: Optional[str] = Field(None, max_length=512)
     hr_sampler_name: Optional[str] = Field(None, max_length=64)
     hr_scheduler: Optional[str] = Field(None, max_length=64)
-    hr_prompt: str = ""
-    hr_negative_prompt: str = ""
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_cfg: Optional[float] = Field(None, ge=0, le=30)  # Forge's hires CFG scale
     force_task_id: Optional[str] = Field(None, max_length=256)
     sampler_index: str = Field("Euler", max_length=64)
     script_name: Optional[str] = Field(None, max_length=256)
@@ -241,9 +242,84 @@ def _refine_fields(body: Img2ImgBody) -> dict[str, Any]:
 
 
 def _extra_params(data: dict[str, str]) -> dict[str, Any]:
-    """The refine keys of a result's parsed infotext, as A1111's info.extra_generation_params."""
-    keys = ("Denoising strength", "Mask blur", "Inpaint area", "Masked area padding", "Masked content", "Mask mode", "Init image hash")
+    """The refine and hires keys of a result's parsed infotext, as A1111's info.extra_generation_params."""
+    from ..hires import HIRES_KEYS
+
+    keys = ("Denoising strength", "Mask blur", "Inpaint area", "Masked area padding", "Masked content", "Mask mode", "Init image hash", *HIRES_KEYS)
     return {k: data[k] for k in keys if k in data}
+
+
+def _same(value: Optional[str], same: str) -> Optional[str]:
+    """None for an unset name or A1111's "Use same ..." choice."""
+    return None if value is None or not value.strip() or value.strip().lower() == same.lower() else value
+
+
+def _hires_fields(body: "Txt2ImgBody") -> dict[str, Any]:
+    """GenerationRequest fields of A1111's hires fix (``enable_hr``); firstphase_* are
+    legacy and ignored, as in current AUTOMATIC1111."""
+    if not body.enable_hr:
+        return {}
+    return {
+        "hires": True, "hires_scale": body.hr_scale, "hires_resize_x": body.hr_resize_x, "hires_resize_y": body.hr_resize_y,
+        "hires_upscaler": body.hr_upscaler, "hires_steps": body.hr_second_pass_steps,
+        "hires_strength": body.denoising_strength, "hires_sampler": _same(body.hr_sampler_name, "Use same sampler"),
+        "hires_schedule": _same(body.hr_scheduler, "Use same scheduler"), "hires_prompt": body.hr_prompt or "",
+        "hires_negative_prompt": body.hr_negative_prompt or "", "hires_cfg": body.hr_cfg,
+    }
+
+
+class ExtrasBody(BaseModel):
+    """AUTOMATIC1111's extras fields (resize_mode 0: by upscaling_resize, 1: to
+    upscaling_resize_w x _h); the face-restoration fields must stay 0."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    resize_mode: int = Field(0, ge=0, le=1)
+    show_extras_results: bool = True
+    gfpgan_visibility: float = Field(0, ge=0, le=1)
+    codeformer_visibility: float = Field(0, ge=0, le=1)
+    codeformer_weight: float = Field(0, ge=0, le=1)
+    upscaling_resize: float = Field(2, ge=1, le=8)
+    upscaling_resize_w: int = Field(512, ge=8, le=2 * MAX_SIDE)
+    upscaling_resize_h: int = Field(512, ge=8, le=2 * MAX_SIDE)
+    upscaling_crop: bool = True
+    upscaler_1: str = Field("None", max_length=256)
+    upscaler_2: str = Field("None", max_length=256)
+    extras_upscaler_2_visibility: float = Field(0, ge=0, le=1)
+    upscale_first: bool = False
+
+    def settings(self):
+        from ..postprocess import UpscaleSettings
+
+        to = self.resize_mode == 1
+        return UpscaleSettings(upscaler=self.upscaler_1 or "None", scale=self.upscaling_resize, width=self.upscaling_resize_w if to else None,
+                               height=self.upscaling_resize_h if to else None, crop=self.upscaling_crop, upscaler_2=self.upscaler_2 or "None",
+                               visibility_2=self.extras_upscaler_2_visibility)
+
+
+class ExtrasSingleBody(ExtrasBody):
+    image: str = Field("", max_length=MAX_BASE64_CHARS)
+
+
+class ExtrasImage(BaseModel):
+    data: str = Field(..., max_length=MAX_BASE64_CHARS)
+    name: str = Field("", max_length=512)
+
+
+class ExtrasBatchBody(ExtrasBody):
+    imageList: list[ExtrasImage] = Field(default_factory=list, max_length=16)
+
+
+def _extras_unsupported(body: ExtrasBody) -> Optional[str]:
+    if body.gfpgan_visibility or body.codeformer_visibility:
+        return "face restoration (gfpgan_visibility / codeformer_visibility) is not supported: Brushwork has no face restorer yet (GET /sdapi/v1/face-restorers lists none); send 0"
+    return None
+
+
+def _extras_info(body: ExtrasBody) -> str:
+    s = body.settings()
+    how = f"to {s.width}x{s.height}" if s.to_size else f"by {s.scale:g}"
+    return f"<p>Postprocess upscale {how}, Postprocess upscaler: {s.upscaler}</p>"
 
 
 class PngInfoRequest(BaseModel):
@@ -261,6 +337,17 @@ _FROM_INFOTEXT = {
     "Seed": ("seed", int),
     "Size-1": ("width", int),
     "Size-2": ("height", int),
+    "Denoising strength": ("denoising_strength", float),
+    "Hires upscale": ("hr_scale", float),
+    "Hires resize-1": ("hr_resize_x", int),
+    "Hires resize-2": ("hr_resize_y", int),
+    "Hires steps": ("hr_second_pass_steps", int),
+    "Hires upscaler": ("hr_upscaler", str),
+    "Hires sampler": ("hr_sampler_name", str),
+    "Hires schedule type": ("hr_scheduler", str),
+    "Hires prompt": ("hr_prompt", str),
+    "Hires negative prompt": ("hr_negative_prompt", str),
+    "Hires CFG Scale": ("hr_cfg", float),
 }
 
 #: settings a POST may send only with the value GET reports (or one of those listed):
@@ -314,8 +401,6 @@ _PER_REQUEST = ("CLIP_stop_at_last_layers", "randn_source", "eta_noise_seed_delt
 #: AUTOMATIC1111 routes Brushwork does not have (yet): method, path, what is missing.
 #: They answer 501 with that text instead of a bare "Not Found".
 NOT_YET: tuple[tuple[str, str, str], ...] = (
-    ("POST", "/extra-single-image", "the extras tab (upscaling and face restoration of an image) is not implemented in Brushwork yet"),
-    ("POST", "/extra-batch-images", "the extras tab (upscaling and face restoration of images) is not implemented in Brushwork yet"),
     ("POST", "/interrogate", "interrogate (CLIP / DeepDanbooru captions of an image) is not implemented in Brushwork"),
     ("POST", "/create/embedding", "creating textual-inversion embeddings is not implemented in Brushwork"),
     ("POST", "/create/hypernetwork", "hypernetworks are not supported by Brushwork"),
@@ -336,7 +421,8 @@ _SAFE_KEY = re.compile(r"[^A-Za-z0-9_.-]")
 def unsupported(body: Txt2ImgBody) -> Optional[str]:
     """The first requested feature we do not have yet (a 400, never silently dropped)."""
     checks = [
-        (body.enable_hr, "hires fix (enable_hr) is not supported yet; generate at the size you want"),
+        (body.enable_hr and (body.hr_checkpoint_name or "Use same checkpoint") != "Use same checkpoint",
+         "a separate hires checkpoint (hr_checkpoint_name) is not supported: the hires pass uses the request's model; send hr_checkpoint_name null"),
         (body.restore_faces, "face restoration (restore_faces) is not supported: Brushwork has no face restorer yet (GET /sdapi/v1/face-restorers lists none); send restore_faces false"),
         (body.tiling, "tiling is not supported yet"),
         (bool(body.refiner_checkpoint), "the SDXL refiner (refiner_checkpoint) is not supported yet"),
@@ -410,7 +496,7 @@ def router(studio: Studio) -> APIRouter:
             styles=list(body.styles or []), rng=per_request["randn_source"], ensd=per_request["eta_noise_seed_delta"],
             subseed=body.subseed, subseed_strength=body.subseed_strength or 0.0,
             seed_resize_from_w=max(body.seed_resize_from_w, 0), seed_resize_from_h=max(body.seed_resize_from_h, 0),
-            **(refine or {}),
+            **(refine or {}), **(_hires_fields(body) if refine is None else {}),
         )
         check_names(studio.home, req)
         await run_in_threadpool(check_request, req)
@@ -439,7 +525,7 @@ def router(studio: Studio) -> APIRouter:
                 images.append(base64.b64encode(data).decode())
         seeds = [rec.seed for rec in records]
         # the pictures' own parameters (variation seeds, refine keys), read off the event loop
-        parsed = await run_in_threadpool(lambda: [parse_infotext(rec.infotext) for rec in records]) if (refine or body.subseed_strength) else []
+        parsed = await run_in_threadpool(lambda: [parse_infotext(rec.infotext) for rec in records]) if (refine or body.subseed_strength or body.enable_hr) else []
         subseeds = [int(p["Variation seed"]) for p in parsed if "Variation seed" in p]
         warnings = ([size_note] if size_note else []) + [public_text(studio.home, w) for w in job.warnings]
         info = {
@@ -467,7 +553,7 @@ def router(studio: Studio) -> APIRouter:
             "seed_resize_from_w": body.seed_resize_from_w,
             "seed_resize_from_h": body.seed_resize_from_h,
             "denoising_strength": body.denoising_strength,
-            "extra_generation_params": _extra_params(parsed[0]) if parsed and refine else {},
+            "extra_generation_params": _extra_params(parsed[0]) if parsed and (refine or body.enable_hr) else {},
             "index_of_first_image": 0,
             "infotexts": [rec.infotext for rec in records],
             "styles": list(body.styles or []),
@@ -574,15 +660,78 @@ def router(studio: Studio) -> APIRouter:
 
     @r.get("/upscalers")
     def upscalers() -> list[dict[str, Any]]:
-        return [dict(_NO_UPSCALER)]  # no upscaler models: only AUTOMATIC1111's "None" (no upscaling)
+        """AUTOMATIC1111's shape: None, Lanczos, Nearest, then every model file found."""
+        from .app import upscaler_list
+
+        return [dict(_NO_UPSCALER) if u.name == "None" else
+                {"name": u.name, "model_name": u.name if u.kind == "model" else None, "model_path": str(u.path) if u.path else None, "model_url": None, "scale": u.scale or 4}
+                for u in upscaler_list(studio)]
 
     @r.get("/latent-upscale-modes")
     def latent_upscale_modes() -> list[dict[str, str]]:
-        return []  # no hires fix yet, so no latent upscale modes
+        from ..upscale.latent import LATENT_UPSCALE_MODES
+
+        return [{"name": m} for m in LATENT_UPSCALE_MODES]
 
     @r.get("/realesrgan-models")
     def realesrgan_models() -> list[dict[str, Any]]:
-        return []
+        """The upscaler files in models/RealESRGAN, in A1111's {name, path, scale} shape."""
+        from .app import upscaler_list
+
+        folder = studio.home.root / "models" / "RealESRGAN"
+        return [{"name": u.name, "path": str(u.path), "scale": u.scale} for u in upscaler_list(studio) if u.path is not None and u.path.is_relative_to(folder)]
+
+    @r.post("/extra-single-image")
+    async def extra_single_image(body: ExtrasSingleBody, request: Request) -> dict[str, Any]:
+        """Upscale one picture (A1111's extras); face restoration is a 400."""
+        from .schemas import decode_picture
+
+        picture = await run_in_threadpool(decode_picture, body.image, "image")
+        images = await extras(body, [picture], request)
+        return {"html_info": _extras_info(body), "image": images[0] if images else ""}
+
+    @r.post("/extra-batch-images")
+    async def extra_batch_images(body: ExtrasBatchBody, request: Request) -> dict[str, Any]:
+        from .schemas import decode_picture
+
+        if not body.imageList:
+            raise BadRequest("imageList is empty: send [{\"data\": base64 PNG, \"name\": \"a.png\"}, ...]", "imageList")
+        pictures = [await run_in_threadpool(decode_picture, item.data, f"imageList[{i}].data") for i, item in enumerate(body.imageList)]
+        return {"html_info": _extras_info(body), "images": await extras(body, pictures, request)}
+
+    async def extras(body: "ExtrasBody", pictures: list, request: Request) -> list[str]:
+        """Each picture an upscale job (the worker runs it, as a generation), then the
+        results as base64 PNGs; the pictures' own infotexts are kept."""
+        from ..postprocess import check_settings, target_size
+        from .app import client_of
+        from .schemas import check_upscaler
+
+        problem = _extras_unsupported(body)
+        if problem:
+            raise BadRequest(problem)
+        settings = body.settings()
+        for picture in pictures:
+            try:
+                check_settings(settings)
+                target_size(picture.width, picture.height, settings)
+            except ValueError as exc:
+                raise BadRequest(str(exc), "upscaling_resize") from None
+        check_upscaler(studio.home, settings.upscaler, "upscaler_1")
+        if settings.visibility_2 > 0:
+            check_upscaler(studio.home, settings.upscaler_2, "upscaler_2")
+        out = []
+        for picture in pictures:
+            info = picture.info.get("parameters", "") if isinstance(picture.info.get("parameters"), str) else ""
+            job = studio.submit_upscale(picture, settings, client_of(request), infotext=info)
+            job = await studio.wait_async(job.id)
+            if job.state != "done":
+                if job.error_kind == "request":
+                    raise BadRequest(job.error or "the upscale failed")
+                raise RuntimeError(job.error or f"the upscale was {job.state}")
+            rec = studio.images(job.id)[0]
+            data = await run_in_threadpool((studio.home.root / rec.path).read_bytes)
+            out.append(base64.b64encode(data).decode())
+        return out
 
     @r.get("/face-restorers")
     def face_restorers() -> list[dict[str, Any]]:
@@ -766,6 +915,10 @@ def _apply_infotext(body: Txt2ImgBody) -> Txt2ImgBody:
             except ValueError:
                 raise BadRequest(f"infotext: {key} {_shown(parsed[key])} is not a valid {conv.__name__}", "infotext") from None
             source[name] = key
+    from ..hires import records_hires
+
+    if "enable_hr" not in body.model_fields_set and records_hires(parsed):  # A1111's inference (reference a.6)
+        updates["enable_hr"] = True
     if "Clip skip" in parsed and not (body.override_settings or {}).get("CLIP_stop_at_last_layers"):
         low, high = CLIP_SKIP_RANGE
         try:

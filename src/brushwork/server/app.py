@@ -35,7 +35,7 @@ from ..models.errors import CheckpointNotFound
 from ..prompts.styles import StylesFileError, extract_styles, read_styles, style_names
 from ..sampling.registry import SAMPLERS
 from ..sampling.schedules import SCHEDULE_LABELS
-from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_DB_ID, BadRequest, CompareBody, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, check_names, check_request, engine_message, public_text
+from .schemas import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_DB_ID, BadRequest, CompareBody, GenerateBody, PngInfoBody, SwitchModelBody, TokensBody, UpscaleBody, check_names, check_request, engine_message, public_text
 from .security import Credentials, GuardMiddleware
 from .store import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, JobRecord, StorageFull
 from .studio import Conflict, NotFound, Studio, TooManyJobs, image_view
@@ -113,6 +113,13 @@ def model_entries(studio: Studio) -> list[dict[str, Any]]:
     return out
 
 
+def upscaler_list(studio: Studio) -> list:
+    """The upscalers of the data home (upscale.list_upscalers): builtins, then model files."""
+    from ..upscale import list_upscalers
+
+    return list_upscalers(studio.home)
+
+
 def job_views(studio: Studio, jobs: list[JobRecord]) -> list[dict[str, Any]]:
     """Many jobs at once: the queue order and the images are read once, not per job."""
     waiting = studio.queue()
@@ -180,12 +187,19 @@ def form_options(studio: Studio) -> dict[str, Any]:
     else:
         demo = any(e.name == studio.model_name() and is_demo(e.path) for e in list_checkpoints(studio.home))
     home = studio.home
+    from ..hires import hires_defaults
+    from ..upscale.latent import DEFAULT_LATENT_MODE, LATENT_UPSCALE_MODES
+
+    scale, hires_steps, strength = hires_defaults(max(native))
     return {
         "model": studio.model_name(),
         "model_loaded": loaded is not None and loaded.name == studio.model_name(),
         "family": family,
         "demo": demo,
-        "folders": {"checkpoints": public_path(home, home.checkpoint_dirs[0]), "loras": public_path(home, home.lora_dirs[0])},
+        "folders": {"checkpoints": public_path(home, home.checkpoint_dirs[0]), "loras": public_path(home, home.lora_dirs[0]), "upscalers": public_path(home, home.upscaler_dirs[0])},
+        "hires": {"scale": scale, "steps": hires_steps, "strength": strength, "upscaler": DEFAULT_LATENT_MODE},
+        "latent_upscale_modes": list(LATENT_UPSCALE_MODES),
+        "upscalers": [u.name for u in upscaler_list(studio)],
         "defaults": d,
         "native_size": {"width": native[0], "height": native[1], "hint": native_size_hint(native)},
         "ranges": {
@@ -296,6 +310,50 @@ def native_router(studio: Studio) -> APIRouter:
         check_names(studio.home, cmp.request)
         check_request(cmp.request)
         return job_view(studio, studio.submit_compare(cmp, client_of(request), model=body.model))
+
+    @r.get("/upscalers")
+    def upscalers() -> dict[str, Any]:
+        """The image upscalers (builtins and model files, with architecture and scale),
+        the latent modes of the hires fix, and the files that could not be used."""
+        from ..upscale import upscaler_problems
+        from ..upscale.latent import LATENT_UPSCALE_MODES
+        from .schemas import public_path
+
+        listed = [{"name": u.name, "kind": u.kind, "architecture": u.architecture, "scale": u.scale, "file": public_path(studio.home, u.path) if u.path else None} for u in upscaler_list(studio)]
+        return {"upscalers": listed, "latent_modes": list(LATENT_UPSCALE_MODES), "problems": [public_text(studio.home, p) for p in upscaler_problems(studio.home)],
+                "folders": [public_path(studio.home, d) for d in studio.home.upscaler_dirs]}
+
+    @r.post("/upscale", status_code=202)
+    def upscale(body: UpscaleBody, request: Request) -> dict[str, Any]:
+        """Upscale a picture of the history (``image_id``) or a sent one, as a job
+        (kind "upscale"): the result is saved and recorded like a generated picture."""
+        from ..init_image import read_image_file
+        from ..postprocess import check_settings, target_size
+        from .schemas import check_upscaler, decode_picture
+
+        if (body.image_id is None) == (body.image is None):
+            raise BadRequest("send either image_id (a picture of the history) or image (base64), not both or neither", "image_id")
+        infotext, seed = "", 0
+        if body.image_id is not None:
+            rec = studio.store.image(body.image_id)
+            if rec is None:
+                raise NotFound(f"no image {body.image_id}")
+            picture = read_image_file(image_file(body.image_id), "picture")
+            infotext, seed = rec.infotext or "", rec.seed or 0
+        else:
+            picture = decode_picture(body.image, "image")
+            found = image_text(body.image)
+            infotext = found.parameters or ""
+        settings = body.settings()
+        try:
+            check_settings(settings)
+            target_size(picture.width, picture.height, settings)
+        except ValueError as exc:
+            raise BadRequest(str(exc), "scale") from None
+        check_upscaler(studio.home, settings.upscaler, "upscaler")
+        if settings.visibility_2 > 0:
+            check_upscaler(studio.home, settings.upscaler_2, "upscaler_2")
+        return job_view(studio, studio.submit_upscale(picture, settings, client_of(request), infotext=infotext, seed=seed))
 
     @r.get("/jobs")
     def jobs(limit: int = Query(50, ge=1, le=500), before: Optional[int] = BEFORE, state: Optional[str] = Query(None, max_length=256)) -> list[dict[str, Any]]:

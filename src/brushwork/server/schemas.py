@@ -83,6 +83,19 @@ class GenerateBody(BaseModel):
     invert_mask: bool = False
     outpaint: Optional[dict[Literal["left", "right", "top", "bottom"], int]] = Field(None, description="pixels to add per side (multiples of 8); the new area is filled and inpainted")
     outpaint_fill: Literal["edge", "noise"] = "edge"
+    # ---- hires fix (txt2img; null: the model family's default, docs/hires.md)
+    hires: bool = Field(False, description="hires fix: generate, upscale, then refine at the larger size")
+    hires_scale: Optional[float] = Field(None, ge=1, le=8)
+    hires_resize_x: int = Field(0, ge=0, le=MAX_SIDE, description="target width instead of the scale (0: from the scale or the aspect)")
+    hires_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    hires_upscaler: Optional[str] = Field(None, max_length=256, description="a latent mode or an upscaler (GET /api/v1/upscalers); null: Latent")
+    hires_steps: Optional[int] = Field(None, ge=0, le=MAX_STEPS, description="0: the same as steps")
+    hires_strength: Optional[float] = Field(None, ge=0, le=1, description="denoising strength of the hires pass")
+    hires_sampler: Optional[str] = Field(None, max_length=64)
+    hires_schedule: Optional[str] = Field(None, max_length=64)
+    hires_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hires_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hires_cfg: Optional[float] = Field(None, ge=0, le=30)
 
     def to_request(self) -> GenerationRequest:
         """The engine's request; the pictures decoded here (a bad one is a 400 naming its field)."""
@@ -101,7 +114,31 @@ class GenerateBody(BaseModel):
             resize_mode=self.resize_mode, mask_blur=self.mask_blur, masked_content=self.masked_content, inpaint_area=self.inpaint_area,
             only_masked_padding=self.only_masked_padding, invert_mask=self.invert_mask, outpaint=dict(self.outpaint) if self.outpaint else None,
             outpaint_fill=self.outpaint_fill,
+            hires=self.hires, hires_scale=self.hires_scale, hires_resize_x=self.hires_resize_x, hires_resize_y=self.hires_resize_y,
+            hires_upscaler=self.hires_upscaler, hires_steps=self.hires_steps, hires_strength=self.hires_strength, hires_sampler=self.hires_sampler,
+            hires_schedule=self.hires_schedule, hires_prompt=self.hires_prompt, hires_negative_prompt=self.hires_negative_prompt, hires_cfg=self.hires_cfg,
         )
+
+
+class UpscaleBody(BaseModel):
+    """An upscale of a picture from the history (``image_id``) or sent (``image``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    image_id: Optional[int] = Field(None, ge=1, le=MAX_DB_ID, description="a picture of the history (GET /api/v1/images)")
+    image: Optional[str] = Field(None, max_length=MAX_BASE64_CHARS, description="or a picture: base64 PNG/JPEG/WebP or a data: URL")
+    upscaler: str = Field("Lanczos", max_length=256, description="GET /api/v1/upscalers")
+    scale: float = Field(2.0, ge=1, le=8)
+    width: Optional[int] = Field(None, ge=8, le=2 * MAX_SIDE, description="upscale to this size instead (with height)")
+    height: Optional[int] = Field(None, ge=8, le=2 * MAX_SIDE)
+    crop: bool = Field(True, description="to a size: cover it and cut the middle (false: stretch)")
+    upscaler_2: str = Field("None", max_length=256)
+    visibility_2: float = Field(0.0, ge=0, le=1)
+
+    def settings(self):
+        from ..postprocess import UpscaleSettings
+
+        return UpscaleSettings(upscaler=self.upscaler, scale=self.scale, width=self.width, height=self.height, crop=self.crop, upscaler_2=self.upscaler_2, visibility_2=self.visibility_2)
 
 
 class CompareBody(GenerateBody):
@@ -156,7 +193,7 @@ def decode_picture(text: str, field: str):
     ``init_images``, ``mask``), decoded with its size checked first; a bad one is a
     400 naming the field."""
     try:
-        return decode_base64_image(text, "mask" if field == "mask" else "init image")
+        return decode_base64_image(text, "mask" if field == "mask" else "init image" if field.startswith("init") else "picture")
     except ImageInputError as exc:
         raise BadRequest(str(exc), field) from None
 
@@ -205,12 +242,27 @@ def check_names(home, req: GenerationRequest) -> None:
     tags = extract_extra_networks(req.prompt)
     if tags.warnings:
         raise BadRequest(tags.warnings[0], "prompt")
+    if req.hires:
+        check_upscaler(home, req.hires_upscaler, "hires_upscaler")
     known = lora_files(home)
     for tag in (t for t in tags.networks if t.kind == "lora"):
         if tag.name.lower() not in known:
             close = difflib.get_close_matches(tag.name.lower(), list(known), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else (" No LoRAs are installed." if not known else f" Installed: {', '.join(sorted(known)[:20])}.")
             raise BadRequest(f"unknown LoRA {tag.name!r} in the prompt.{hint} LoRA files go in {home.lora_dirs[0]}.", "prompt")
+
+
+def check_upscaler(home, name: Optional[str], field: str) -> None:
+    """An upscaler (or latent mode) name must exist: a 400 listing the available ones."""
+    from ..upscale import UpscalerError, find_upscaler
+    from ..upscale.latent import latent_mode_name
+
+    if name is None or not name.strip() or latent_mode_name(name):
+        return
+    try:
+        find_upscaler(home, name)
+    except UpscalerError as exc:
+        raise BadRequest(str(exc), field) from None
 
 
 def check_request(req: GenerationRequest) -> None:

@@ -277,6 +277,15 @@ class Studio:
         nx, ny, nz = grid_shape(cmp.x, cmp.y, cmp.z)
         return self._submit(client, "compare", fields, model_name, total=nx * ny * nz * (cmp.request.steps or 0))
 
+    def submit_upscale(self, picture, settings, client: str = "local", infotext: str = "", seed: int = 0) -> JobRecord:
+        """Queue an upscale of a picture (postprocess.py; checked already), run by the
+        worker like a generation so that it never competes with one for memory."""
+        from dataclasses import asdict as _asdict
+
+        path = save_input(picture, self.home.inputs, image_hash(picture))
+        fields = {"init_image": path.relative_to(self.home.root).as_posix(), "upscale": _asdict(settings), "infotext": infotext, "seed": seed}
+        return self._submit(client, "upscale", fields, self.model_name(), total=0)
+
     def _submit(self, client: str, kind: str, request: dict, model: str, total: int, priority: bool = False) -> JobRecord:
         if not priority:
             with self._cv:
@@ -517,6 +526,10 @@ class Studio:
         handler = _WarningCollector(warnings)
         logging.getLogger("brushwork").addHandler(handler)
         try:
+            if job.kind == "upscale":  # no checkpoint needed
+                self._upscale(job, live)
+                self._finish(job_id, CANCELLED if live.cancel_requested else DONE, warnings=warnings)
+                return
             path = find_listed_checkpoint(self.home, job.model) if job.model else None
             loaded = self.engine.load(path)
             self.store.update_job(job_id, model=loaded.name, model_hash=loaded.short_hash)
@@ -594,6 +607,35 @@ class Studio:
                 with self._cv:
                     self._emit(job.id, "image", {"image": image_view(rec), "complete": img.complete})
         return records
+
+    def _upscale(self, job: JobRecord, live: "Live") -> list[ImageRecord]:
+        """An upscale job: the picture upscaled, saved with its infotext plus the
+        upscale keys, and recorded like a generated picture."""
+        from ..infotext import InfotextError, params_from_infotext
+        from ..postprocess import UpscaleSettings, upscale_picture, with_postprocess
+        from ..vae import Cancelled
+
+        fields = job.request
+        picture = read_image_file(self.home.root / fields["init_image"], "picture")
+        folder = ensure_writable_folder(self.home.outputs / _dt.date.today().isoformat())
+        try:
+            device = getattr(getattr(self.engine, "placement", None), "device", None)
+            out, extra = upscale_picture(picture, UpscaleSettings(**fields["upscale"]), self.home, device, should_stop=lambda: live.control.cancelled)
+        except Cancelled:
+            return []
+        text = with_postprocess(fields.get("infotext") or "", extra)
+        try:
+            p = params_from_infotext(fields["infotext"]) if fields.get("infotext") else None
+        except InfotextError:
+            p = None
+        seed = int(fields.get("seed") or 0)
+        path = save_png(out, folder, seed, text)
+        rel = path.resolve().relative_to(self.home.root.resolve()).as_posix()
+        rec = self.store.add_image(job.id, 0, rel, seed, out.width, out.height, p.prompt if p else "", p.negative_prompt if p else "", text,
+                                   (p.model_name or "") if p else "", (p.model_hash or "") if p else "")
+        with self._cv:
+            self._emit(job.id, "image", {"image": image_view(rec), "complete": True})
+        return [rec]
 
     def _record(self, job: JobRecord, img, path: Path, index: int) -> ImageRecord:
         rel = path.resolve().relative_to(self.home.root.resolve()).as_posix()
