@@ -43,6 +43,15 @@ def _last_bias(sd: dict, name: str) -> None:
     sd[f"{name}.bias"] = sd[f"{name}.bias"] + 0.5  # pictures around mid-grey, not clipped
 
 
+def _dense_blocks(w, sd: dict, nf: int, blocks: int, key: str) -> None:
+    """ESRGAN's residual-in-residual dense blocks: 3 dense blocks of 5 convs per block,
+    named by ``key`` (with {b}, {r}, {j}); conv j sees nf + (j - 1) * GC channels."""
+    for b in range(blocks):
+        for r in (1, 2, 3):
+            for j in range(1, 6):
+                w.conv(sd, key.format(b=b, r=r, j=j), nf if j == 5 else GC, nf + (j - 1) * GC, gain=0.5)
+
+
 def esrgan_old(nf: int = 8, blocks: int = 1, scale: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     """ESRGAN in the original key style: ``model.0`` first conv, ``model.1.sub.N.RDBk.convj.0``
     dense blocks, ``model.1.sub.<blocks>`` trunk conv, then per 2x an upconv at ``model.3``,
@@ -51,11 +60,7 @@ def esrgan_old(nf: int = 8, blocks: int = 1, scale: int = 4, seed: int = 0) -> d
     w = _Weights(seed)
     sd: dict[str, torch.Tensor] = {}
     w.conv(sd, "model.0", nf, 3)
-    for b in range(blocks):
-        for r in (1, 2, 3):
-            for j in range(1, 6):
-                cout = nf if j == 5 else GC
-                w.conv(sd, f"model.1.sub.{b}.RDB{r}.conv{j}.0", cout, nf + (j - 1) * GC, gain=0.5)
+    _dense_blocks(w, sd, nf, blocks, "model.1.sub.{b}.RDB{r}.conv{j}.0")
     w.conv(sd, f"model.1.sub.{blocks}", nf, nf, gain=0.5)
     ups = int(math.log2(scale))
     for i in range(1, ups + 1):
@@ -72,11 +77,7 @@ def esrgan_new(nf: int = 8, blocks: int = 1, seed: int = 1) -> dict[str, torch.T
     w = _Weights(seed)
     sd: dict[str, torch.Tensor] = {}
     w.conv(sd, "conv_first", nf, 3)
-    for b in range(blocks):
-        for r in (1, 2, 3):
-            for j in range(1, 6):
-                cout = nf if j == 5 else GC
-                w.conv(sd, f"body.{b}.rdb{r}.conv{j}", cout, nf + (j - 1) * GC, gain=0.5)
+    _dense_blocks(w, sd, nf, blocks, "body.{b}.rdb{r}.conv{j}")
     w.conv(sd, "conv_body", nf, nf, gain=0.5)
     w.conv(sd, "conv_up1", nf, nf)
     w.conv(sd, "conv_up2", nf, nf)

@@ -702,23 +702,14 @@ def router(studio: Studio) -> APIRouter:
     async def extras(body: "ExtrasBody", pictures: list, request: Request) -> list[str]:
         """Each picture an upscale job (the worker runs it, as a generation), then the
         results as base64 PNGs; the pictures' own infotexts are kept."""
-        from ..postprocess import check_settings, target_size
         from .app import client_of
-        from .schemas import check_upscaler
+        from .schemas import check_upscale
 
         problem = _extras_unsupported(body)
         if problem:
             raise BadRequest(problem)
         settings = body.settings()
-        for picture in pictures:
-            try:
-                check_settings(settings)
-                target_size(picture.width, picture.height, settings)
-            except ValueError as exc:
-                raise BadRequest(str(exc), "upscaling_resize") from None
-        check_upscaler(studio.home, settings.upscaler, "upscaler_1")
-        if settings.visibility_2 > 0:
-            check_upscaler(studio.home, settings.upscaler_2, "upscaler_2")
+        check_upscale(studio.home, settings, [p.size for p in pictures], ("upscaling_resize", "upscaler_1", "upscaler_2"))
         out = []
         for picture in pictures:
             info = picture.info.get("parameters", "") if isinstance(picture.info.get("parameters"), str) else ""

@@ -328,8 +328,7 @@ def native_router(studio: Studio) -> APIRouter:
         """Upscale a picture of the history (``image_id``) or a sent one, as a job
         (kind "upscale"): the result is saved and recorded like a generated picture."""
         from ..init_image import read_image_file
-        from ..postprocess import check_settings, target_size
-        from .schemas import check_upscaler, decode_picture
+        from .schemas import check_upscale, decode_picture
 
         if (body.image_id is None) == (body.image is None):
             raise BadRequest("send either image_id (a picture of the history) or image (base64), not both or neither", "image_id")
@@ -345,14 +344,7 @@ def native_router(studio: Studio) -> APIRouter:
             found = image_text(body.image)
             infotext = found.parameters or ""
         settings = body.settings()
-        try:
-            check_settings(settings)
-            target_size(picture.width, picture.height, settings)
-        except ValueError as exc:
-            raise BadRequest(str(exc), "scale") from None
-        check_upscaler(studio.home, settings.upscaler, "upscaler")
-        if settings.visibility_2 > 0:
-            check_upscaler(studio.home, settings.upscaler_2, "upscaler_2")
+        check_upscale(studio.home, settings, [picture.size])
         return job_view(studio, studio.submit_upscale(picture, settings, client_of(request), infotext=infotext, seed=seed))
 
     @r.get("/jobs")

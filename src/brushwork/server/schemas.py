@@ -265,6 +265,22 @@ def check_upscaler(home, name: Optional[str], field: str) -> None:
         raise BadRequest(str(exc), field) from None
 
 
+def check_upscale(home, settings, sizes: list[tuple[int, int]], fields: tuple[str, str, str] = ("scale", "upscaler", "upscaler_2")) -> None:
+    """An upscale's ranges, its target for each picture size and its upscaler names:
+    400s naming the client's fields (size field, first and second upscaler)."""
+    from ..postprocess import check_settings, target_size
+
+    try:
+        check_settings(settings)
+        for w, h in sizes:
+            target_size(w, h, settings)
+    except ValueError as exc:
+        raise BadRequest(str(exc), fields[0]) from None
+    check_upscaler(home, settings.upscaler, fields[1])
+    if settings.visibility_2 > 0:
+        check_upscaler(home, settings.upscaler_2, fields[2])
+
+
 def check_request(req: GenerationRequest) -> None:
     """The checks that need no model (engine.validate_request) and those on the
     pictures (a mask that does not fit), as 400s naming the field, before queueing."""
