@@ -155,3 +155,23 @@ def test_variation_seed_fields_are_sent_recorded_and_restored(page):
     page.click("#reuse-settings")
     page.wait_for_function("() => document.getElementById('subseed').value === '8'")
     assert page.input_value("#subseed_strength") == "0.3"
+
+
+def test_seed_options_and_margin_are_sent_and_kept(page):
+    small_settings(page, "a fox", steps=2)
+    page.fill("#seed", "40")
+    set_axis(page, "x", "CFG Scale", "4,7")
+    set_axis(page, "y", "Nothing", "")
+    page.check("#compare_vary_x")
+    page.fill("#compare_margin", "6")
+    page.click("#compare-run")
+    page.wait_for_selector("#compare-grid-link:not([hidden])", timeout=120_000)
+    body = page.compares[-1]
+    assert body["vary_seeds"] == [True, False, False] and body["keep_random_seeds"] is False and body["margin"] == 6
+    # the cells count the seed up along X, and the grid has the margin between them
+    seeds = [page.get_attribute(f"#compare-tables td[data-x='{i}'][data-y='0'] button", "title") for i in range(2)]
+    assert "seed 40" in seeds[0] and "seed 41" in seeds[1], seeds
+    assert pixels(page, page.get_attribute("#compare-grid-link", "href")).shape[1] >= 2 * 64 + 6
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.is_checked("#compare_vary_x") and not page.is_checked("#compare_vary_y") and page.input_value("#compare_margin") == "6"

@@ -138,6 +138,7 @@ function requestBody() {
     batch_size: num(v.batch_size) ?? 1,
     batch_count: num(v.batch_count) ?? 1,
     styles: chosenStyles(),
+    ...hiresFields(),
   };
 }
 
@@ -164,6 +165,7 @@ async function loadOptions() {
   syncModelHint(o);
   syncPreset();
   saveForm();
+  fillHires(o);
   scheduleEstimate();
 }
 
@@ -563,7 +565,8 @@ function renderQueue() {
   for (const j of jobs) {
     const li = document.createElement("li");
     const label = document.createElement("span");
-    const prompt = j.request?.prompt || "(no prompt)";
+    const up = j.kind === "upscale" ? j.request?.upscale : null;
+    const prompt = up ? `Upscale ×${up.scale} (${up.upscaler})` : j.request?.prompt || "(no prompt)";
     label.textContent = `${j.state === "running" ? "▶" : "…"} ${prompt}`;
     label.title = prompt;
     const b = document.createElement("button");
@@ -762,6 +765,7 @@ function restoreRefine() {
 
 function setMode(mode, save = true) {
   refine.mode = mode;
+  $("hires-fix").hidden = mode === "img2img";  // hires fix is a txt2img option
   $("mode-txt2img").setAttribute("aria-pressed", String(mode === "txt2img"));
   $("mode-img2img").setAttribute("aria-pressed", String(mode === "img2img"));
   $("img2img").hidden = mode !== "img2img";
@@ -1061,6 +1065,7 @@ function wireRefine() {
 
 const COMPARE_KEY = "brushwork.compare.v1";
 const AXIS_KEYS = ["x", "y", "z"];
+const COMPARE_CHECKS = ["compare_vary_x", "compare_vary_y", "compare_vary_z", "compare_keep_random"];
 // the axes whose values come from the server's lists: a chip per value appends it
 const CHOICE_AXES = { "Sampler": () => state.options?.samplers || [], "Schedule type": () => state.options?.schedules || [], "Checkpoint name": () => (state.models || []).map((m) => m.name) };
 const NUMBER_AXES = ["Seed", "Steps", "CFG Scale", "Clip skip", "Var. seed", "Var. strength", "Denoising"];
@@ -1070,7 +1075,8 @@ const compare = {
 };
 
 function saveCompare() {
-  const values = { open: $("compare").open, legend: $("compare_legend").checked };
+  const values = { open: $("compare").open, legend: $("compare_legend").checked, margin: $("compare_margin").value };
+  for (const id of COMPARE_CHECKS) values[id] = $(id).checked;
   for (const k of AXIS_KEYS) { values[`${k}_type`] = $(`compare_${k}_type`).value; values[k] = $(`compare_${k}`).value; }
   localStorage.setItem(COMPARE_KEY, JSON.stringify(values));
 }
@@ -1085,6 +1091,8 @@ function restoreCompare() {
       if (typeof saved[k] === "string") $(`compare_${k}`).value = saved[k];
     }
     if (typeof saved.legend === "boolean") $("compare_legend").checked = saved.legend;
+    for (const id of COMPARE_CHECKS) if (typeof saved[id] === "boolean") $(id).checked = saved[id];
+    if (typeof saved.margin === "string") $("compare_margin").value = saved.margin;
     if (saved.open) $("compare").open = true;
   } catch { /* start fresh */ }
 }
@@ -1184,13 +1192,16 @@ async function runCompare() {
   } catch (err) { showError(err); return; }
   for (const a of axes) if (a) body[a.key] = `${a.type}: ${a.text}`;
   body.draw_legend = $("compare_legend").checked;
+  body.vary_seeds = ["x", "y", "z"].map((a) => $(`compare_vary_${a}`).checked);
+  body.keep_random_seeds = $("compare_keep_random").checked;
+  body.margin = Math.trunc(Number($("compare_margin").value) || 0);
   let job;
   try {
     job = await api("/compare", { method: "POST", body });
   } catch (err) {
     // the server names the axis as x, y or z: its message goes beside that field
     const fields = {};
-    for (const [f, msg] of Object.entries(err.fields || {})) fields[AXIS_KEYS.includes(f) ? `compare_${f}` : f] = msg;
+    for (const [f, msg] of Object.entries(err.fields || {})) fields[AXIS_KEYS.includes(f) || f === "margin" ? `compare_${f}` : f] = msg;
     err.fields = fields;
     showError(err);
     return;
@@ -1369,6 +1380,8 @@ function wireCompare() {
     $(`compare_${k}`).addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.ctrlKey && !e.metaKey) { e.preventDefault(); runCompare(); } });
   }
   $("compare_legend").addEventListener("change", saveCompare);
+  for (const id of COMPARE_CHECKS) $(id).addEventListener("change", saveCompare);
+  $("compare_margin").addEventListener("input", saveCompare);
   $("compare").addEventListener("toggle", () => { saveCompare(); if ($("compare").open) renderAllAxisChoices(); });
   $("compare-run").addEventListener("click", runCompare);
   renderAllAxisChoices();
@@ -1425,12 +1438,109 @@ function wire() {
   });
   wireRefine();
   wireCompare();
+  wireHires();
+}
+
+// ------------------------------------------------------------------ hires fix and Upscale
+
+const HIRES_KEY = "brushwork.hires.v1";
+const HIRES_FIELDS = ["hires", "hires_scale", "hires_upscaler", "hires_steps", "hires_strength"];
+const hires = { dirty: new Set() };  // hires fields the user changed (kept over the model's defaults)
+
+function hiresOn() { return refine.mode !== "img2img" && $("hires").checked; }
+
+// the hires fields of a generation body: none when it is off (or in img2img mode)
+function hiresFields() {
+  if (!hiresOn()) return {};
+  const num = (f) => ($(f).value === "" ? null : Number($(f).value));
+  return {
+    hires: true,
+    hires_scale: num("hires_scale"),
+    hires_upscaler: $("hires_upscaler").value || null,
+    hires_steps: $("hires_steps").value === "" ? null : Math.trunc(Number($("hires_steps").value)),
+    hires_strength: num("hires_strength"),
+  };
+}
+
+function saveHires() {
+  const values = {};
+  for (const f of HIRES_FIELDS) values[f] = f === "hires" ? $(f).checked : $(f).value;
+  localStorage.setItem(HIRES_KEY, JSON.stringify({ values, dirty: [...hires.dirty] }));
+}
+
+function restoreHires() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(HIRES_KEY) || "null");
+    if (!saved) return;
+    for (const f of HIRES_FIELDS) {
+      const v = saved.values?.[f];
+      if (v === undefined) continue;
+      if (f === "hires") $(f).checked = !!v; else setField(f, v);
+    }
+    hires.dirty = new Set(saved.dirty || []);
+    if ($("hires").checked) $("hires-fix").open = true;
+  } catch { /* a damaged entry: start fresh */ }
+  syncHiresSize();
+}
+
+// the model's hires defaults and the upscaler lists (options), except what the user chose
+function fillHires(o) {
+  const names = [...(o.latent_upscale_modes || []), ...(o.upscalers || []).filter((n) => n !== "None")];
+  const keep = $("hires_upscaler").value;
+  fillSelect($("hires_upscaler"), names);
+  if (keep && names.includes(keep)) $("hires_upscaler").value = keep;
+  const upKeep = $("upscale-with").value;
+  fillSelect($("upscale-with"), (o.upscalers || []).filter((n) => n !== "None"));
+  $("upscale-with").value = upKeep && (o.upscalers || []).includes(upKeep) ? upKeep : "Lanczos";
+  const d = o.hires || {};
+  const defaults = { hires_scale: d.scale, hires_steps: d.steps, hires_strength: d.strength, hires_upscaler: d.upscaler };
+  for (const [k, v] of Object.entries(defaults)) if (v !== undefined && (!hires.dirty.has(k) || $(k).value === "")) setField(k, v);
+  syncHiresSize();
+  saveHires();
+}
+
+// "64x64 → 128x128": the size the hires fix makes (multiples of 8, as the server rounds)
+function syncHiresSize() {
+  const el = $("hires-size");
+  if (!el) return;
+  if (!$("hires").checked) { el.textContent = "Off"; return; }
+  const w = Number($("width").value), h = Number($("height").value), scale = Number($("hires_scale").value);
+  if (!w || !h || !scale) { el.textContent = ""; return; }
+  const side = (v) => Math.max(8, Math.floor(Math.floor(v * scale) / 8) * 8);
+  el.textContent = `${w}x${h} → ${side(w)}x${side(h)}`;
+}
+
+function wireHires() {
+  for (const f of HIRES_FIELDS) {
+    const el = $(f);
+    el.addEventListener(el.tagName === "SELECT" || el.type === "checkbox" ? "change" : "input", () => {
+      if (f !== "hires") hires.dirty.add(f);
+      syncHiresSize();
+      saveHires();
+      scheduleEstimate();
+    });
+  }
+  for (const f of ["width", "height"]) $(f).addEventListener("input", syncHiresSize);
+  $("size-preset").addEventListener("change", syncHiresSize);
+  $("upscale").addEventListener("click", () => upscaleShown().catch(showError));
+}
+
+// Upscale the picture shown now (a result or a history picture) as a job of its own
+async function upscaleShown() {
+  clearErrors();
+  const im = state.lastImage;
+  if (!im) return;
+  const job = await api("/upscale", { method: "POST", body: { image_id: im.id, upscaler: $("upscale-with").value, scale: Number($("upscale-by").value) } });
+  state.jobs.set(job.id, job);
+  renderQueue();
+  watchJob(job.id).catch(showError);
 }
 
 async function main() {
   wire();
   restoreForm();
   restoreRefine();
+  restoreHires();
   try {
     await Promise.all([loadModels(), loadOptions(), loadLoras(), loadStyles()]);
     renderAllAxisChoices();
