@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """A 4x4 Steps x CFG grid as one comparison job against 16 separate txt2img calls.
 
-    python benchmarks/bench_compare.py [--size 256] [--steps 2,3,4,5] [--cfg 1,4,7,12] [--rounds 1] [--model PATH]
+    python benchmarks/bench_compare.py [--size 256] [--steps 2,3,4,5] [--cfg 1,4,7,12] [--x AXIS] [--y AXIS] [--rounds 1] [--model PATH]
 
 Default model: an SD 1.5-shaped checkpoint with random weights (the real UNet, VAE and
 text-encoder shapes, 2.1 GB fp16), built once into ``bench-out/`` by the same code as
@@ -33,6 +33,8 @@ def main() -> int:
     ap.add_argument("--steps", default="2,3,4,5")
     ap.add_argument("--cfg", default="1,4,7,12")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--x", help="the X axis instead of Steps, e.g. 'Steps: 10'")
+    ap.add_argument("--y", help="the Y axis instead of CFG Scale, e.g. 'Prompt S/R: lighthouse,castle,tower,windmill' (cells differing in prompt batch too)")
     ap.add_argument("--model", help="checkpoint path, or 'demo' (default: the SD 1.5-shaped random checkpoint in bench-out/)")
     args = ap.parse_args()
 
@@ -56,7 +58,7 @@ def main() -> int:
     eng = Engine(tempfile.mkdtemp(prefix="bench-compare-"), device="cpu")
     eng.load(None if model == "demo" else model)
     base = GenerationRequest("a lighthouse on a cliff at dusk, oil painting", seed=1234, width=args.size, height=args.size, sampler="DPM++ 2M", schedule="Karras")
-    cmp = Comparison(base, parse_axis(f"Steps: {args.steps}"), parse_axis(f"CFG Scale: {args.cfg}"))
+    cmp = Comparison(base, parse_axis(args.x or f"Steps: {args.steps}"), parse_axis(args.y or f"CFG Scale: {args.cfg}"))
     eng.txt2img(GenerationRequest(base.prompt, seed=1, width=args.size, height=args.size, steps=1))  # warm-up
 
     grid_s, single_s, worst = [], [], 0
@@ -70,10 +72,10 @@ def main() -> int:
         for c, s in zip(cells, singles):
             worst = max(worst, int(np.abs(np.asarray(c.image.image, dtype=int) - np.asarray(s.image, dtype=int)).max()))
     g, s = min(grid_s), min(single_s)
-    print(f"model {eng.model.path.name} ({eng.model.spec.label}), {args.size}x{args.size}, Steps {args.steps} x CFG {args.cfg}, "
+    print(f"model {eng.model.path.name} ({eng.model.spec.label}), {args.size}x{args.size}, {cmp.x.label} x {cmp.y.label}, "
           f"{len(cells)} cells, {torch.get_num_threads()} threads, {eng.placement.label}, best of {args.rounds}")
     print(f"grid job   {g:8.2f} s")
-    print(f"16 x txt2img {s:6.2f} s")
+    print(f"{len(cells)} x txt2img {s:6.2f} s")
     print(f"ratio grid/separate: {g / s:.2f}  (target <= 0.85); largest cell difference {worst} levels of 255")
     return 0
 

@@ -4,6 +4,7 @@ the native API and AUTOMATIC1111's X/Y/Z plot script."""
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 import io
 import json
 import shutil
@@ -39,6 +40,31 @@ def test_steps_by_cfg_runs_one_batch_per_column_and_every_cell_equals_generate(e
         # batched cells differ from a lone generation by float rounding only: at most 1 level of 255
         assert np.abs(px(alone.image) - px(r.image.image)).max() <= 1
         assert alone.infotext == r.image.infotext  # the cell's own parameters, re-creatable
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_cells_differing_only_in_prompt_run_as_one_batch_and_equal_generate(engines, family):
+    """Prompt S/R cells share one UNet call, each image with its own text features
+    (laid out per image, padded to one length); a longer prompt (two 75-token chunks)
+    among them, and CFG differing too."""
+    eng = engines(family)
+    long = "a cat, " + ", ".join(["very detailed fur"] * 30)
+    base = replace(BASE, prompt="a cat on a wall", negative_prompt="blurry cat")
+    cmp = Comparison(base, parse_axis(f'Prompt S/R: cat,dog,"{long}"'), parse_axis("CFG Scale: 4,7"))
+    assert [len(b) for b in work_order(plan_cells(cmp))] == [6]
+    for r in run_comparison(eng, cmp):
+        alone = eng.txt2img(r.cell.request)[0]
+        assert np.abs(px(alone.image) - px(r.image.image)).max() <= 1  # batched: float rounding only
+        assert alone.infotext == r.image.infotext
+
+
+def test_cells_with_other_loras_or_and_weights_are_not_batched():
+    lora = Comparison(GenerationRequest("a cat <lora:balloon:0>"), parse_axis("Prompt S/R: <lora:balloon:0>,<lora:balloon:1>"))
+    assert [len(b) for b in work_order(plan_cells(lora))] == [1, 1]
+    weights = Comparison(GenerationRequest("a cat AND a dog"), parse_axis("Prompt S/R: a dog,a dog :0.5"))
+    assert [len(b) for b in work_order(plan_cells(weights))] == [1, 1]
+    hires = Comparison(GenerationRequest("a cat", hires=True), parse_axis("Prompt S/R: cat,dog"))
+    assert [len(b) for b in work_order(plan_cells(hires))] == [1, 1]
 
 
 def test_a_cell_run_alone_is_bit_identical_to_generate(engines):

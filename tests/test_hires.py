@@ -238,3 +238,18 @@ def test_a_mismatched_torchvision_is_a_clear_message_not_a_broken_import(tmp_pat
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert "torchvision::nms does not exist" in out.stdout and "pip uninstall torchvision" in out.stdout
+
+
+def test_hires_fix_on_a_9_channel_inpainting_checkpoint_equals_its_img2img(tmp_path):
+    from brushwork import Engine
+    from brushwork.models import families, save
+
+    spec = families.tiny("sd1", inpainting=True)
+    save.save_checkpoint(tmp_path / "models" / "checkpoints" / "tiny-inpainting.safetensors", spec, save.random_networks(spec, seed=0))
+    engine = Engine(tmp_path, device="cpu")
+    engine.load("tiny-inpainting")
+    [made] = engine.txt2img(GenerationRequest(**BASE, hires=True, hires_upscaler="Lanczos", hires_steps=3, hires_strength=0.5))
+    [first] = engine.txt2img(GenerationRequest(**BASE))
+    up = first.image.resize((128, 128), Image.LANCZOS)
+    [again] = engine.txt2img(GenerationRequest(**{**BASE, "steps": 3, "width": 128, "height": 128}, init_image=up, denoising_strength=0.5))
+    assert made.image.size == (128, 128) and np.array_equal(arr(made.image), arr(again.image))

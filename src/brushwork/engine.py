@@ -150,6 +150,16 @@ class Prepared:
     hires: Optional["HiresPass"] = None  # the hires fix's second pass (hires.py)
 
 
+@dataclass
+class CellPrompt:
+    """One image's own prompts inside a batch (Engine.cell_prompt)."""
+
+    plan: PromptPlan
+    prompt: str
+    negative_prompt: str
+    extra: dict  # its infotext entries that differ per prompt (TI hashes, styles)
+
+
 class Engine:
     """Loads checkpoints and generates images.  Not thread-safe: one job at a time."""
 
@@ -348,15 +358,21 @@ class Engine:
             extra.update(hires.infotext)
         return Prepared(req, sampler, schedule, plan, extra, refine[0] if refine else None, start, steps, hires)
 
-    def run_batch(self, prep: "Prepared", seeds: list[int], subseeds: Optional[list[int]], cfg_scales: Optional[list[float]], control, progress, done_before: int, total: int, t0: float) -> Optional[list["GeneratedImage"]]:
+    def run_batch(self, prep: "Prepared", seeds: list[int], subseeds: Optional[list[int]], cfg_scales: Optional[list[float]], control, progress, done_before: int, total: int, t0: float,
+                  prompts: Optional[list["CellPrompt"]] = None) -> Optional[list["GeneratedImage"]]:
         """Sample and decode one batch of a prepared request: its images (empty when
         stopped before the first step), or None when cancelled.  ``cfg_scales``: one
-        guidance scale per image (comparison grids batch cells that differ only in it)."""
+        guidance scale per image, ``prompts``: one encoded prompt pair per image
+        (:meth:`cell_prompt`; comparison grids batch cells that differ only in these;
+        not with the hires fix, whose second pass has one prompt)."""
         req = prep.req
+        if prompts is not None and prep.hires is not None:
+            raise ValueError("per-image prompts cannot be batched with the hires fix")
+        plans = None if prompts is None else [c.plan for c in prompts]
         batch_t0 = time.perf_counter()
         try:
             first = req if prep.hires is None or req.stop_at_step is None or req.stop_at_step < req.steps else replace(req, stop_at_step=None)
-            latents, complete, done = self._sample_batch(first, prep.sampler, prep.schedule, seeds, prep.plan, control, progress, done_before, total, t0, prep.start, subseeds, cfg_scales)
+            latents, complete, done = self._sample_batch(first, prep.sampler, prep.schedule, seeds, prep.plan if plans is None else plans, control, progress, done_before, total, t0, prep.start, subseeds, cfg_scales)
             if latents is None:
                 return []
             if prep.hires is not None and complete:
@@ -365,7 +381,7 @@ class Engine:
                 pixels = self.decode(latents, control)
         except Cancelled:
             return None
-        if cfg_scales is None and prep.hires is None:
+        if cfg_scales is None and prompts is None and prep.hires is None:
             self._learn_speed(req, len(seeds), time.perf_counter() - batch_t0, complete)
         if prep.refine is not None:
             pixels = [finish(prep.refine.canvas, img) for img in pixels]
@@ -375,9 +391,26 @@ class Engine:
         for i, (seed, img) in enumerate(zip(seeds, pixels)):
             own = req if cfg_scales is None else replace(req, cfg_scale=cfg_scales[i])
             extra = batch_extra if subseeds is None else {"Variation seed": subseeds[i], **batch_extra}
+            if prompts is not None:
+                own = replace(own, prompt=prompts[i].prompt, negative_prompt=prompts[i].negative_prompt)
+                extra = {**extra, **prompts[i].extra}
             params = self._params(own, prep.sampler, prep.schedule, seed, extra)
             images.append(GeneratedImage(img, seed, params, format_infotext(params), complete))
         return images
+
+    def cell_prompt(self, prep: "Prepared", prompt: str, negative_prompt: str, styles: list[str]) -> "CellPrompt":
+        """Another prompt pair for an image of ``prep``'s batch (its styles applied, encoded
+        with the batch's steps and clip skip); its LoRA tags must be the batch's, which
+        are merged already."""
+        styled = self.with_styles(replace(prep.req, prompt=prompt, negative_prompt=negative_prompt, styles=list(styles)))
+        tags = extract_extra_networks(styled.prompt)
+        plan = self._encode(styled, tags.text)
+        extra: dict = {}
+        if plan.ti_hashes:
+            extra["TI hashes"] = ", ".join(f"{n.replace(':', '').replace(',', '')}: {h}" for n, h in plan.ti_hashes.items())
+        if styled.styles:
+            extra["Styles"] = ", ".join(styled.styles)
+        return CellPrompt(plan, styled.prompt, styled.negative_prompt, extra)
 
     def with_styles(self, req: GenerationRequest) -> GenerationRequest:
         """The request with its saved prompt styles applied to both prompts (``styles``
@@ -405,6 +438,8 @@ class Engine:
         device = self.placement.device
         should_stop = None if control is None else (lambda: control.cancelled)
         start, upscaled = hires_start(h, latents, lambda lat: self.decode(lat, control), lambda px: self.encode(px, control), device, should_stop)
+        if self._require_model().spec.inpainting:  # a 9-channel UNet: "all masked", as its img2img sees it
+            start = replace(start, channels=self._inpaint_channels(None, None, h.req, control))
         stopped = (control is not None and control.stopping()) or prep.req.stop_at_step == prep.req.steps
         if not stopped:
             second, complete, _ = self._sample_batch(h.req, h.sampler, h.schedule, seeds, h.plan, control, progress, done_before, total, t0, start, subseeds, cfg_scales, steps_run=h.window.steps_run)
@@ -522,7 +557,10 @@ class Engine:
         """Run the sampler for one batch; returns final latents (float32, on the device).
 
         ``start`` (start.py): where sampling starts; None is txt2img, pure noise at
-        the schedule's first sigma."""
+        the schedule's first sigma.  ``plan``: the batch's prompts, or a list of one
+        plan per image (the same AND weights), whose texts are laid out per image."""
+        plans = plan if isinstance(plan, list) else None
+        plan = plans[0] if plans is not None else plan
         m = self._require_model()
         p = self.placement
         shape = (m.spec.vae.latent_channels, req.height // 8, req.width // 8)
@@ -548,6 +586,20 @@ class Engine:
         joined: dict[tuple, dict] = {}
 
         def batch_at(step: int, with_negative: bool) -> dict:
+            if plans is not None:  # [text_0 of each image, text_1 of each image, ...]
+                rows = [([unc] if with_negative else []) + conds for conds, _, unc in (p.at(step) for p in plans)]
+                key = tuple(id(t) for row in rows for t in row)
+                if key not in joined:
+                    # each image's texts padded to their own common length, as when it runs
+                    # alone; beyond that (to the batch's longest) the tokens are masked out
+                    own = [plan.padded(row) for row in rows]
+                    k = len(rows[0])
+                    texts = [own[i][j] for j in range(k) for i in range(len(rows))]
+                    lengths = [t.context.shape[1] for t in texts]
+                    joined[key] = self._net_conditioning(plan.padded(texts), 1, req.width, req.height)
+                    if len(set(lengths)) > 1:
+                        joined[key]["mask"] = torch.tensor([[1] * n + [0] * (max(lengths) - n) for n in lengths], device=p.device)
+                return joined[key]
             conds, _, uncond = plan.at(step)
             key = (tuple(id(c) for c in conds), id(uncond) if with_negative else None)
             if key not in joined:
@@ -559,7 +611,7 @@ class Engine:
             x_in = x_in.to(p.dtype)
             if extra_input is not None:  # 9-channel inpainting UNet: + mask + masked picture
                 x_in = torch.cat([x_in, torch.cat([extra_input] * (x_in.shape[0] // batch))], dim=1)
-            return unet(x_in, t.to(p.device), encoder_hidden_states=c["context"], added_cond_kwargs=c.get("added")).sample
+            return unet(x_in, t.to(p.device), encoder_hidden_states=c["context"], added_cond_kwargs=c.get("added"), encoder_attention_mask=c.get("mask")).sample
 
         weights = [w for _, w in plan.positive]
         scale = float(req.cfg_scale) if cfg_scales is None else torch.tensor(cfg_scales, dtype=torch.float32, device=p.device).view(-1, 1, 1, 1)

@@ -29,8 +29,9 @@ from .grid import check_grid_size, draw_grid, draw_xyz, label_text
 if TYPE_CHECKING:
     from ..engine import GeneratedImage
 
-#: fields that may differ between the cells of one batch
+#: fields that may differ between the cells of one batch (the prompts: see _batch_key)
 _BATCHABLE = {"seed", "cfg_scale"}
+_PROMPTS = {"prompt", "negative_prompt"}
 
 
 @dataclass
@@ -115,8 +116,17 @@ def _batch_key(req: GenerationRequest) -> tuple:
     # CFG 1 skips the negative-prompt pass when run alone: batched with other scales
     # it would pay for that pass, so such cells batch only with each other
     key = [req.cfg_scale == 1]
+    # cells whose prompts differ batch too (each image its own text features), as
+    # long as the merged LoRAs and the AND weights are the same; not with the hires
+    # fix, whose second pass has one prompt
+    by_prompt = req.hires
+    if not by_prompt:
+        from ..prompts import extract_extra_networks, split_and
+
+        tags = extract_extra_networks(req.prompt)
+        key += [repr([(n.kind, n.name.lower(), n.te, n.unet) for n in tags.networks]), repr([w for _, w in split_and(tags.text)])]
     for f in fields(req):
-        if f.name in _BATCHABLE:
+        if f.name in _BATCHABLE or (f.name in _PROMPTS and not by_prompt):
             continue
         v = getattr(req, f.name)
         key.append(id(v) if isinstance(v, Image.Image) else repr(v))
@@ -202,7 +212,10 @@ def _run_batch(engine, batch: list[Cell], control, progress, done_before: int, t
     cfg_scales = None if len(set(cfg)) == 1 else cfg
     if cfg_scales is None and cfg[0] != prep.req.cfg_scale:
         prep = replace(prep, req=replace(prep.req, cfg_scale=cfg[0]))
-    return engine.run_batch(prep, seeds, subseeds, cfg_scales, control, progress, done_before, total, t0)
+    prompts = None
+    if len({(c.request.prompt, c.request.negative_prompt) for c in batch}) > 1:  # each cell its own encoded prompts
+        prompts = [engine.cell_prompt(prep, c.request.prompt, c.request.negative_prompt, c.request.styles) for c in batch]
+    return engine.run_batch(prep, seeds, subseeds, cfg_scales, control, progress, done_before, total, t0, prompts)
 
 
 def grid_picture(cmp: Comparison, results: list[CellResult]) -> tuple[Image.Image, str]:
