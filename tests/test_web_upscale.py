@@ -26,7 +26,7 @@ def server(tiny_home, tmp_path_factory):
 
 @pytest.fixture
 def page(browser, server):
-    with studio_page(browser, server[0], {"jobs": "/api/v1/jobs", "upscales": "/api/v1/upscale"}) as pg:
+    with studio_page(browser, server[0], {"jobs": "/api/v1/jobs", "upscales": "/api/v1/upscale", "estimates": "/api/v1/estimate"}) as pg:
         yield pg
 
 
@@ -60,6 +60,14 @@ def test_upscale_a_result_makes_a_new_picture_twice_the_size(page):
     page.click("#upscale")
     again = new_image(page, up)
     assert pixels(page, again).shape[:2] == (192, 192)
+    # a history picture: click it, then Upscale works on that one
+    page.click(f"#history button[data-id='{first_id}']")
+    page.wait_for_function("(id) => document.getElementById('image').dataset.id === String(id)", arg=first_id)
+    page.select_option("#upscale-by", "2")
+    page.select_option("#upscale-with", "Lanczos")
+    page.click("#upscale")
+    new_image(page, page.get_attribute("#image", "src"))
+    assert page.upscales[-1] == {"image_id": first_id, "upscaler": "Lanczos", "scale": 2}
 
 
 def test_hires_fix_section_sends_its_fields_and_makes_the_larger_picture(page):
@@ -72,6 +80,12 @@ def test_hires_fix_section_sends_its_fields_and_makes_the_larger_picture(page):
     assert page.inner_text("#hires-size") == "64x64 → 128x128"
     page.fill("#hires_steps", "2")
     page.select_option("#hires_upscaler", "Lanczos")
+    # the expected time counts both passes: the estimate is asked with the hires fields
+    for _ in range(50):  # the page asks 300 ms after the last change
+        if page.estimates and page.estimates[-1].get("hires_steps") == 2:
+            break
+        page.wait_for_timeout(100)
+    assert page.estimates and page.estimates[-1].get("hires") is True and page.estimates[-1]["hires_steps"] == 2
     assert unlabelled_controls(page) == []
     src = generate(page)
     body = page.jobs[-1]

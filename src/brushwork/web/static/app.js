@@ -1067,8 +1067,9 @@ const COMPARE_KEY = "brushwork.compare.v1";
 const AXIS_KEYS = ["x", "y", "z"];
 const COMPARE_CHECKS = ["compare_vary_x", "compare_vary_y", "compare_vary_z", "compare_keep_random"];
 // the axes whose values come from the server's lists: a chip per value appends it
-const CHOICE_AXES = { "Sampler": () => state.options?.samplers || [], "Schedule type": () => state.options?.schedules || [], "Checkpoint name": () => (state.models || []).map((m) => m.name) };
-const NUMBER_AXES = ["Seed", "Steps", "CFG Scale", "Clip skip", "Var. seed", "Var. strength", "Denoising"];
+const CHOICE_AXES = { "Sampler": () => state.options?.samplers || [], "Schedule type": () => state.options?.schedules || [], "Checkpoint name": () => (state.models || []).map((m) => m.name),
+  "Hires sampler": () => state.options?.samplers || [], "Hires upscaler": () => [...(state.options?.latent_upscale_modes || []), ...(state.options?.upscalers || []).filter((n) => n !== "None")] };
+const NUMBER_AXES = ["Seed", "Steps", "CFG Scale", "Clip skip", "Var. seed", "Var. strength", "Denoising", "Hires steps"];
 
 const compare = {
   jobs: new Map(),  // job id -> {axes, cells: Map "x,y,z" -> image, grid}
