@@ -341,6 +341,14 @@ def _variation_of(params) -> dict:
     return out
 
 
+def _wxh(text: str) -> Optional[tuple[int, int]]:
+    """``"512x768"`` (any case, spaces allowed around the numbers) -> (512, 768); None when it is no such size."""
+    w, _, h = text.lower().partition("x")
+    if not (w.strip().isdigit() and h.strip().isdigit()):
+        return None
+    return int(w), int(h)
+
+
 def _generation_fields(args) -> tuple[dict, Optional[str]]:
     """The request fields the generation options give (None: left to the model or
     the picture), and what is wrong with them, if anything."""
@@ -363,10 +371,10 @@ def _generation_fields(args) -> tuple[dict, Optional[str]]:
         "subseed_strength": args.var_strength,
     }
     if args.seed_resize_from is not None:
-        w, _, h = args.seed_resize_from.lower().partition("x")
-        if not (w.strip().isdigit() and h.strip().isdigit()):
+        size = _wxh(args.seed_resize_from)
+        if size is None:
             return fields, f"--seed-resize-from takes WIDTHxHEIGHT, e.g. 512x512; got {args.seed_resize_from!r}"
-        fields.update(seed_resize_from_w=int(w), seed_resize_from_h=int(h))
+        fields.update(seed_resize_from_w=size[0], seed_resize_from_h=size[1])
     if hasattr(args, "hires_scale"):
         hires = {
             "hires_scale": args.hires_scale, "hires_upscaler": args.hires_upscaler, "hires_steps": args.hires_steps, "hires_strength": args.hires_strength,
@@ -374,10 +382,10 @@ def _generation_fields(args) -> tuple[dict, Optional[str]]:
             "hires_negative_prompt": args.hires_negative, "hires_cfg": args.hires_cfg,
         }
         if args.hires_resize is not None:
-            w, _, h = args.hires_resize.lower().partition("x")
-            if not (w.strip().isdigit() and h.strip().isdigit()) or not (int(w) or int(h)):
+            size = _wxh(args.hires_resize)
+            if size is None or not any(size):
                 return fields, f"--hires-resize takes WIDTHxHEIGHT (0 for one side: from the aspect), e.g. 1024x1024 or 1024x0; got {args.hires_resize!r}"
-            hires.update(hires_resize_x=int(w), hires_resize_y=int(h))
+            hires.update(hires_resize_x=size[0], hires_resize_y=size[1])
         if args.hires or any(v is not None for v in hires.values()):
             fields.update(hires=True, **hires)
     return fields, None
@@ -913,11 +921,11 @@ def cmd_upscale(args) -> int:
     home = DataHome.resolve(args.home)
     width = height = None
     if args.size is not None:
-        w, _, h = args.size.lower().partition("x")
-        if not (w.strip().isdigit() and h.strip().isdigit()):
+        size = _wxh(args.size)
+        if size is None:
             print(f"error: --size takes WIDTHxHEIGHT, e.g. 1920x1080; got {args.size!r}", file=sys.stderr)
             return EXIT_USAGE
-        width, height = int(w), int(h)
+        width, height = size
         if args.scale is not None:
             print("error: give --scale or --size, not both", file=sys.stderr)
             return EXIT_USAGE

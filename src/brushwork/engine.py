@@ -220,9 +220,9 @@ class Engine:
         validate_request(req)
         resolve_sampler(req.sampler, req.schedule)  # raises with the valid names
         if req.hires:  # an upscaler name that is no latent mode must be in the data home
-            from .hires import check_upscaler_name
+            from .hires import image_upscaler
 
-            check_upscaler_name(self.home, req)
+            image_upscaler(self.home, req)
         # hidden_states[-n] of an L-layer encoder: SD 1.x reads layer L+1-clip_skip,
         # SD 2.x and SDXL one earlier; the embeddings (or beyond) are no layer to use
         depth = min(e.layers for e in m.spec.text_encoders)
@@ -335,11 +335,8 @@ class Engine:
         req = replace(req, seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed) if req.subseed_strength else req.subseed)
         tags = extract_extra_networks(req.prompt)
         extra = self._apply_loras(tags)
-        if req.styles:
-            extra["Styles"] = ", ".join(req.styles)
         plan = self._encode(req, tags.text)
-        if plan.ti_hashes:
-            extra["TI hashes"] = ", ".join(f"{n.replace(':', '').replace(',', '')}: {h}" for n, h in plan.ti_hashes.items())
+        extra.update(_prompt_keys(req.styles, plan))
         if req.subseed_strength:
             extra["Variation seed strength"] = req.subseed_strength
         if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
@@ -405,12 +402,7 @@ class Engine:
         styled = self.with_styles(replace(prep.req, prompt=prompt, negative_prompt=negative_prompt, styles=list(styles)))
         tags = extract_extra_networks(styled.prompt)
         plan = self._encode(styled, tags.text)
-        extra: dict = {}
-        if plan.ti_hashes:
-            extra["TI hashes"] = ", ".join(f"{n.replace(':', '').replace(',', '')}: {h}" for n, h in plan.ti_hashes.items())
-        if styled.styles:
-            extra["Styles"] = ", ".join(styled.styles)
-        return CellPrompt(plan, styled.prompt, styled.negative_prompt, extra)
+        return CellPrompt(plan, styled.prompt, styled.negative_prompt, _prompt_keys(styled.styles, plan))
 
     def with_styles(self, req: GenerationRequest) -> GenerationRequest:
         """The request with its saved prompt styles applied to both prompts (``styles``
@@ -587,7 +579,7 @@ class Engine:
 
         def batch_at(step: int, with_negative: bool) -> dict:
             if plans is not None:  # [text_0 of each image, text_1 of each image, ...]
-                rows = [([unc] if with_negative else []) + conds for conds, _, unc in (p.at(step) for p in plans)]
+                rows = [([unc] if with_negative else []) + conds for conds, _, unc in (each.at(step) for each in plans)]
                 key = tuple(id(t) for row in rows for t in row)
                 if key not in joined:
                     # each image's texts padded to their own common length, as when it runs
@@ -729,6 +721,17 @@ class Engine:
             extra={**noise_keys, **(extra or {})},
             version=f"brushwork {__version__}",
         )
+
+
+def _prompt_keys(styles: list[str], plan: PromptPlan) -> dict:
+    """The infotext entries that come with the prompts: the styles applied and the
+    embeddings used, as A1111 writes them."""
+    extra: dict = {}
+    if styles:
+        extra["Styles"] = ", ".join(styles)
+    if plan.ti_hashes:
+        extra["TI hashes"] = ", ".join(f"{n.replace(':', '').replace(',', '')}: {h}" for n, h in plan.ti_hashes.items())
+    return extra
 
 
 def _to_image(pixels: torch.Tensor) -> Image.Image:

@@ -141,17 +141,18 @@ def check_hires(req: "GenerationRequest") -> None:
         raise RequestError(f"stop_at_step {req.stop_at_step} is inside the hires pass; a stop there keeps the upscaled first picture, which stop_at_step {req.steps} gives.")
 
 
-def check_upscaler_name(home, req: "GenerationRequest") -> None:
-    """A hires upscaler that is no latent mode must be in the data home (RequestError)."""
+def image_upscaler(home, req: "GenerationRequest"):
+    """The request's hires upscaler when it is an image upscaler (``upscale.UpscalerInfo``),
+    None for a latent mode; one not in the data home is a RequestError listing those there."""
     from .request import RequestError
 
     name = upscaler_name(req)
     if is_latent(name):
-        return
+        return None
     from .upscale import UpscalerError, find_upscaler
 
     try:
-        find_upscaler(home, name)
+        return find_upscaler(home, name)
     except UpscalerError as exc:
         raise RequestError(f"hires upscaler: {exc}") from None
 
@@ -291,16 +292,8 @@ def prepare_hires(req: "GenerationRequest", tags, home, encode: Callable[["Gener
     two_tags = extract_extra_networks(two.prompt)
     if _lora_key(two_tags) != _lora_key(tags):
         raise RequestError("the hires prompt names other LoRAs than the prompt; both passes use the prompt's LoRAs, so give the hires prompt the same <lora:...> tags (or leave it empty to use the prompt).")
-    name = upscaler_name(req)
-    info = None
-    if not is_latent(name):
-        from .upscale import UpscalerError, find_upscaler
-
-        try:
-            info = find_upscaler(home, name)
-        except UpscalerError as exc:
-            raise RequestError(f"hires upscaler: {exc}") from None
-        name = info.name
+    info = image_upscaler(home, req)
+    name = upscaler_name(req) if info is None else info.name
     plan = encode(two, two_tags.text)
     window = strength_window(two.steps, float(req.hires_strength))
     same = req.hires_sampler is None or not req.hires_sampler.strip()

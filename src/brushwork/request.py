@@ -162,11 +162,9 @@ def hires_steps_run(req: GenerationRequest) -> int:
     if not req.hires:
         return 0
     if req.hires_steps is None or req.hires_strength is None:  # not completed yet: the usual defaults, for a queue's estimate
-        from .hires import hires_defaults
+        from .hires import with_hires_defaults
 
-        _, steps, strength = hires_defaults(max(req.width or 512, req.height or 512))
-        req = replace(req, hires_steps=steps if req.hires_steps is None else req.hires_steps,
-                      hires_strength=strength if req.hires_strength is None else req.hires_strength)
+        req = with_hires_defaults(req, FamilyDefaults(req.width or 512, req.height or 512))
     return strength_window(req.hires_steps or req.steps, float(req.hires_strength)).steps_run
 
 

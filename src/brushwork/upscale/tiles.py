@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..vae import Cancelled
+from ..vae import Cancelled, tile_spans
 from .models import UpscalerError
 
 #: the smallest tile side chosen automatically
@@ -76,10 +76,6 @@ def choose_tile(height: int, width: int, per_pixel: int, budget: int, halo: int,
     return side
 
 
-def _spans(length: int, tile: int) -> list[tuple[int, int]]:
-    return [(a, min(a + tile, length)) for a in range(0, length, tile)]
-
-
 def pad_to_requirements(x: torch.Tensor, minimum: int = 0, multiple_of: int = 1, square: bool = False) -> torch.Tensor:
     """``x`` padded on the right and bottom (edge pixels repeated) so that its sides
     are at least ``minimum``, multiples of ``multiple_of`` and, if ``square``, equal."""
@@ -116,8 +112,8 @@ def run_tiled(
     tile = max(1, int(tile))
     halo = max(0, int(halo))
     out: Optional[torch.Tensor] = None
-    for y0, y1 in _spans(h, tile):
-        for x0, x1 in _spans(w, tile):
+    for y0, y1 in tile_spans(h, tile):
+        for x0, x1 in tile_spans(w, tile):
             if should_stop is not None and should_stop():
                 raise Cancelled()
             hy0, hy1 = max(0, y0 - halo), min(h, y1 + halo)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..devices import free_memory_bytes
 from ..models.errors import ModelFileError
-from ..paths import DataHome
+from ..paths import DataHome, files_by_stem
 from .models import UPSCALER_SUFFIXES, UpscalerError, UpscalerInfo, cached_model, file_key, import_spandrel, load_descriptor
 from .tiles import DEFAULT_HALO, bytes_per_input_pixel, choose_tile, run_tiled
 
@@ -35,14 +35,7 @@ _descriptions_lock = threading.Lock()
 
 def _model_files(home: DataHome) -> list[Path]:
     """Candidate files, the first folder (then name order) winning a stem clash."""
-    seen: dict[str, Path] = {}
-    for folder in home.upscaler_dirs:
-        if not folder.is_dir():
-            continue
-        for p in sorted(folder.rglob("*")):
-            if p.is_file() and p.suffix.lower() in UPSCALER_SUFFIXES:
-                seen.setdefault(p.stem.lower(), p)
-    return list(seen.values())
+    return list(files_by_stem(home.upscaler_dirs, UPSCALER_SUFFIXES, fold_case=True).values())
 
 
 def _describe(path: Path) -> Union[UpscalerInfo, str]:
