@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 #: suffixes of the files looked at in the upscaler folders
 UPSCALER_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
-_PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
-_WRAPPERS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net_g", "generator")
+#: dicts that training code nests the weights in, named as prefixes by the reader ("state_dict"
+#: it takes off itself; "model" is left alone: old-style ESRGAN keys start with "model.")
+_WRAPPERS = ("params_ema", "params", "model_state_dict", "net_g", "generator")
 
 SPANDREL_HELP = (
     "upscaler model files need the optional 'spandrel' package with a torchvision that matches the "
@@ -74,31 +75,21 @@ def import_spandrel():
         return spandrel
 
 
-def _unwrap(sd: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """A flat name -> tensor dict from what a file held: nested ``params_ema`` /
-    ``params`` (BasicSR) and similar wrappers taken out, dotted prefixes such as
-    ``params_ema.`` (a flattened wrapper) removed, and a common ``module.``
-    (DataParallel) prefix stripped."""
-    obj: Any = sd
-    for _ in range(3):  # a wrapper inside a wrapper
-        if not isinstance(obj, Mapping):
-            break
-        inner = next((obj[w] for w in _WRAPPERS if isinstance(obj.get(w), Mapping) and obj[w]), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping):
-        return {}
-    flat = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    for wrapper in _WRAPPERS[:2]:
+def _unwrap(flat: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The network's own names from a file's flat tensors: the reader names the
+    tensors of a nested dict ``wrapper.name`` (BasicSR's ``params_ema`` / ``params``
+    and the like; the first wrapper found in :data:`_WRAPPERS` order wins), and a
+    common ``module.`` (DataParallel) prefix is stripped."""
+    out = dict(flat)
+    for wrapper in _WRAPPERS:
         prefix = wrapper + "."
-        inside = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+        inside = {k[len(prefix):]: v for k, v in out.items() if k.startswith(prefix)}
         if inside:
-            flat = inside
+            out = inside
             break
-    if flat and all(k.startswith("module.") for k in flat):
-        flat = {k[len("module."):]: v for k, v in flat.items()}
-    return flat
+    if out and all(k.startswith("module.") for k in out):
+        out = {k[len("module."):]: v for k, v in out.items()}
+    return out
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
