@@ -684,22 +684,22 @@ def router(studio: Studio) -> APIRouter:
     @r.post("/extra-single-image")
     async def extra_single_image(body: ExtrasSingleBody, request: Request) -> dict[str, Any]:
         """Upscale one picture (A1111's extras); face restoration is a 400."""
-        from .schemas import decode_picture
+        from .app import sent_picture
 
-        picture = await run_in_threadpool(decode_picture, body.image, "image")
+        picture = await run_in_threadpool(sent_picture, body.image, "image")
         images = await extras(body, [picture], request)
         return {"html_info": _extras_info(body), "image": images[0] if images else ""}
 
     @r.post("/extra-batch-images")
     async def extra_batch_images(body: ExtrasBatchBody, request: Request) -> dict[str, Any]:
-        from .schemas import decode_picture
+        from .app import sent_picture
 
         if not body.imageList:
             raise BadRequest("imageList is empty: send [{\"data\": base64 PNG, \"name\": \"a.png\"}, ...]", "imageList")
-        pictures = [await run_in_threadpool(decode_picture, item.data, f"imageList[{i}].data") for i, item in enumerate(body.imageList)]
+        pictures = [await run_in_threadpool(sent_picture, item.data, f"imageList[{i}].data") for i, item in enumerate(body.imageList)]
         return {"html_info": _extras_info(body), "images": await extras(body, pictures, request)}
 
-    async def extras(body: "ExtrasBody", pictures: list, request: Request) -> list[str]:
+    async def extras(body: "ExtrasBody", pictures: list[tuple[Any, str]], request: Request) -> list[str]:
         """Each picture an upscale job (the worker runs it, as a generation), then the
         results as base64 PNGs; the pictures' own infotexts are kept."""
         from .app import client_of
@@ -709,10 +709,9 @@ def router(studio: Studio) -> APIRouter:
         if problem:
             raise BadRequest(problem)
         settings = body.settings()
-        check_upscale(studio.home, settings, [p.size for p in pictures], ("upscaling_resize", "upscaler_1", "upscaler_2"))
+        check_upscale(studio.home, settings, [p.size for p, _ in pictures], ("upscaling_resize", "upscaler_1", "upscaler_2"))
         out = []
-        for picture in pictures:
-            info = picture.info.get("parameters", "") if isinstance(picture.info.get("parameters"), str) else ""
+        for picture, info in pictures:
             job = studio.submit_upscale(picture, settings, client_of(request), infotext=info)
             job = await studio.wait_async(job.id)
             if job.state != "done":

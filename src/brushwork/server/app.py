@@ -103,6 +103,15 @@ def image_text(data: str, what: str = "image") -> ImageText:
         raise BadRequest(f"{what} is not a readable PNG, JPEG or WebP image ({exc})", what) from None
 
 
+def sent_picture(data: str, field: str) -> tuple[Image.Image, str]:
+    """A picture sent as base64 (a 400 naming ``field`` when it is none) and the
+    infotext it carries (PNG text or EXIF; "" when none)."""
+    from .schemas import decode_picture
+
+    picture = decode_picture(data, field)
+    return picture, image_text(data, field).parameters or ""
+
+
 def model_entries(studio: Studio) -> list[dict[str, Any]]:
     cache = hash_cache(studio.home)
     current = studio.model_name()
@@ -328,7 +337,7 @@ def native_router(studio: Studio) -> APIRouter:
         """Upscale a picture of the history (``image_id``) or a sent one, as a job
         (kind "upscale"): the result is saved and recorded like a generated picture."""
         from ..init_image import read_image_file
-        from .schemas import check_upscale, decode_picture
+        from .schemas import check_upscale
 
         if (body.image_id is None) == (body.image is None):
             raise BadRequest("send either image_id (a picture of the history) or image (base64), not both or neither", "image_id")
@@ -340,9 +349,7 @@ def native_router(studio: Studio) -> APIRouter:
             picture = read_image_file(image_file(body.image_id), "picture")
             infotext, seed = rec.infotext or "", rec.seed or 0
         else:
-            picture = decode_picture(body.image, "image")
-            found = image_text(body.image)
-            infotext = found.parameters or ""
+            picture, infotext = sent_picture(body.image, "image")
         settings = body.settings()
         check_upscale(studio.home, settings, [picture.size])
         return job_view(studio, studio.submit_upscale(picture, settings, client_of(request), infotext=infotext, seed=seed))
