@@ -365,3 +365,13 @@ def test_run_tiled_writes_each_tile_once():
             assert torch.equal(run_tiled(run, x, 2, tile, halo), want)
     # padding for size requirements is cropped off again
     assert torch.equal(run_tiled(run, x, 2, 4, 1, minimum=16, multiple_of=8), want)
+
+
+@pytest.mark.parametrize("wrapper", ["net_g", "generator", "model_state_dict"])
+def test_weights_nested_under_a_training_wrapper_are_found(tmp_path, wrapper):
+    """Training code saves the network under other keys too (BasicSR's net_g, GAN
+    scripts' generator); the reader names them ``wrapper.key`` and they are taken off."""
+    uf.save(uf.compact(scale=2), tmp_path / "models" / "upscale_models" / f"wrapped-{wrapper}.pth", wrap=wrapper)
+    info = find_upscaler(DataHome(tmp_path), f"wrapped-{wrapper}")
+    assert (info.scale, info.architecture) == (2, "RealESRGAN Compact")
+    assert upscale_image(Image.new("RGB", (12, 10), (90, 120, 150)), 24, 20, info).size == (24, 20)
