@@ -200,7 +200,7 @@ def test_axes_table():
         ("Sampler", "DPM++ 2M Karras", {"sampler": "DPM++ 2M", "schedule": "Karras"}),
         ("Size", "512x768", {"width": 512, "height": 768}),
         ("Checkpoint name", "other.safetensors", {}),
-        ("VAE", "vae.safetensors", {}),
+        ("VAE", "vae.safetensors", {"vae": "vae.safetensors"}),
         ("Nothing", None, {}),
     ],
 )

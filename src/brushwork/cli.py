@@ -3,6 +3,9 @@
     brushwork generate "a lighthouse at dusk" --seed 42
     brushwork generate --from outputs/2026-11-26/00003-42.png
     brushwork models
+    brushwork models set NAME --steps 30 --cfg 5
+    brushwork models link ~/stable-diffusion-webui
+    brushwork doctor
     brushwork info IMAGE
     brushwork samplers
 """
@@ -23,6 +26,10 @@ EXIT_USAGE = 2
 MAIN_EXAMPLES = """examples:
   brushwork generate "a lighthouse at dusk" --seed 42
   brushwork models                      list your checkpoints
+  brushwork models set NAME --steps 30  a model's own defaults (models show NAME: where each comes from)
+  brushwork models link ~/stable-diffusion-webui   use an AUTOMATIC1111/ComfyUI install's models in place
+  brushwork pull SOURCE                 download a model (civitai, Hugging Face, the starter list)
+  brushwork doctor                      check the GPU, torch, memory, disk and model folders
   brushwork serve                       the web studio at http://127.0.0.1:7860/
 
 Run 'brushwork COMMAND --help' for a command's options."""
@@ -72,6 +79,35 @@ The grid is saved in HOME/outputs/grids/DATE, every cell in HOME/outputs/DATE wi
 its own parameters (brushwork generate --from CELL re-creates it)."""
 
 
+MODELS_EXAMPLES = """examples:
+  brushwork models                                  list the checkpoints, marking those with saved defaults
+  brushwork models set dreamshaper_8 --steps 30 --cfg 5 --sampler "DPM++ 2M" --schedule Karras --size 768x512 --clip-skip 2
+  brushwork models set dreamshaper_8 --unset clip-skip
+  brushwork models show dreamshaper_8               each default and where it comes from
+  brushwork models link ~/stable-diffusion-webui    an AUTOMATIC1111/Forge install, used in place
+  brushwork models link ~/ComfyUI                   a ComfyUI install (and its extra_model_paths.yaml)
+  brushwork models unlink ~/stable-diffusion-webui
+  brushwork models --starter                        models Brushwork can pull for you
+
+A request's own settings always win; then the model's saved defaults, then what the
+checkpoint's metadata says, then the family's (docs/models.md)."""
+
+PULL_DESCRIPTION = "Download a model into the data home: a civitai or Hugging Face URL, an AIR, hf://owner/repo/file, an https URL, or a name from brushwork models --starter. The file is checked before it is put in place."
+
+
+def _pull_arguments(parser: argparse.ArgumentParser) -> None:
+    """The downloader's own options (brushwork.fetch.cli); while it is missing, a
+    placeholder that says so when used."""
+    try:
+        from .fetch.cli import add_pull_arguments
+
+        add_pull_arguments(parser)
+    except Exception:  # noqa: BLE001 - the downloader is optional here: every other command must still work
+        parser.add_argument("pull_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    if "--home" not in parser._option_string_actions:
+        parser.add_argument("--home", default=argparse.SUPPRESS, help="data folder (default: $BRUSHWORK_HOME or the platform's data folder)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="brushwork", description="Local Stable Diffusion image generation.", epilog=MAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"brushwork {__version__}")
@@ -92,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--batch-size", type=int, default=None, help="images per batch (run together)")
         g.add_argument("--batch-count", type=int, default=None, help="how many batches to run one after another")
         g.add_argument("--clip-skip", type=int, default=None, help="use an earlier text-encoder layer (1 = last)")
+        g.add_argument("--vae", default=None, metavar="NAME", help="the VAE: Automatic (default: a VAE file made for the checkpoint, else its own), None (its own), or a file in HOME/models/vae, e.g. sdxl_vae.safetensors")
         g.add_argument("--rng", type=str.upper, choices=["CPU", "GPU", "NV"], default=None, help="where the noise comes from: CPU (default; the same on any machine), GPU or NV (AUTOMATIC1111's NVIDIA noise, re-created on any machine)")
         g.add_argument("--var-seed", type=int, default=None, metavar="N", help="variation seed: mix in the noise of seed N (-1 random) by --var-strength")
         g.add_argument("--var-strength", type=float, default=None, metavar="S", help="how much of the variation seed's noise, 0-1 (0.05-0.3: a small variation of the same picture)")
@@ -172,9 +209,39 @@ def _parser() -> argparse.ArgumentParser:
     ups = sub.add_parser("upscalers", help="list the upscalers: built-in ones and the model files found", description="List the upscalers: Lanczos and Nearest, the hires fix's latent modes, and every upscaler model file found (with architecture and scale).")
     common(ups)
 
-    m = sub.add_parser("models", help="list the checkpoints found", description="List the checkpoints in HOME/models/checkpoints (and the built-in demo model) with family, size and hash. Pass a NAME or HASH from this list to generate --model.")
+    m = sub.add_parser("models", help="list the checkpoints; set a model's defaults, link existing installs, pull models", description="Without an ACTION: list the checkpoints in HOME/models/checkpoints, the linked installs' and the built-in demo model with family, size and hash. Pass a NAME or HASH from this list to generate --model.", epilog=MODELS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("--no-hash", action="store_true", help="skip computing file hashes (faster for big new files)")
+    m.add_argument("--starter", action="store_true", help="list the starter models Brushwork can pull for you")
     common(m)
+    msub = m.add_subparsers(dest="models_action", metavar="ACTION")
+
+    def sub_home(sp: argparse.ArgumentParser) -> None:  # SUPPRESS: a --home before ACTION is kept
+        sp.add_argument("--home", default=argparse.SUPPRESS, help="data folder (default: $BRUSHWORK_HOME or the platform's data folder)")
+
+    ms = msub.add_parser("set", help="save settings as a model's own defaults", description="Save steps, CFG, sampler, schedule, size and clip skip as NAME's own defaults: every generation with it that leaves a setting out gets them (before the checkpoint's metadata and the family's defaults). Kept in HOME/model-defaults.json; the checkpoint is never changed.", epilog=MODELS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ms.add_argument("name", help="the checkpoint: a name from brushwork models, a file name or a hash")
+    ms.add_argument("--steps", type=int, help="sampling steps, 1-150")
+    ms.add_argument("--cfg", type=float, help="CFG scale, 0-30")
+    ms.add_argument("--sampler", help='e.g. "DPM++ 2M" or "Euler a" (see: brushwork samplers)')
+    ms.add_argument("--schedule", help="Automatic, Karras, Exponential, ...")
+    ms.add_argument("--size", metavar="WxH", help="width x height in pixels, multiples of 8, e.g. 768x512")
+    ms.add_argument("--width", "-W", type=int, help="width alone")
+    ms.add_argument("--height", "-H", type=int, help="height alone")
+    ms.add_argument("--clip-skip", type=int, help="text-encoder layer counted from the end (1 = last; 2 for many anime models)")
+    ms.add_argument("--unset", action="append", default=[], metavar="FIELD", help="forget one saved setting: steps, cfg, sampler, schedule, size, width, height or clip-skip (repeatable)")
+    ms.add_argument("--clear", action="store_true", help="forget everything saved for this model")
+    sub_home(ms)
+    msh = msub.add_parser("show", help="a model's defaults and where each comes from", description="Show NAME's defaults and where each comes from: saved (brushwork models set), the checkpoint's metadata, or the family's default.")
+    msh.add_argument("name", help="the checkpoint: a name from brushwork models, a file name or a hash")
+    sub_home(msh)
+    ml = msub.add_parser("link", help="use the models of an AUTOMATIC1111/Forge or ComfyUI install in place", description="Link an existing install: its checkpoints, LoRAs, VAEs, embeddings and upscalers are listed and used where they are, after Brushwork's own (nothing is copied or changed there). PATH: an AUTOMATIC1111/Forge webui folder, a ComfyUI folder (its extra_model_paths.yaml is read too) or an extra_model_paths.yaml file. Without PATH: list the links. Kept in HOME/links.json.", epilog=MODELS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ml.add_argument("path", nargs="?", help="the install's folder or an extra_model_paths.yaml")
+    sub_home(ml)
+    mu = msub.add_parser("unlink", help="stop using a linked install (nothing there is touched)", description="Forget a link made with brushwork models link; the install's files are not touched.")
+    mu.add_argument("path", help="the linked folder or yaml file, as brushwork models link lists it")
+    sub_home(mu)
+    mp = msub.add_parser("pull", help="download a model (the same as brushwork pull)", description=PULL_DESCRIPTION)
+    _pull_arguments(mp)
 
     t = sub.add_parser("train-lora", help="train a LoRA from a folder of images with .txt captions")
     t.add_argument("dataset", help="folder of images, each with a same-named .txt caption")
@@ -192,6 +259,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     common(t)
+
+    pl = sub.add_parser("pull", help="download a model: civitai, Hugging Face, a URL or a starter-list name", description=PULL_DESCRIPTION)
+    _pull_arguments(pl)
+
+    dr = sub.add_parser("doctor", help="check the GPU, torch build, memory, disk and model folders, and say how to fix problems", description="Check what Brushwork runs on (GPU, torch build, free memory and disk) and what it finds (the data home, every model folder, damaged checkpoints), and say for each problem what it means and how to fix it. Exits 1 when a problem is found, else 0.")
+    common(dr)
 
     lo = sub.add_parser("loras", help="list the LoRAs found, with family, hash and trigger words", description="List the LoRAs in HOME/models/loras (and the built-in ones) with family, hash and trigger words. Use one by adding <lora:NAME:0.8> to a prompt (0.8: its weight; 1 = full strength).")
     common(lo)
@@ -239,7 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE
-    handler = {"generate": cmd_generate, "img2img": cmd_generate, "compare": cmd_compare, "models": cmd_models, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history, "styles": cmd_styles, "upscale": cmd_upscale, "upscalers": cmd_upscalers}[args.command]
+    handler = {"generate": cmd_generate, "img2img": cmd_generate, "compare": cmd_compare, "models": cmd_models, "pull": cmd_pull, "doctor": cmd_doctor, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history, "styles": cmd_styles, "upscale": cmd_upscale, "upscalers": cmd_upscalers}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -285,8 +358,9 @@ def _is_user_error(exc: Exception) -> bool:
         return True
     from .runtime import TorchvisionMismatch
     from .upscale import UpscalerError
+    from .links import LinkError
 
-    return isinstance(exc, (TorchvisionMismatch, UpscalerError, AxisError, GridTooLarge, ImageInputError, HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
+    return isinstance(exc, (LinkError, TorchvisionMismatch, UpscalerError, AxisError, GridTooLarge, ImageInputError, HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
 
 
 # ------------------------------------------------------------------ generate
@@ -314,6 +388,7 @@ def _request_from_image(path: str):
         width=p.width,
         height=p.height,
         clip_skip=p.clip_skip,
+        vae=p.extra.get("VAE") or "None",  # the VAE file it names, else the checkpoint's own
         rng=rng,
         ensd=ensd,
         stop_at_step=_stopped_at(p),
@@ -365,6 +440,7 @@ def _generation_fields(args) -> tuple[dict, Optional[str]]:
         "batch_size": args.batch_size,
         "batch_count": args.batch_count,
         "clip_skip": args.clip_skip,
+        "vae": args.vae,
         "rng": args.rng,
         "ensd": args.ensd,
         "subseed": args.var_seed,
@@ -608,6 +684,9 @@ def cmd_generate(args) -> int:
             print(f"note: this picture was stopped at step {req.stop_at_step} of {req.steps}; it is re-created the same way (pass --steps {req.steps} to run it to the end)", file=sys.stderr)
 
     validate_request(req)  # a typo or an impossible value: said before torch loads a multi-GB model
+    from .vae_select import check_vae_name
+
+    check_vae_name(home, req.vae)
     out_dir = Path(args.out) if args.out else home.outputs / _dt.date.today().isoformat()
     out_dir = ensure_writable_folder(out_dir)  # fail before any compute
     engine = Engine(home, device=args.device, use_ema=args.ema, max_job_seconds=optional_limit(args.max_minutes), threads=args.threads)
@@ -690,6 +769,9 @@ def cmd_compare(args) -> int:
         req = replace(req, styles=args.style)
     validate_request(req)
     cmp = Comparison(req, axes[0], axes[1], axes[2], vary_seeds=vary, keep_random_seeds=args.keep_random_seeds, draw_legend=not args.no_legend, margin=args.margin)
+    from .compare.job import check_vae_values
+
+    check_vae_values(home, cmp)  # before a model is loaded
     day = _dt.date.today().isoformat()
     out_dir = ensure_writable_folder(Path(args.out) if args.out else home.outputs / day)
     grid_dir = ensure_writable_folder(Path(args.out) / "grids" if args.out else home.outputs / "grids" / day)
@@ -732,12 +814,25 @@ def cmd_compare(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .catalog import no_checkpoint_message, summarize
     from .paths import DataHome
 
-    from .catalog import is_demo
-
+    action = getattr(args, "models_action", None)
+    if action == "pull":
+        return cmd_pull(args)
     home = DataHome.resolve(args.home)
+    if action is None and args.starter:
+        return _print_starter(home)
+    actions = {"set": _models_set, "show": _models_show, "link": _models_link, "unlink": _models_unlink}
+    if action in actions:
+        return actions[action](home, args)
+    return _models_list(home, args)
+
+
+def _models_list(home, args) -> int:
+    from .catalog import is_demo, no_checkpoint_message, summarize
+    from .links import linked_install_of, read_links
+    from .model_defaults import saved_defaults
+
     for line in _first_run(home):
         print(line, file=sys.stderr)
     rows = summarize(home, with_hash=not args.no_hash)
@@ -746,18 +841,188 @@ def cmd_models(args) -> int:
         return 0
     name_w = max(len(r.entry.name) for r in rows)
     print(f"{'NAME':<{name_w}}  {'FAMILY':<24}  {'SIZE':>9}  HASH")
+    with_defaults = 0
     for r in rows:
         size = f"{r.size_bytes / 2**20:.1f} MB" if r.size_bytes < 2**30 else f"{r.size_bytes / 2**30:.2f} GB"
-        built_in = "  (built-in demo)" if is_demo(r.entry.path) else ""
-        print(f"{r.entry.name:<{name_w}}  {r.family:<24}  {size:>9}  {r.model_hash or '-'}{built_in}")
+        notes = []
+        if is_demo(r.entry.path):
+            notes.append("(built-in demo)")
+        if saved_defaults(home, r.entry.path):
+            notes.append("(saved defaults)")
+            with_defaults += 1
+        link = None if is_demo(r.entry.path) else linked_install_of(home, r.entry.path)
+        if link is not None:
+            notes.append(f"(linked: {link.path})")
+        print(f"{r.entry.name:<{name_w}}  {r.family:<24}  {size:>9}  {r.model_hash or '-'}" + "".join(f"  {n}" for n in notes))
     print()
-    extra = [d for d in home.checkpoint_dirs[1:] if d.is_dir()]
-    print(f"Checkpoints folder: {home.checkpoint_dirs[0]}" + "".join(f" (also read: {d})" for d in extra))
-    extra = [d for d in home.lora_dirs[1:] if d.is_dir()]
-    print(f"LoRA folder:        {home.lora_dirs[0]}" + "".join(f" (also read: {d})" for d in extra))
+    own = home.own_dirs("checkpoints")
+    extra = [d for d in own[1:] if d.is_dir()]
+    print(f"Checkpoints folder: {own[0]}" + "".join(f" (also read: {d})" for d in extra))
+    own = home.own_dirs("loras")
+    extra = [d for d in own[1:] if d.is_dir()]
+    print(f"LoRA folder:        {own[0]}" + "".join(f" (also read: {d})" for d in extra))
+    try:
+        links = read_links(home)
+    except ValueError as exc:
+        print(f"note: {exc}", file=sys.stderr)
+        links = []
+    for link in links:
+        there = any(link.existing(kind) for kind in link.folders)
+        print(f"Linked:             {link.path} ({link.label})" + ("" if there else " - not found now: brushwork models unlink it, or reconnect its drive"))
+    if with_defaults:
+        print(f"{with_defaults} model(s) with saved defaults: brushwork models show NAME says which, and where the others come from.")
     if all(is_demo(r.entry.path) for r in rows):
         print("No checkpoints of your own yet: put a .safetensors or .ckpt file (SD 1.x, SD 2.x or SDXL, from civitai or Hugging Face) into the checkpoints folder.")
     return 0
+
+
+#: --unset names -> the saved fields they forget
+UNSET_NAMES = {"steps": ("steps",), "cfg": ("cfg_scale",), "cfg_scale": ("cfg_scale",), "cfg-scale": ("cfg_scale",), "sampler": ("sampler",), "schedule": ("schedule",),
+               "size": ("width", "height"), "width": ("width",), "height": ("height",), "clip-skip": ("clip_skip",), "clip_skip": ("clip_skip",)}
+
+SOURCE_WORDS = {"saved": "saved (brushwork models set)", "metadata": "checkpoint metadata", "family": "family default"}
+
+
+def _models_set(home, args) -> int:
+    from .catalog import find_checkpoint, inspect_checkpoint
+    from .model_defaults import checkpoint_key, clear_defaults, save_defaults
+    from .models.errors import ModelFileError
+
+    path = find_checkpoint(home, args.name)
+    values: dict = {"steps": args.steps, "cfg_scale": args.cfg, "sampler": args.sampler, "schedule": args.schedule, "width": args.width, "height": args.height, "clip_skip": args.clip_skip}
+    if args.size is not None:
+        size = _wxh(args.size)
+        if size is None:
+            print(f"error: --size takes WIDTHxHEIGHT, e.g. 768x512; got {args.size!r}", file=sys.stderr)
+            return EXIT_USAGE
+        if args.width is not None or args.height is not None:
+            print("error: give --size, or --width/--height, not both", file=sys.stderr)
+            return EXIT_USAGE
+        values["width"], values["height"] = size
+    values = {k: v for k, v in values.items() if v is not None}
+    for name in args.unset:
+        fields = UNSET_NAMES.get(name.strip().lower())
+        if fields is None:
+            print(f"error: --unset takes one of {', '.join(sorted(set(UNSET_NAMES) - {'cfg_scale', 'cfg-scale', 'clip_skip'}))}; got {name!r}", file=sys.stderr)
+            return EXIT_USAGE
+        for f in fields:
+            if f in values:
+                print(f"error: --unset {name} and a new value for it at once; give one of them", file=sys.stderr)
+                return EXIT_USAGE
+            values[f] = None
+    if not values and not args.clear:
+        print(f"error: say what to save, e.g. brushwork models set {shlex.quote(args.name)} --steps 30 --cfg 5 --size 768x512 (or --unset FIELD, --clear); brushwork models show {shlex.quote(args.name)} shows the current defaults", file=sys.stderr)
+        return EXIT_USAGE
+    if args.clear:
+        clear_defaults(home, path)
+    spec = None
+    if values.get("clip_skip") is not None:
+        try:
+            spec = inspect_checkpoint(path)  # clip skip is checked against its text encoder now, not at the next generation
+        except ModelFileError:
+            spec = None
+    saved = save_defaults(home, path, values, spec=spec) if values else {}
+    name = checkpoint_key(home, path)
+    if saved:
+        print(f"saved as {name}'s own defaults (in {home.model_defaults_file}): " + ", ".join(f"{k} {v}" for k, v in saved.items()))
+    else:
+        print(f"{name} has no saved defaults now: it uses its checkpoint's and its family's.")
+    return _models_show(home, args, header=False)
+
+
+def _models_show(home, args, header: bool = True) -> int:
+    from .catalog import find_checkpoint, inspect_checkpoint
+    from .model_defaults import FIELD_LABELS, SAVED_FIELDS, checkpoint_key, effective_defaults
+
+    path = find_checkpoint(home, args.name)
+    spec = inspect_checkpoint(path)
+    eff = effective_defaults(home, path, spec)
+    if header:
+        print(f"{checkpoint_key(home, path)} ({spec.label}): {path}")
+    for field in SAVED_FIELDS:
+        value = eff.values[field]
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        print(f"  {FIELD_LABELS[field]:<10} {shown:<16} {SOURCE_WORDS[eff.sources[field]]}")
+    if header and "saved" not in eff.sources.values():
+        print(f"Nothing saved for it yet: brushwork models set {shlex.quote(args.name)} --steps 30 --cfg 5 saves its own.")
+    return 0
+
+
+def _models_link(home, args) -> int:
+    from .links import LAYOUT_LABELS, add_link, describe, read_links
+
+    if args.path is None:
+        links = read_links(home)
+        if not links:
+            print("Nothing linked. Link an install with: brushwork models link ~/stable-diffusion-webui (or a ComfyUI folder, or its extra_model_paths.yaml)")
+            return 0
+        for link in links:
+            print(f"{link.path} ({link.label})")
+            for line in describe(link):
+                print(line)
+        return 0
+    link, before = add_link(home, args.path)
+    print(f"{'refreshed the link to' if before else 'linked'} the {LAYOUT_LABELS.get(link.layout, link.layout)} at {link.path} (nothing there is copied or changed):")
+    for line in describe(link):
+        print(line)
+    clashes = _name_clashes(home, link)
+    if clashes:
+        print(f"note: {', '.join(clashes[:5])}: a checkpoint of yours has the same name, and yours is used for that name; pass the linked file's path to --model to use it.", file=sys.stderr)
+    print(f"They are used in place now (brushwork models, loras, upscalers list them). Stored in {home.links_file}; undo with: brushwork models unlink {shlex.quote(str(link.path))}")
+    return 0
+
+
+def _name_clashes(home, link) -> list[str]:
+    """Names of the link's checkpoints that one of the user's own checkpoints takes."""
+    from .catalog import user_checkpoints
+
+    names: dict[str, list] = {}
+    for e in user_checkpoints(home):
+        names.setdefault(e.name, []).append(e.path)
+    linked = link.existing("checkpoints")
+    return [n for n, paths in names.items() if len(paths) > 1 and any(p.is_relative_to(f) for p in paths[1:] for f in linked)]
+
+
+def _models_unlink(home, args) -> int:
+    from .links import remove_link
+
+    link = remove_link(home, args.path)
+    print(f"unlinked {link.path}; its files are untouched, and no longer listed or used by Brushwork.")
+    return 0
+
+
+def _print_starter(home) -> int:
+    try:
+        from .fetch.cli import starter_lines
+    except ImportError:
+        print("error: the starter list comes with Brushwork's downloader, which is not installed here (brushwork.fetch); put checkpoint files into the checkpoints folder instead.", file=sys.stderr)
+        return EXIT_USAGE
+    for line in starter_lines(home):
+        print(line)
+    return 0
+
+
+def cmd_pull(args) -> int:
+    """brushwork pull / brushwork models pull: the downloader's (brushwork.fetch.cli)."""
+    if not hasattr(args, "home"):
+        args.home = None
+    try:
+        from .fetch.cli import cmd_pull as fetch_pull
+    except ImportError:
+        print("error: brushwork pull needs Brushwork's downloader (brushwork.fetch), which is not installed here; put model files into the data home's folders instead (brushwork models shows where).", file=sys.stderr)
+        return EXIT_USAGE
+    return fetch_pull(args)
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import checks, format_findings
+    from .paths import DataHome
+
+    home = DataHome.resolve(args.home)
+    findings = checks(home)
+    for line in format_findings(findings):
+        print(line)
+    return 1 if any(f.level == "problem" for f in findings) else 0
 
 
 def cmd_train_lora(args) -> int:
@@ -799,6 +1064,7 @@ def cmd_loras(args) -> int:
     from .lora import summarize_loras
     from .paths import DataHome
 
+    from .links import linked_install_of
     from .lora import PACKAGED_LORAS
 
     home = DataHome.resolve(args.home)
@@ -808,13 +1074,27 @@ def cmd_loras(args) -> int:
         print(f"No LoRAs found. {hint}")
         return 0
     name_w = max(len(r.name) for r in rows)
-    print(f"{'NAME':<{name_w}}  {'FAMILY':<10}  {'HASH':<12}  TRIGGER WORDS")
+    # the base model and recommended weight, where the listing knows them (older LoraSummary: no such columns)
+    extra = [(title, attr) for title, attr in (("BASE", "base_model"), ("WEIGHT", "weight")) if hasattr(rows[0], attr)]
+    widths = {attr: max([len(title)] + [len(_cell(getattr(r, attr, None))) for r in rows]) for title, attr in extra}
+    head = "".join(f"  {title:<{widths[attr]}}" for title, attr in extra)
+    print(f"{'NAME':<{name_w}}  {'FAMILY':<10}{head}  {'HASH':<12}  TRIGGER WORDS")
     for r in rows:
         built_in = " (built in, for the demo model)" if r.path.parent == PACKAGED_LORAS else ""
-        print(f"{r.name:<{name_w}}  {r.family:<10}  {r.addnet_hash:<12}  {', '.join(r.triggers) or '-'}{built_in}")
+        link = None if built_in else linked_install_of(home, r.path)
+        linked = f" (linked: {link.path})" if link is not None else ""
+        cells = "".join(f"  {_cell(getattr(r, attr, None)):<{widths[attr]}}" for _, attr in extra)
+        print(f"{r.name:<{name_w}}  {r.family:<10}{cells}  {r.addnet_hash:<12}  {', '.join(r.triggers) or '-'}{built_in}{linked}")
     if all(r.path.parent == PACKAGED_LORAS for r in rows):
         print(f"\nNo LoRAs of your own yet. {hint}")
     return 0
+
+
+def _cell(value) -> str:
+    """A listing cell: "-" for nothing, numbers without trailing zeros."""
+    if value is None or value == "":
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def cmd_styles(args) -> int:

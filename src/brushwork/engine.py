@@ -34,6 +34,8 @@ from .devices import Placement, choose_placement, free_memory_bytes
 from .infotext import STOPPED_KEY, GenerationParams, format_infotext
 from .lora import LoraError, LoraStack, lora_files
 from .masks import latent_mask
+from .vae_select import resolve_vae, vae_infotext
+from .model_defaults import checkpoint_key, effective_defaults, note_hash
 from .models.detect import ModelSpec
 from .models.load import Networks
 from .noise import BrownianNoise, batch_seeds, initial_noise, noise_source, variation_noise
@@ -46,7 +48,7 @@ from .refine import RefinedPicture, refine_defaults, refine_infotext
 # the request, its limits and checks live in request.py; re-exported for the clients
 from .request import (  # noqa: F401
     MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CLIP_SKIP, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE,
-    FamilyDefaults, GenerationRequest, RequestError, family_defaults, pass_steps, planned_steps, resolve_seed, unet_calls, validate_request, with_defaults,
+    FamilyDefaults, GenerationRequest, RequestError, clip_skip_limit, family_defaults, pass_steps, planned_steps, resolve_seed, unet_calls, validate_request, with_defaults,
 )
 from .hires import HiresPass, hires_start, prepare_hires
 from .runtime import ThreadChoice, TorchvisionMismatch, apply_threads, torchvision_problem, tune_cpu_allocator
@@ -123,7 +125,10 @@ class LoadedModel:
     networks: Networks
     sha256: str
     schedule: ModelSchedule = field(default_factory=scaled_linear_schedule)
-    preview_map: Optional[PreviewMap] = None  # fitted on first use
+    preview_map: Optional[PreviewMap] = None  # fitted on first use (for the VAE in use)
+    own_vae: Optional[torch.nn.Module] = None  # the checkpoint's VAE while a VAE file is in use
+    vae_path: Optional[Path] = None  # the VAE file in use (None: the checkpoint's own)
+    vae_sha: Optional[str] = None
     flops: dict[tuple[int, int], Flops] = field(default_factory=dict)  # per (width, height), for time estimates
 
     @property
@@ -201,6 +206,7 @@ class Engine:
             sha = hash_cache(self.home).get_sha256(path)
             self.model = LoadedModel(path, mtime, spec, networks, sha, schedule=scaled_linear_schedule(spec.family))
             remember_last_model(self.home, path)
+            note_hash(self.home, path, sha)  # its saved defaults follow the file through a rename
             log.info("loaded %s (%s) in %.1fs on %s", path.name, spec.label, time.perf_counter() - t0, p.label)
             return self.model
 
@@ -216,22 +222,24 @@ class Engine:
         itself completes the request again and warns then)."""
         validate_request(request)  # everything that needs no model first
         m = self._require_model()
-        req = with_defaults(refine_defaults(request, family_defaults(m.spec)), family_defaults(m.spec))
+        req, sources = self._with_model_defaults(request, m)
         validate_request(req)
         resolve_sampler(req.sampler, req.schedule)  # raises with the valid names
+        resolve_vae(self.home, req.vae, m.path)  # an unknown VAE name lists the files there
         if req.hires:  # an upscaler name that is no latent mode must be in the data home
             from .hires import image_upscaler
 
             image_upscaler(self.home, req)
-        # hidden_states[-n] of an L-layer encoder: SD 1.x reads layer L+1-clip_skip,
-        # SD 2.x and SDXL one earlier; the embeddings (or beyond) are no layer to use
-        depth = min(e.layers for e in m.spec.text_encoders)
-        most = depth if m.spec.family == "sd1" else depth - 1
+        most = clip_skip_limit(m.spec)
         if req.clip_skip > most:
+            depth = min(e.layers for e in m.spec.text_encoders)
             allowed = "only 1" if most <= 1 else f"from 1 to {most}"
+            saved = ""
+            if request.clip_skip is None and sources.get("clip_skip") == "saved":
+                saved = f" It is this model's saved default: change it with brushwork models set {checkpoint_key(self.home, m.path)} --clip-skip N (or --unset clip_skip)."
             raise RequestError(
                 f"clip skip {req.clip_skip} is too deep for {m.path.name}: its text encoder has {depth} layers, so clip skip can be {allowed} "
-                "(1 = the last layer, the default)."
+                f"(1 = the last layer, the default).{saved}"
             )
         if warn and not extract_extra_networks(req.prompt).text.strip() and not req.styles:
             log.warning("the prompt is empty: the image is unconditional (the model draws whatever it likes). Give a prompt to say what to draw.")
@@ -259,11 +267,20 @@ class Engine:
         if m is None:
             return None
         try:
-            req = with_defaults(refine_defaults(request, family_defaults(m.spec)), family_defaults(m.spec))
+            req, _ = self._with_model_defaults(request, m)
             validate_request(req)
         except (RequestError, UnknownSamplerError):
             return None
         return self.estimate_time(req)
+
+    def _with_model_defaults(self, request: GenerationRequest, m: "LoadedModel") -> tuple[GenerationRequest, dict]:
+        """The request with the model's defaults where it leaves a field unset: the
+        user's saved ones for this checkpoint, then its metadata's, then its family's
+        (model_defaults.py); and where each default came from.  A refine's size and the
+        hires fix's defaults follow the checkpoint's own size, not a saved one."""
+        eff = effective_defaults(self.home, m.path, m.spec)
+        native = family_defaults(m.spec)
+        return with_defaults(refine_defaults(request, native), eff.as_family_defaults(), native=native), eff.sources
 
     def estimate_time(self, req: GenerationRequest) -> TimeEstimate:
         """Estimated run time of a completed request on this device (see budget.py)."""
@@ -335,6 +352,7 @@ class Engine:
         req = replace(req, seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed) if req.subseed_strength else req.subseed)
         tags = extract_extra_networks(req.prompt)
         extra = self._apply_loras(tags)
+        extra.update(self.use_vae(req.vae))  # before img2img encodes its picture
         plan = self._encode(req, tags.text)
         extra.update(_prompt_keys(req.styles, plan))
         if req.subseed_strength:
@@ -657,6 +675,27 @@ class Engine:
     def _inpaint_channels(self, pixels, pixel_mask, req: GenerationRequest, control) -> torch.Tensor:
         masked, small = conditioning_inputs(pixels, pixel_mask, req.height, req.width)
         return inpaint_channels(small.to(self.placement.device), self.encode(masked, control))
+
+    def use_vae(self, choice: Optional[str]) -> dict:
+        """Put the VAE ``choice`` names in place (vae_select.py: Automatic, None or a
+        file of models/vae) and return its infotext entries.  A VAE file is read once
+        and kept while it stays in use; the checkpoint's own VAE is kept aside meanwhile."""
+        m = self._require_model()
+        path = resolve_vae(self.home, choice, m.path)
+        if path != m.vae_path:
+            own = m.own_vae if m.own_vae is not None else m.networks.vae
+            if path is None:
+                m.networks.vae, m.own_vae, m.vae_sha = own, None, None
+            else:
+                from .models.vae_file import load_vae_file
+
+                p = self.placement
+                vae = load_vae_file(path, m.spec, torch.float32 if self._vae_fp32 else p.dtype, p.device)
+                m.networks.vae, m.own_vae, m.vae_sha = vae, own, hash_cache(self.home).get_sha256(path)
+                log.info("using the VAE %s with %s", path.name, m.path.name)
+            m.vae_path = path
+            m.preview_map = None  # fitted to the VAE in use
+        return vae_infotext(m.vae_path, m.vae_sha)
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, control: Optional[JobControl] = None) -> torch.Tensor:

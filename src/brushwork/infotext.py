@@ -168,6 +168,7 @@ def _format_pair(key: str, value: object) -> str:
 #: A1111's base keys that Brushwork keeps in ``GenerationParams.extra``, with their
 #: place in A1111's base order (Clip skip is 19): written there, not after the extras
 BASE_EXTRA_ORDER = {
+    "VAE hash": 13, "VAE": 13.5,  # only when a VAE file is used (vae_select.py)
     "Variation seed": 14, "Variation seed strength": 15, "Seed resize from": 16, "Denoising strength": 17,
     "Conditional mask weight": 18, "ENSD": 20, "Token merging ratio": 21, "Token merging ratio hr": 22,
     "Init image hash": 23, "RNG": 24, "Tiling": 25,

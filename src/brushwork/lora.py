@@ -15,6 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -251,24 +252,46 @@ class LoraSummary:
     family: str
     addnet_hash: str
     triggers: list[str]
+    base_model: Optional[str] = None  # from the sidecar files (civitai's baseModel, or A1111's "sd version")
+    weight: Optional[float] = None  # the user's "preferred weight" (A1111's NAME.json)
+    preview: Optional[Path] = None  # NAME.preview.png (or NAME.png ...) beside the file
+    #: the words the sidecar says wake it up (civitai's trainedWords, A1111's activation
+    #: text): inserted with the tag; the file's own frequent tags are only shown
+    activation: list[str] = field(default_factory=list)
+
+
+def _merged_triggers(sidecar: list[str], from_file: list[str]) -> list[str]:
+    """The sidecar's trigger words first (civitai's trainedWords, or the user's
+    activation text), then the file's own tags; each once (case-insensitive)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for word in [*sidecar, *from_file]:
+        if word.lower() not in seen:
+            seen.add(word.lower())
+            out.append(word)
+    return out
 
 
 def summarize_loras(home) -> list[LoraSummary]:
     from .catalog import hash_cache
+    from .fetch.sidecars import model_info
     from .hashing import SafetensorsHeaderError
 
     cache = hash_cache(home)
     out = []
     for _, path in sorted(lora_files(home).items()):
+        info = model_info(path)
+        extra = dict(base_model=info.base_model, weight=info.weight, preview=info.preview, activation=list(info.trigger_words))
         try:
             metadata = lora_metadata(path)
             addnet = cache.get_addnet_hash(path)[:12]
         except (LoraError, SafetensorsHeaderError, OSError) as exc:
             why = str(exc).removeprefix(path.name).lstrip(" :")
-            out.append(LoraSummary(path.stem, path, f"unreadable: {why}"[:60], "-", []))
+            out.append(LoraSummary(path.stem, path, f"unreadable: {why}"[:60], "-", info.trigger_words, **extra))
             continue
         fam = lora_family(metadata)
-        out.append(LoraSummary(path.stem, path, FAMILY_LABELS.get(fam or "", "unknown"), addnet, trigger_words(metadata)))
+        triggers = _merged_triggers(info.trigger_words, trigger_words(metadata))
+        out.append(LoraSummary(path.stem, path, FAMILY_LABELS.get(fam or "", "unknown"), addnet, triggers, **extra))
     return out
 
 

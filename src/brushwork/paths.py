@@ -11,8 +11,14 @@ Layout (AUTOMATIC1111's folder names are accepted as well)::
     HOME/inputs               (every init image and mask a refine started from, by hash)
     HOME/cache
     HOME/styles.csv           (saved prompt styles)
+    HOME/model-defaults.json  (each model's own defaults: model_defaults.py)
+    HOME/links.json           (linked AUTOMATIC1111/ComfyUI installs: links.py)
 
 HOME is ``--home``, else ``$BRUSHWORK_HOME``, else the platform's data folder.
+
+Every ``*_dirs`` list holds Brushwork's own folders first, then the existing folders
+of the linked installs (``brushwork models link``), so every lookup sees those files
+where they are; ``create`` makes only Brushwork's own.
 """
 from __future__ import annotations
 
@@ -44,27 +50,49 @@ class DataHome:
     def _dirs(self, *names: str) -> list[Path]:
         return [self.root / n for n in names]
 
+    def _with_links(self, own: list[Path], kind: str) -> list[Path]:
+        """``own`` then the linked installs' existing folders of ``kind`` (links.py;
+        the links file is re-read only when it changes)."""
+        from .links import linked_folders
+
+        return own + [d for d in linked_folders(self, kind) if d not in own]
+
+    def own_dirs(self, kind: str) -> list[Path]:
+        """Brushwork's own folders of ``kind`` ("checkpoints", "loras", "vae",
+        "embeddings", "upscalers"), without the linked ones."""
+        return self._dirs(*_OWN_DIRS[kind])
+
     @property
     def checkpoint_dirs(self) -> list[Path]:
-        return self._dirs("models/checkpoints", "models/Stable-diffusion")
+        return self._with_links(self.own_dirs("checkpoints"), "checkpoints")
 
     @property
     def lora_dirs(self) -> list[Path]:
-        return self._dirs("models/loras", "models/Lora")
+        return self._with_links(self.own_dirs("loras"), "loras")
 
     @property
     def vae_dirs(self) -> list[Path]:
-        return self._dirs("models/vae", "models/VAE")
+        return self._with_links(self.own_dirs("vae"), "vae")
 
     @property
     def embedding_dirs(self) -> list[Path]:
-        return self._dirs("models/embeddings", "embeddings")
+        return self._with_links(self.own_dirs("embeddings"), "embeddings")
 
     @property
     def upscaler_dirs(self) -> list[Path]:
         """Upscaler model files (ESRGAN, Real-ESRGAN, SwinIR ... read through spandrel):
-        ours first, then AUTOMATIC1111's folder names, then ComfyUI's."""
-        return self._dirs("models/upscalers", "models/ESRGAN", "models/RealESRGAN", "models/SwinIR", "models/DAT", "models/HAT", "models/upscale_models")
+        ours first, then AUTOMATIC1111's folder names, then ComfyUI's, then the linked installs'."""
+        return self._with_links(self.own_dirs("upscalers"), "upscalers")
+
+    @property
+    def links_file(self) -> Path:
+        """The linked installs (links.py)."""
+        return self.root / "links.json"
+
+    @property
+    def model_defaults_file(self) -> Path:
+        """Each model's saved defaults (model_defaults.py)."""
+        return self.root / "model-defaults.json"
 
     @property
     def outputs(self) -> Path:
@@ -86,9 +114,22 @@ class DataHome:
         return self.root / "cache"
 
     def create(self) -> None:
-        """Create the main folders (never touching anything already there)."""
-        for d in (self.checkpoint_dirs[0], self.lora_dirs[0], self.vae_dirs[0], self.embedding_dirs[0], self.upscaler_dirs[0], self.outputs, self.cache):
+        """Create the main folders (never touching anything already there, and never
+        anything in a linked install)."""
+        for kind in _OWN_DIRS:
+            self.own_dirs(kind)[0].mkdir(parents=True, exist_ok=True)
+        for d in (self.outputs, self.cache):
             d.mkdir(parents=True, exist_ok=True)
+
+
+#: Brushwork's own model folders (AUTOMATIC1111's and ComfyUI's names accepted too)
+_OWN_DIRS = {
+    "checkpoints": ("models/checkpoints", "models/Stable-diffusion"),
+    "loras": ("models/loras", "models/Lora"),
+    "vae": ("models/vae", "models/VAE"),
+    "embeddings": ("models/embeddings", "embeddings"),
+    "upscalers": ("models/upscalers", "models/ESRGAN", "models/RealESRGAN", "models/SwinIR", "models/DAT", "models/HAT", "models/upscale_models"),
+}
 
 
 def files_by_stem(folders: list[Path], suffixes: tuple[str, ...], fold_case: bool = False) -> dict[str, Path]:
@@ -101,3 +142,23 @@ def files_by_stem(folders: list[Path], suffixes: tuple[str, ...], fold_case: boo
                 if p.is_file() and p.suffix.lower() in suffixes:
                     found.setdefault(p.stem.lower() if fold_case else p.stem, p)
     return found
+
+
+def write_json_atomically(path: Path, value, sort_keys: bool = False) -> None:
+    """Write ``value`` as JSON to ``path`` through a temporary file in the same folder,
+    so readers see the old file or the new one, never half of it.  Raises OSError
+    (the caller turns it into its own message); the temporary file never stays."""
+    import json
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(value, stream, indent=2, sort_keys=sort_keys)
+            stream.write("\n")
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+

@@ -41,11 +41,22 @@ class FamilyDefaults:
     cfg_scale: float = 7.0
     sampler: str = "DPM++ 2M"
     schedule: str = "Karras"
+    clip_skip: int = 1
 
 
 def family_defaults(spec: ModelSpec) -> FamilyDefaults:
-    """The family's defaults, overridden by what the checkpoint's own metadata asks for."""
-    return replace(FamilyDefaults(spec.resolution, spec.resolution), **spec.defaults)
+    """The family's defaults, overridden by what the checkpoint's own metadata asks for.
+    (The user's saved defaults for a model come on top: model_defaults.effective_defaults.)"""
+    known = {k: v for k, v in spec.defaults.items() if k in FamilyDefaults.__dataclass_fields__}
+    return replace(FamilyDefaults(spec.resolution, spec.resolution), **known)
+
+
+def clip_skip_limit(spec: ModelSpec) -> int:
+    """The deepest clip skip a model allows: hidden_states[-n] of an L-layer encoder;
+    SD 1.x reads layer L+1-clip_skip, SD 2.x and SDXL one earlier, and the embeddings
+    (or beyond) are no layer to use."""
+    depth = min(e.layers for e in spec.text_encoders)
+    return depth if spec.family == "sd1" else depth - 1
 
 
 @dataclass
@@ -63,7 +74,12 @@ class GenerationRequest:
     height: Optional[int] = None
     batch_size: int = 1
     batch_count: int = 1
-    clip_skip: int = 1
+    #: use an earlier text-encoder layer (1: the last); None: the model's default
+    #: (its saved default, else 1)
+    clip_skip: Optional[int] = None
+    #: the VAE (vae_select.py): None or "Automatic" (a VAE file made for the checkpoint,
+    #: else its own), "None" (its own) or a file of models/vae by name
+    vae: Optional[str] = None
     #: prompt style names from HOME/styles.csv, applied in order (prompts/styles.py)
     styles: list[str] = field(default_factory=list)
     #: where the starting noise comes from: "CPU" (default), "GPU" or "NV" (noise.py)
@@ -131,21 +147,25 @@ def resolve_seed(seed: Optional[int], rng: Optional[random.Random] = None) -> in
     return seed
 
 
-def with_defaults(request: GenerationRequest, d: FamilyDefaults) -> GenerationRequest:
-    """The request with the model family's defaults where it leaves a field unset."""
+def with_defaults(request: GenerationRequest, d: FamilyDefaults, native: Optional[FamilyDefaults] = None) -> GenerationRequest:
+    """The request with the model's defaults ``d`` where it leaves a field unset.
+
+    ``native``: the checkpoint's own defaults (family and metadata, without the user's
+    saved ones), whose size picks the hires fix's defaults; None: ``d``'s."""
     req = replace(
         request,
         steps=d.steps if request.steps is None else request.steps,
         cfg_scale=d.cfg_scale if request.cfg_scale is None else request.cfg_scale,
         width=d.width if request.width is None else request.width,
         height=d.height if request.height is None else request.height,
+        clip_skip=d.clip_skip if request.clip_skip is None else request.clip_skip,
     )
     if request.sampler is None:
         req = replace(req, sampler=d.sampler, schedule=request.schedule or d.schedule)
     if req.hires:
         from .hires import with_hires_defaults
 
-        req = with_hires_defaults(req, d)
+        req = with_hires_defaults(req, native or d)
     return req
 
 
@@ -207,7 +227,7 @@ def validate_request(req: GenerationRequest) -> None:
         raise RequestError(f"batch size must be from 1 to {MAX_BATCH_SIZE}; got {req.batch_size}. Use batch count for more images.")
     if not 1 <= req.batch_count <= MAX_BATCH_COUNT:
         raise RequestError(f"batch count must be from 1 to {MAX_BATCH_COUNT}; got {req.batch_count}.")
-    if not 1 <= req.clip_skip <= MAX_CLIP_SKIP:
+    if req.clip_skip is not None and (not isinstance(req.clip_skip, int) or isinstance(req.clip_skip, bool) or not 1 <= req.clip_skip <= MAX_CLIP_SKIP):
         raise RequestError(f"clip skip must be from 1 to {MAX_CLIP_SKIP}; got {req.clip_skip}. 1 (the last layer) is the default; 2 is common for anime models.")
     if req.rng not in RNG_SOURCES:
         raise RequestError(f"rng (where the noise comes from) must be one of {', '.join(RNG_SOURCES)}; got {req.rng!r}. CPU gives the same picture on any machine; GPU and NV re-create AUTOMATIC1111's NVIDIA noise.")

@@ -102,7 +102,7 @@ AXES: dict[str, AxisType] = {
         AxisType("Clip skip", int, ("clip_skip",), ("clip skip", "clipskip"), lo=1, hi=MAX_CLIP_SKIP, hint="1,2 or 1-4"),
         AxisType("Denoising", float, ("denoising_strength",), ("denoise", "denoising strength", "strength"), lo=0, hi=1, hint="0.3,0.5,0.7 or 0.2-0.8 (+0.2)"),
         AxisType("Hires upscaler", str, ("hires_upscaler",), ("hr upscaler", "hires upscalers", "upscaler"), choices=True),
-        AxisType("VAE", str, (), ("vae",), vae=True, choices=True, cost=0.7),
+        AxisType("VAE", str, ("vae",), ("vae",), vae=True, choices=True, cost=0.7),
         AxisType("Size", str, ("width", "height"), ("size", "resolution", "width x height"), hint="512x512,512x768"),
     ]
 }
@@ -417,8 +417,8 @@ def apply_value(label: str, value: Any, request, first_value: Any = None):
     """A copy of ``request`` with one axis value applied (the request is not changed).
 
     ``first_value`` is the axis's first value: Prompt S/R's search string.  Checkpoint
-    name, VAE and Nothing change no request field: the caller loads the model / VAE
-    (``AXES[label].model`` / ``.vae``).  Denoising sets an img2img's strength, or the
+    name and Nothing change no request field: the caller loads the model
+    (``AXES[label].model``); VAE sets the request's VAE (the engine swaps it in).  Denoising sets an img2img's strength, or the
     hires pass's; the Hires axes turn the hires fix on."""
     t = axis_type(label)
     label = t.label
@@ -429,7 +429,9 @@ def apply_value(label: str, value: Any, request, first_value: Any = None):
     if label == "Hires sampler":
         info, sched = resolve_sampler(value)
         return replace(request, hires=True, hires_sampler=info.label, hires_schedule=None if sched == "automatic" else SCHEDULE_LABELS[sched])
-    if label in ("Nothing", "Checkpoint name", "VAE"):
+    if label == "VAE":
+        return replace(request, vae=value)
+    if label in ("Nothing", "Checkpoint name"):
         return replace(request)
     if label == "Prompt S/R":
         search = value if first_value is None else first_value

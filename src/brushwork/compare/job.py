@@ -79,9 +79,6 @@ def plan_cells(cmp: Comparison, rng: Optional[random.Random] = None) -> list[Cel
     rng = rng or random.SystemRandom()
     if cmp.request.batch_size != 1 or cmp.request.batch_count != 1:
         raise AxisError("a comparison makes one picture per cell: leave batch size and batch count at 1 (more seeds: a Seed axis)")
-    for axis in cmp.axes():
-        if axis is not None and axis.type.vae:
-            raise AxisError("VAE: Brushwork uses each checkpoint's own VAE; the VAE axis is not supported yet")
     base = cmp.request
     if not cmp.keep_random_seeds:
         base = replace(base, seed=resolve_seed(base.seed, rng))
@@ -146,6 +143,17 @@ def work_order(cells: list[Cell], max_batch: int = MAX_BATCH_SIZE, current: Opti
         for group in groups.values():
             batches += [group[i:i + max_batch] for i in range(0, len(group), max_batch)]
     return batches
+
+
+def check_vae_values(home, cmp: Comparison) -> None:
+    """Every value of a VAE axis must be Automatic, None or a VAE file of the data home
+    (a RequestError listing them otherwise), before any cell runs."""
+    from ..vae_select import check_vae_name
+
+    for axis in cmp.axes():
+        if axis is not None and axis.type.vae:
+            for value in axis.values:
+                check_vae_name(home, value)
 
 
 def check_size(cmp: Comparison, sizes: list[tuple[int, int]]) -> None:

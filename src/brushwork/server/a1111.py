@@ -352,7 +352,7 @@ _FROM_INFOTEXT = {
 
 #: settings a POST may send only with the value GET reports (or one of those listed):
 #: we cannot honour others (a 400 says so)
-_SETTINGS_FIXED: dict[str, Any] = {"samples_format": "png", "sd_vae": ("Automatic", "None"), "emphasis": "Original", "comma_padding_backtrack": 20, "enable_pnginfo": True, "live_previews_enable": True}
+_SETTINGS_FIXED: dict[str, Any] = {"samples_format": "png", "emphasis": "Original", "comma_padding_backtrack": 20, "enable_pnginfo": True, "live_previews_enable": True}
 #: settings GET reports that follow from others: a POST may send them back with any value
 #: (Open WebUI sends the old model's hash together with the new model), they are ignored
 _SETTINGS_DERIVED = ("sd_checkpoint_hash",)
@@ -396,7 +396,7 @@ _SETTINGS_STORED: dict[str, Callable[[Any, str], Any]] = {
     "show_progress_every_n_steps": check_preview_every,
 }
 #: ... of which these apply to a single txt2img through ``override_settings``
-_PER_REQUEST = ("CLIP_stop_at_last_layers", "randn_source", "eta_noise_seed_delta")
+_PER_REQUEST = ("CLIP_stop_at_last_layers", "randn_source", "eta_noise_seed_delta", "sd_vae")
 
 #: AUTOMATIC1111 routes Brushwork does not have (yet): method, path, what is missing.
 #: They answer 501 with that text instead of a bare "Not Found".
@@ -443,7 +443,22 @@ def router(studio: Studio) -> APIRouter:
     from .app import KeepAliveRoute
 
     r = APIRouter(prefix=PREFIX, tags=["AUTOMATIC1111 compatible"], strict_content_type=False, route_class=KeepAliveRoute)
-    settings: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "randn_source": GenerationRequest.rng, "eta_noise_seed_delta": GenerationRequest.ensd, "show_progress_every_n_steps": studio.preview_every}
+    settings: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "randn_source": GenerationRequest.rng, "eta_noise_seed_delta": GenerationRequest.ensd, "show_progress_every_n_steps": studio.preview_every,
+                                "sd_vae": "Automatic"}
+
+    def check_vae(value: Any, where: str = "sd_vae") -> str:
+        """sd_vae: Automatic, None or a VAE file of the data home (GET /sd-vae lists them)."""
+        from ..vae_select import VaeNotFound, check_vae_name
+
+        if not isinstance(value, str):
+            raise BadRequest(f"{where} must be a string (Automatic, None or a VAE file name from GET /sdapi/v1/sd-vae); got {_shown(value)}")
+        try:
+            check_vae_name(studio.home, value)
+        except VaeNotFound as exc:
+            raise BadRequest(f"{where}: {public_text(studio.home, str(exc))}") from None
+        return value
+
+    stored = {**_SETTINGS_STORED, "sd_vae": check_vae}
 
     @r.post("/txt2img")
     async def txt2img(body: Txt2ImgBody, request: Request) -> dict[str, Any]:
@@ -480,7 +495,7 @@ def router(studio: Studio) -> APIRouter:
             if key == "sd_model_checkpoint":
                 model = _checkpoint_name(value, "override_settings.sd_model_checkpoint")
             elif key in per_request:
-                per_request[key] = _SETTINGS_STORED[key](value, f"override_settings.{key}")
+                per_request[key] = stored[key](value, f"override_settings.{key}")
         sampler = body.sampler_name or body.sampler_index
         prompt = body.prompt
         if body.disable_extra_networks:
@@ -492,7 +507,7 @@ def router(studio: Studio) -> APIRouter:
         req = GenerationRequest(
             prompt=prompt, negative_prompt=body.negative_prompt, seed=body.seed,
             steps=body.steps, cfg_scale=body.cfg_scale, sampler=sampler, schedule=body.scheduler, width=width,
-            height=height, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
+            height=height, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip, vae=per_request["sd_vae"],
             styles=list(body.styles or []), rng=per_request["randn_source"], ensd=per_request["eta_noise_seed_delta"],
             subseed=body.subseed, subseed_strength=body.subseed_strength or 0.0,
             seed_resize_from_w=max(body.seed_resize_from_w, 0), seed_resize_from_h=max(body.seed_resize_from_h, 0),
@@ -525,7 +540,7 @@ def router(studio: Studio) -> APIRouter:
                 images.append(base64.b64encode(data).decode())
         seeds = [rec.seed for rec in records]
         # the pictures' own parameters (variation seeds, refine keys), read off the event loop
-        parsed = await run_in_threadpool(lambda: [parse_infotext(rec.infotext) for rec in records]) if (refine or body.subseed_strength or body.enable_hr) else []
+        parsed = await run_in_threadpool(lambda: [parse_infotext(rec.infotext) for rec in records]) if (refine or body.subseed_strength or body.enable_hr or "VAE: " in (records[0].infotext if records else "")) else []
         subseeds = [int(p["Variation seed"]) for p in parsed if "Variation seed" in p]
         warnings = ([size_note] if size_note else []) + [public_text(studio.home, w) for w in job.warnings]
         info = {
@@ -548,8 +563,8 @@ def router(studio: Studio) -> APIRouter:
             "face_restoration_model": None,
             "sd_model_name": job.model,
             "sd_model_hash": job.model_hash,
-            "sd_vae_name": None,
-            "sd_vae_hash": None,
+            "sd_vae_name": parsed[0].get("VAE") if parsed else None,
+            "sd_vae_hash": parsed[0].get("VAE hash") if parsed else None,
             "seed_resize_from_w": body.seed_resize_from_w,
             "seed_resize_from_h": body.seed_resize_from_h,
             "denoising_strength": body.denoising_strength,
@@ -620,7 +635,7 @@ def router(studio: Studio) -> APIRouter:
 
     @r.post("/refresh-vae")
     def refresh_vae() -> None:
-        return None  # no VAE files are listed (sd-vae); nothing to re-read
+        return None  # sd-vae reads the VAE folders on every request: nothing to re-read
 
     @r.post("/refresh-embeddings")
     def refresh_embeddings() -> None:
@@ -628,7 +643,11 @@ def router(studio: Studio) -> APIRouter:
 
     @r.get("/sd-vae")
     def sd_vae() -> list[dict[str, str]]:
-        return []  # each checkpoint's own VAE is used; there are no separate VAE files to choose
+        """The VAE files (HOME/models/vae and linked installs' VAE folders), as
+        AUTOMATIC1111 lists them: the name to send as sd_vae, and the file."""
+        from ..vae_select import vae_files
+
+        return [{"model_name": name, "filename": public_path(studio.home, path)} for name, path in vae_files(studio.home).items()]
 
     @r.get("/sd-modules")
     def sd_modules() -> list[dict[str, str]]:
@@ -808,8 +827,8 @@ def router(studio: Studio) -> APIRouter:
         for key, value in body.items():
             if key == "sd_model_checkpoint":
                 model = _checkpoint_name(value, "sd_model_checkpoint")
-            elif key in _SETTINGS_STORED:
-                changes[key] = _SETTINGS_STORED[key](value, key)
+            elif key in stored:
+                changes[key] = stored[key](value, key)
             elif key in _SETTINGS_FIXED:
                 allowed = _SETTINGS_FIXED[key] if isinstance(_SETTINGS_FIXED[key], tuple) else (_SETTINGS_FIXED[key],)
                 if not any(value == a and type(value) is type(a) for a in allowed):

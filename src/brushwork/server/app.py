@@ -180,16 +180,21 @@ def form_options(studio: Studio) -> dict[str, Any]:
     from ..engine import family_defaults
 
     loaded = studio.engine.model
-    family, defaults = "sd1", None
+    family, defaults, sources, native = "sd1", None, {}, (512, 512)
     if loaded is not None and loaded.name == studio.model_name():
         family, defaults = loaded.spec.family, family_defaults(loaded.spec)
-    d = {"width": 512, "height": 512, "steps": 25, "cfg_scale": 7.0, "sampler": "DPM++ 2M", "schedule": "Karras"}
+        native = (defaults.width, defaults.height)  # the checkpoint's own size, whatever size is saved
+        from ..model_defaults import effective_defaults
+
+        eff = effective_defaults(studio.home, loaded.path, loaded.spec)  # the user's saved defaults win
+        defaults, sources = eff.as_family_defaults(), eff.sources
+    d = {"width": 512, "height": 512, "steps": 25, "cfg_scale": 7.0, "sampler": "DPM++ 2M", "schedule": "Karras", "clip_skip": 1}
     if defaults is not None:
-        d = {"width": defaults.width, "height": defaults.height, "steps": defaults.steps, "cfg_scale": defaults.cfg_scale, "sampler": defaults.sampler, "schedule": defaults.schedule}
+        d = {"width": defaults.width, "height": defaults.height, "steps": defaults.steps, "cfg_scale": defaults.cfg_scale, "sampler": defaults.sampler, "schedule": defaults.schedule,
+             "clip_skip": eff.values.get("clip_skip") or 1}
     from ..catalog import is_demo, native_presets, native_size_hint
     from .schemas import public_path
 
-    native = (d["width"], d["height"])
     presets = native_presets(SIZE_PRESETS.get(family, SIZE_PRESETS["sd1"]), native, MIN_SIDE)
     if loaded is not None and loaded.name == studio.model_name():
         demo = is_demo(loaded.path)
@@ -198,6 +203,7 @@ def form_options(studio: Studio) -> dict[str, Any]:
     home = studio.home
     from ..hires import hires_defaults
     from ..upscale.latent import DEFAULT_LATENT_MODE, LATENT_UPSCALE_MODES
+    from ..vae_select import vae_names
 
     scale, hires_steps, strength = hires_defaults(max(native))
     return {
@@ -209,7 +215,9 @@ def form_options(studio: Studio) -> dict[str, Any]:
         "hires": {"scale": scale, "steps": hires_steps, "strength": strength, "upscaler": DEFAULT_LATENT_MODE},
         "latent_upscale_modes": list(LATENT_UPSCALE_MODES),
         "upscalers": [u.name for u in upscaler_list(studio)],
+        "vaes": vae_names(home),  # Automatic, None, then the VAE files (vae_select.py)
         "defaults": d,
+        "default_sources": sources,  # per field: "saved" (this model's own, set by the user), "metadata" (the checkpoint's) or "family"
         "native_size": {"width": native[0], "height": native[1], "hint": native_size_hint(native)},
         "ranges": {
             "steps": {"min": 1, "max": MAX_STEPS, "step": 1, "hint": "more steps: more detail, more time; 20-30 is typical"},
@@ -248,6 +256,16 @@ def parse_states(state: Optional[str]) -> Optional[tuple[str, ...]]:
 
 def _cut(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def event_stream(events, public) -> StreamingResponse:
+    """Server-sent events from an async iterator of events (None: a keep-alive
+    comment); ``public`` makes each event's data what clients may see."""
+    async def lines():
+        async for e in events:
+            yield ": keep-alive\n\n" if e is None else f"id: {e.seq}\nevent: {e.kind}\ndata: {json.dumps(public(e.data))}\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 def last_event_id(request: Request) -> int:
@@ -301,7 +319,28 @@ def native_router(studio: Studio) -> APIRouter:
 
     @r.get("/loras")
     def loras() -> list[dict[str, Any]]:
-        return [{"name": x.name, "family": x.family, "hash": x.addnet_hash, "triggers": x.triggers, "insert": f"<lora:{x.name}:1>"} for x in summarize_loras(studio.home)]
+        """The LoRAs with family, hash, trigger words and, from the files beside them
+        (NAME.civitai.info, A1111's NAME.json), base model, recommended weight and preview;
+        ``insert`` is the tag at that weight, ``insert_with_triggers`` the tag and the
+        sidecar's trigger words (the file's own frequent tags are only listed)."""
+        from urllib.parse import quote
+
+        out = []
+        for x in summarize_loras(studio.home):
+            weight = getattr(x, "weight", None)
+            tag = f"<lora:{x.name}:{weight if weight is not None else 1}>"
+            preview = f"/api/v1/loras/{quote(x.name, safe='')}/preview" if getattr(x, "preview", None) else None
+            out.append({"name": x.name, "family": x.family, "hash": x.addnet_hash, "triggers": x.triggers, "base_model": getattr(x, "base_model", None), "weight": weight,
+                        "preview": preview, "insert": tag, "insert_with_triggers": ", ".join([tag, *getattr(x, "activation", [])])})
+        return out
+
+    @r.get("/loras/{name}/preview")
+    def lora_preview(name: str) -> FileResponse:
+        """A LoRA's preview picture (its NAME.preview.png sidecar)."""
+        for x in summarize_loras(studio.home):
+            if x.name == name and getattr(x, "preview", None):
+                return FileResponse(x.preview, headers={"Cache-Control": "private, max-age=3600"})
+        raise NotFound(f"no preview for a LoRA called {name!r}")
 
     @r.post("/jobs", status_code=202)
     def submit(body: GenerateBody, request: Request) -> dict[str, Any]:
@@ -317,6 +356,13 @@ def native_router(studio: Studio) -> APIRouter:
         with its ``cell`` {x, y, z}, then the grid (``grid: true``)."""
         cmp = body.to_comparison()
         check_names(studio.home, cmp.request)
+        from ..compare.job import check_vae_values
+        from ..vae_select import VaeNotFound
+
+        try:
+            check_vae_values(studio.home, cmp)
+        except VaeNotFound as exc:
+            raise BadRequest(public_text(studio.home, str(exc)), next(a for a in "xyz" if getattr(cmp, a) is not None and getattr(cmp, a).type.vae)) from None
         check_request(cmp.request)
         return job_view(studio, studio.submit_compare(cmp, client_of(request), model=body.model))
 
@@ -371,14 +417,7 @@ def native_router(studio: Studio) -> APIRouter:
         studio.job(job_id)  # 404 before the stream starts
         start = last_event_id(request)
 
-        async def stream():
-            async for e in studio.stream(job_id, after=start):
-                if e is None:
-                    yield ": keep-alive\n\n"
-                else:
-                    yield f"id: {e.seq}\nevent: {e.kind}\ndata: {json.dumps(public_event(studio, e.data))}\n\n"
-
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return event_stream(studio.stream(job_id, after=start), lambda data: public_event(studio, data))
 
     @r.get("/images")
     def images(limit: int = Query(100, ge=1, le=1000), before: Optional[int] = BEFORE) -> list[dict[str, Any]]:
@@ -632,6 +671,9 @@ def create_app(studio: Studio, credentials: Optional[Credentials] = None, max_bo
         return response
 
     app.include_router(native_router(studio))
+    from .model_routes import models_router
+
+    app.include_router(models_router(studio))
     app.include_router(a1111.router(studio))
     if web:
         from ..web import mount_web

@@ -61,7 +61,8 @@ class GenerateBody(BaseModel):
     height: Optional[int] = Field(None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
     batch_count: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
-    clip_skip: int = Field(1, ge=1, le=MAX_CLIP_SKIP)
+    clip_skip: Optional[int] = Field(None, ge=1, le=MAX_CLIP_SKIP, description="null: the model's default (its saved default, else 1)")
+    vae: Optional[str] = Field(None, max_length=512, description="Automatic (null: a VAE file made for the checkpoint, else its own), None (its own) or a file of models/vae")
     styles: list[Annotated[str, Field(max_length=MAX_STYLE_NAME)]] = Field(default_factory=list, max_length=MAX_STYLES, description="saved prompt styles (GET /api/v1/styles), applied in order; an unknown name is a warning")
     rng: Literal["CPU", "GPU", "NV"] = Field("CPU", description="starting-noise source: CPU (default), GPU or NV (an NVIDIA GPU's numbers on any device)")
     ensd: int = Field(0, ge=0, le=MAX_SEED, description="AUTOMATIC1111's Eta noise seed delta")
@@ -107,7 +108,7 @@ class GenerateBody(BaseModel):
         return GenerationRequest(
             prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed, steps=self.steps, cfg_scale=self.cfg_scale,
             sampler=self.sampler, schedule=self.schedule, width=self.width, height=self.height,
-            batch_size=self.batch_size, batch_count=self.batch_count, clip_skip=self.clip_skip,
+            batch_size=self.batch_size, batch_count=self.batch_count, clip_skip=self.clip_skip, vae=self.vae,
             styles=list(self.styles), rng=self.rng, ensd=self.ensd, subseed=self.subseed, subseed_strength=self.subseed_strength,
             seed_resize_from_w=self.seed_resize_from_w, seed_resize_from_h=self.seed_resize_from_h,
             init_image=init, mask=mask, denoising_strength=self.denoising_strength, exact_steps=self.exact_steps,
@@ -244,6 +245,12 @@ def check_names(home, req: GenerationRequest) -> None:
         raise BadRequest(tags.warnings[0], "prompt")
     if req.hires:
         check_upscaler(home, req.hires_upscaler, "hires_upscaler")
+    from ..vae_select import VaeNotFound, check_vae_name
+
+    try:
+        check_vae_name(home, req.vae)
+    except VaeNotFound as exc:
+        raise BadRequest(public_text(home, str(exc)), "vae") from None
     known = lora_files(home)
     for tag in (t for t in tags.networks if t.kind == "lora"):
         if tag.name.lower() not in known:

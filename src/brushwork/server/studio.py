@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
 from ..catalog import find_checkpoint, find_listed_checkpoint, list_checkpoints
 from ..engine import GenerationRequest, JobControl, Progress, RequestError, planned_steps, resolve_seed
@@ -209,6 +209,9 @@ class Studio:
     def close(self, timeout: float = 30.0) -> None:
         """Stop the worker: the running job is interrupted and marked failed; queued jobs
         stay queued in the database and resume at the next start."""
+        downloads = getattr(self, "downloads", None)  # server/downloads.py, made by the Models routes
+        if downloads is not None:
+            downloads.close()
         with self._cv:
             self._stopping = True
             if self._current is not None:
@@ -425,22 +428,8 @@ class Studio:
         """Events of a job in order from ``after`` on, ending with its ``done`` event;
         ``None`` as a heartbeat when nothing happened for ``heartbeat`` seconds.  Waits
         on the event loop, so a thousand listeners hold no threads."""
-        sent, quiet = after, 0.0
-        while True:
-            fresh = self.events_after(job_id, sent)
-            for e in fresh:
-                sent = e.seq
-                yield e
-                if e.kind == "done":
-                    return
-            if fresh:
-                quiet = 0.0
-                continue
-            await asyncio.sleep(poll)
-            quiet += poll
-            if quiet >= heartbeat:
-                quiet = 0.0
-                yield None
+        async for e in follow_events(lambda seq: self.events_after(job_id, seq), after, heartbeat, poll):
+            yield e
 
     async def wait_async(self, job_id: str, poll: float = 0.05) -> JobRecord:
         """:meth:`wait` for the event loop (AUTOMATIC1111's blocking txt2img)."""
@@ -685,6 +674,28 @@ class Studio:
 
     def _done_data(self, job: JobRecord) -> dict[str, Any]:
         return {"state": job.state, "error": job.error, "warnings": job.warnings, "images": [image_view(r) for r in self.store.images_of(job.id)]}
+
+
+async def follow_events(events_after: Callable[[int], list], after: int = 0, heartbeat: float = 15.0, poll: float = 0.05) -> AsyncIterator[Optional[Any]]:
+    """Events (anything with ``seq`` and ``kind``) from ``events_after(seq)`` in order,
+    polled on the event loop, ending after the ``done`` one; ``None`` as a heartbeat
+    when nothing came for ``heartbeat`` seconds (jobs here, downloads in downloads.py)."""
+    sent, quiet = after, 0.0
+    while True:
+        fresh = events_after(sent)
+        for e in fresh:
+            sent = e.seq
+            yield e
+            if e.kind == "done":
+                return
+        if fresh:
+            quiet = 0.0
+            continue
+        await asyncio.sleep(poll)
+        quiet += poll
+        if quiet >= heartbeat:
+            quiet = 0.0
+            yield None
 
 
 def check_room(folder: Path, req: GenerationRequest) -> None:

@@ -4,7 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const API = "/api/v1";
 const STORE_KEY = "brushwork.form.v1";
-const FIELDS = ["prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "steps", "cfg_scale", "sampler", "schedule", "width", "height", "batch_size", "batch_count", "styles"];
+const FIELDS = ["prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "steps", "cfg_scale", "sampler", "schedule", "width", "height", "clip_skip", "vae", "batch_size", "batch_count", "styles"];
 
 const state = {
   options: null,       // /api/v1/options
@@ -135,6 +135,8 @@ function requestBody() {
     schedule: v.schedule || null,
     width: num(v.width),
     height: num(v.height),
+    clip_skip: num(v.clip_skip),
+    vae: v.vae || null,
     batch_size: num(v.batch_size) ?? 1,
     batch_count: num(v.batch_count) ?? 1,
     styles: chosenStyles(),
@@ -149,6 +151,8 @@ async function loadOptions() {
   state.options = o;
   fillSelect($("sampler"), o.samplers);
   fillSelect($("schedule"), o.schedules);
+  fillSelect($("vae"), o.vaes || ["Automatic", "None"]);
+  if (!$("vae").value) $("vae").value = "Automatic";
   $("steps").min = o.ranges.steps.min; $("steps").max = o.ranges.steps.max;
   $("cfg_scale").min = o.ranges.cfg_scale.min; $("cfg_scale").max = o.ranges.cfg_scale.max; $("cfg_scale").step = o.ranges.cfg_scale.step;
   $("steps-hint").textContent = capital(o.ranges.steps.hint) + ".";
@@ -159,7 +163,7 @@ async function loadOptions() {
   for (const p of o.size_presets) presets.add(new Option(`${p.width} × ${p.height}`, `${p.width}x${p.height}`));
   // the model's defaults, except where the user chose something
   const d = o.defaults;
-  const defaults = { steps: d.steps, cfg_scale: d.cfg_scale, sampler: d.sampler, schedule: d.schedule, width: d.width, height: d.height };
+  const defaults = { steps: d.steps, cfg_scale: d.cfg_scale, sampler: d.sampler, schedule: d.schedule, width: d.width, height: d.height, clip_skip: d.clip_skip ?? 1 };
   for (const [k, val] of Object.entries(defaults)) if (!state.dirty.has(k) || $(k).value === "" || !validValue(k)) setField(k, val);
   for (const k of ["seed", "batch_size", "batch_count"]) if (!validValue(k)) { setField(k, k === "seed" ? -1 : 1); state.dirty.delete(k); }
   syncModelHint(o);
@@ -262,9 +266,11 @@ async function loadLoras() {
     const b = document.createElement("button");
     b.type = "button";
     b.dataset.lora = l.name;
-    b.title = [l.family, l.triggers.length ? "trigger words: " + l.triggers.join(", ") : ""].filter(Boolean).join(" · ");
-    b.innerHTML = `${escapeHtml(l.name)} <small>${escapeHtml(l.family)}</small>`;
-    b.addEventListener("click", () => insertAtCursor($("prompt"), l.insert));
+    b.title = [l.family, l.base_model ? "base model: " + l.base_model : "", l.weight != null ? "recommended weight: " + l.weight : "",
+      l.triggers.length ? "trigger words: " + l.triggers.join(", ") : ""].filter(Boolean).join(" · ");
+    b.innerHTML = `${l.preview ? `<img class="lora-preview" src="${escapeHtml(l.preview)}" alt="">` : ""}${escapeHtml(l.name)} <small>${escapeHtml(l.base_model || l.family)}</small>`;
+    // the tag (at the recommended weight) and the trigger words that wake it up
+    b.addEventListener("click", () => insertAtCursor($("prompt"), l.insert_with_triggers || l.insert));
     li.append(b);
     list.append(li);
   }
@@ -657,6 +663,10 @@ function applyParameters(p, unstyled) {
     }
     setField("sampler", sampler); state.dirty.add("sampler");
     if (schedule) { setField("schedule", schedule); state.dirty.add("schedule"); }
+  }
+  if (p.Steps !== undefined) {  // a picture's settings: its VAE file, else the checkpoint's own; its clip skip
+    setField("vae", p.VAE || "None"); state.dirty.add("vae");
+    setField("clip_skip", p["Clip skip"] || 1); state.dirty.add("clip_skip");
   }
   syncPreset();
   scheduleCount("prompt");
@@ -1068,7 +1078,8 @@ const AXIS_KEYS = ["x", "y", "z"];
 const COMPARE_CHECKS = ["compare_vary_x", "compare_vary_y", "compare_vary_z", "compare_keep_random"];
 // the axes whose values come from the server's lists: a chip per value appends it
 const CHOICE_AXES = { "Sampler": () => state.options?.samplers || [], "Schedule type": () => state.options?.schedules || [], "Checkpoint name": () => (state.models || []).map((m) => m.name),
-  "Hires sampler": () => state.options?.samplers || [], "Hires upscaler": () => [...(state.options?.latent_upscale_modes || []), ...(state.options?.upscalers || []).filter((n) => n !== "None")] };
+  "Hires sampler": () => state.options?.samplers || [], "Hires upscaler": () => [...(state.options?.latent_upscale_modes || []), ...(state.options?.upscalers || []).filter((n) => n !== "None")],
+  "VAE": () => state.options?.vaes || ["Automatic", "None"] };
 const NUMBER_AXES = ["Seed", "Steps", "CFG Scale", "Clip skip", "Var. seed", "Var. strength", "Denoising", "Hires steps"];
 
 const compare = {
@@ -1392,6 +1403,187 @@ function wireCompare() {
 
 let endDrag = () => {};
 
+// ------------------------------------------------------------------ a model's own defaults
+
+async function saveDefaults() {
+  clearErrors();
+  const b = requestBody();
+  const body = { model: $("model").value, steps: b.steps, cfg_scale: b.cfg_scale, sampler: b.sampler, schedule: b.schedule, width: b.width, height: b.height, clip_skip: b.clip_skip };
+  const view = await api("/models/defaults", { method: "PUT", body });
+  for (const k of ["steps", "cfg_scale", "sampler", "schedule", "width", "height", "clip_skip"]) state.dirty.delete(k);
+  saveForm();
+  const v = view.values;
+  $("defaults-status").textContent = `Saved for ${view.model}: ${v.steps} steps, CFG ${v.cfg_scale}, ${v.sampler} ${v.schedule}, ${v.width}×${v.height}, clip skip ${v.clip_skip}.`;
+  if (state.modelsOpen) loadInstalled().catch(showModelsError);
+}
+
+// ------------------------------------------------------------------ the Models page
+
+const downloads = new Map();  // id -> download view
+
+function showModelsError(err) { $("installed-error").textContent = err.message || String(err); }
+
+function bytes(n) {
+  if (n == null) return "";
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GB`;
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MB`;
+  return `${Math.max(1, Math.round(n / 1024))} KB`;
+}
+
+function cell(row, text, cls) {
+  const td = row.insertCell();
+  td.textContent = text ?? "";
+  if (cls) td.className = cls;
+  return td;
+}
+
+async function openModels() {
+  state.modelsOpen = true;
+  $("models-page").showModal();
+  await Promise.all([loadInstalled(), loadStarter(), loadDownloads()]).catch(showModelsError);
+}
+
+async function loadInstalled() {
+  const data = await api("/models/installed");
+  const body = $("installed").tBodies[0];
+  body.innerHTML = "";
+  for (const m of data.models) {
+    const row = body.insertRow();
+    row.dataset.kind = m.kind; row.dataset.name = m.name;
+    cell(row, m.name + (m.where === "linked" ? " (linked)" : m.where === "built-in" ? " (built in)" : ""));
+    cell(row, m.kind);
+    cell(row, m.family || "");
+    cell(row, bytes(m.size), "num");
+    cell(row, m.hash || "");
+    const saved = m.saved_defaults || {};
+    cell(row, Object.entries(saved).map(([k, v]) => `${k} ${v}`).join(", "), "defaults");
+    const act = row.insertCell();
+    if (m.removable) {
+      const b = document.createElement("button");
+      b.type = "button"; b.className = "remove"; b.textContent = "Remove";
+      b.setAttribute("aria-label", `Remove ${m.name}`);
+      b.addEventListener("click", () => removeModel(m).catch(showModelsError));
+      act.append(b);
+    }
+  }
+  $("installed-hint").textContent = `Files live in the data folder (${data.folders.checkpoint}, ${data.folders.lora} ...). Removed files go to ${data.trash}, never straight to deletion.`;
+}
+
+async function removeModel(m) {
+  if (!confirm(`Remove ${m.name} (${m.kind}, ${bytes(m.size)})? It goes to the trash folder in the data home, with its preview and info files.`)) return;
+  $("installed-error").textContent = "";
+  await api("/models/remove", { method: "POST", body: { kind: m.kind, name: m.name, confirm: true } });
+  await Promise.all([loadInstalled(), loadStarter(), loadModels(), loadLoras()]);
+}
+
+async function loadStarter() {
+  const list = await api("/models/starter");
+  const body = $("starter").tBodies[0];
+  body.innerHTML = "";
+  for (const s of list) {
+    const row = body.insertRow();
+    row.dataset.name = s.name;
+    cell(row, s.name).title = s.description || s.source;
+    cell(row, s.kind);
+    cell(row, s.family || "");
+    cell(row, bytes(s.size), "num");
+    const act = row.insertCell();
+    if (s.installed) {
+      act.textContent = "installed";
+    } else {
+      const b = document.createElement("button");
+      b.type = "button"; b.textContent = "Download";
+      b.setAttribute("aria-label", `Download ${s.name}`);
+      b.addEventListener("click", () => startPull(s.name).catch((err) => { $("pull-error").textContent = err.message; }));
+      act.append(b);
+    }
+  }
+}
+
+async function loadDownloads() {
+  for (const d of await api("/downloads")) {
+    downloads.set(d.id, d);
+    if (!["done", "failed", "cancelled"].includes(d.state)) watchDownload(d.id);
+  }
+  renderDownloads();
+}
+
+async function startPull(source, kind = null, token = null) {
+  $("pull-error").textContent = "";
+  const d = await api("/models/pull", { method: "POST", body: { source, kind: kind || null, token: token || null } });
+  downloads.set(d.id, d);
+  renderDownloads();
+  watchDownload(d.id);
+  return d;
+}
+
+function watchDownload(id) {
+  const es = new EventSource(`${API}/downloads/${id}/events`);
+  const update = (e) => { Object.assign(downloads.get(id) || {}, JSON.parse(e.data)); renderDownloads(); };
+  es.addEventListener("state", update);
+  es.addEventListener("progress", update);
+  es.addEventListener("done", async (e) => {
+    es.close();
+    update(e);
+    const d = downloads.get(id);
+    if (d?.state === "done") await Promise.all([loadInstalled(), loadStarter(), loadModels(), loadLoras()]).catch(showModelsError);
+  });
+  es.onerror = () => { es.close(); setTimeout(async () => { const d = await api(`/downloads/${id}`).catch(() => null); if (d) { downloads.set(id, d); renderDownloads(); if (!["done", "failed", "cancelled"].includes(d.state)) watchDownload(id); } }, 1000); };
+}
+
+function downloadLine(d) {
+  const name = d.file_name || d.source;
+  if (d.state === "done") return d.already_installed ? `${name}: already installed` : `${name}: done, ${bytes(d.total_bytes)} in ${d.path}` + (d.model_kind === "lora" ? ` (use it as <lora:${d.name}:1>)` : "");
+  if (d.state === "failed") return `${name}: ${d.error}`;
+  if (d.state === "cancelled") return `${name}: cancelled (pull it again to continue where it stopped)`;
+  if (d.state === "queued") return `${name}: waiting`;
+  if (d.phase === "verifying") return `${name}: checking the SHA256`;
+  if (!d.total_bytes) return `${name}: ${d.phase}${d.done_bytes ? ", " + bytes(d.done_bytes) : ""}`;
+  const speed = d.speed ? `, ${bytes(d.speed)}/s` : "";
+  const eta = d.eta != null ? `, ${Math.ceil(d.eta)} s left` : "";
+  return `${name}: ${bytes(d.done_bytes)} of ${bytes(d.total_bytes)}${speed}${eta}`;
+}
+
+function renderDownloads() {
+  const list = $("downloads");
+  list.innerHTML = "";
+  for (const d of [...downloads.values()].reverse()) {
+    const li = document.createElement("li");
+    li.dataset.id = d.id; li.dataset.state = d.state;
+    const pct = d.total_bytes ? Math.min(100, Math.round((100 * d.done_bytes) / d.total_bytes)) : (d.state === "done" ? 100 : 0);
+    const text = document.createElement("span");
+    text.textContent = downloadLine(d);
+    if (d.state === "failed") text.className = "failed";
+    li.append(text);
+    if (!["done", "failed", "cancelled"].includes(d.state)) {
+      const track = document.createElement("div");
+      track.className = "track"; track.setAttribute("role", "progressbar"); track.setAttribute("aria-label", `Download of ${d.file_name || d.source}`);
+      track.setAttribute("aria-valuemin", "0"); track.setAttribute("aria-valuemax", "100"); track.setAttribute("aria-valuenow", String(pct));
+      const fill = document.createElement("div"); fill.className = "fill"; fill.style.width = pct + "%";
+      track.append(fill); li.append(track);
+      const b = document.createElement("button");
+      b.type = "button"; b.textContent = "Cancel"; b.setAttribute("aria-label", `Cancel the download of ${d.file_name || d.source}`);
+      b.addEventListener("click", () => api(`/downloads/${d.id}/cancel`, { method: "POST" }).catch(showModelsError));
+      li.append(b);
+    }
+    list.append(li);
+  }
+}
+
+function wireModels() {
+  $("models-open").addEventListener("click", () => openModels().catch(showModelsError));
+  $("models-close").addEventListener("click", () => { state.modelsOpen = false; $("models-page").close(); });
+  $("models-page").addEventListener("close", () => { state.modelsOpen = false; });
+  $("pull-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const source = $("pull-source").value.trim();
+    if (!source) { $("pull-error").textContent = "Paste a civitai or Hugging Face link (or a starter model's name) first."; return; }
+    startPull(source, $("pull-kind").value, $("pull-token").value).then(() => { $("pull-source").value = ""; $("pull-token").value = ""; })
+      .catch((err) => { $("pull-error").textContent = err.message; });
+  });
+  $("save-defaults").addEventListener("click", () => saveDefaults().catch(showError));
+}
+
 function wire() {
   $("form").addEventListener("submit", generate);
   document.addEventListener("keydown", (e) => {
@@ -1440,6 +1632,7 @@ function wire() {
   wireRefine();
   wireCompare();
   wireHires();
+  wireModels();
 }
 
 // ------------------------------------------------------------------ hires fix and Upscale
