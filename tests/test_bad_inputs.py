@@ -234,6 +234,27 @@ def build_cases(job_id: str, image_id: int) -> list[Case]:
         ("randn_source", "TPU", 400), ("randn_source", "cpu", 400), ("randn_source", 1, 400),
         ("eta_noise_seed_delta", -1, 400), ("eta_noise_seed_delta", True, 400), ("eta_noise_seed_delta", 2**40, 400), ("eta_noise_seed_delta", b"NaN", 400),
     ])
+    # ------------------------------------------------ the Models page: pull, downloads, remove, LoRA previews
+    cases += body_shape_cases("/api/v1/models/pull", "pull", json_without_type=False)
+    cases += field_cases("/api/v1/models/pull", "pull", {"source": "hello world"}, [
+        ("source", "hello world", 400), ("source", "", 422), ("source", 5, 422), ("source", None, 422), ("source", "x" * 2049, 422), ("source", SURROGATE, 422),
+        ("source", "ftp://example.com/x.safetensors", 400), ("source", "file:///etc/passwd", 400), *[("source", t, 400) for t in TRAVERSALS[:4]],
+        ("kind", "model", 422), ("kind", 1, 422), ("token", 5, 422), ("token", "x" * 513, 422), ("extra", 1, 422),
+    ])
+    cases += body_shape_cases("/api/v1/models/remove", "remove", json_without_type=False)
+    cases += field_cases("/api/v1/models/remove", "remove", {"kind": "lora", "name": "balloon"}, [
+        ("confirm", False, 400), ("confirm", "yes", 422), ("confirm", 1, 422), ("kind", "model", 422), ("kind", None, 422),
+        ("name", "", 422), ("name", 5, 422), ("name", "x" * 513, 422), ("name", SURROGATE, 422), ("extra", 1, 422),
+    ])
+    cases += field_cases("/api/v1/models/remove", "remove-confirmed", {"kind": "lora", "confirm": True}, [
+        ("name", "gamma", 404), *[("name", t, 404) for t in TRAVERSALS],
+    ])
+    for bad in ("nope", "x" * 2000, quote("../../etc/passwd", safe=""), "%00", "%FF%FE", "%2Fetc%2Fpasswd"):
+        cases.append(Case(f"GET-download-{bad[:16]}", "GET", f"/api/v1/downloads/{bad}", 404))
+        cases.append(Case(f"GET-download-events-{bad[:16]}", "GET", f"/api/v1/downloads/{bad}/events", 404))
+        cases.append(Case(f"POST-download-cancel-{bad[:16]}", "POST", f"/api/v1/downloads/{bad}/cancel", 404))
+    for bad in ("balloon", "gamma", quote("../../etc/passwd", safe=""), "%2Fetc%2Fhosts", "%00", "x" * 2000):
+        cases.append(Case(f"GET-lora-preview-{bad[:16]}", "GET", f"/api/v1/loras/{bad}/preview", 404))
     # ------------------------------------------------ GET query parameters
     for path in ("/api/v1/images", "/api/v1/jobs"):
         for query, status in (("limit=0", 422), ("limit=100000", 422), ("limit=x", 422), ("limit=1e400", 422), ("before=-1", 422), ("before=99999999999999999999", 422), ("before=x", 422), ("before=1.5", 422)):

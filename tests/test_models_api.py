@@ -64,7 +64,7 @@ def test_installed_lists_every_kind_and_remove_goes_to_the_trash(served):
     assert all((home / m).is_file() for m in moved)
     assert ("lora", "ink") not in {(m["kind"], m["name"]) for m in client.get("/api/v1/models/installed").json()["models"]}
     r = client.post("/api/v1/models/remove", json={"kind": "lora", "name": "ink", "confirm": True})
-    assert r.status_code == 400 and "no lora called" in r.json()["detail"]
+    assert r.status_code == 404 and "no lora called" in r.json()["detail"]
 
 
 def test_saved_defaults_win_apply_to_jobs_and_survive_a_restart(served):

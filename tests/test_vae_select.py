@@ -3,7 +3,6 @@ picture is decoded by the VAE chosen, says so in its infotext, and --from, the
 native API, the A1111 API and the compare grid's VAE axis all reach it."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest

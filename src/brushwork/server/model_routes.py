@@ -16,7 +16,7 @@ from ..catalog import find_listed_checkpoint, inspect_checkpoint
 from ..request import MAX_CLIP_SKIP, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from .downloads import Downloads
 from .schemas import BadRequest, public_path, public_text
-from .studio import Conflict, Studio
+from .studio import Conflict, NotFound, Studio
 
 KindName = Literal["checkpoint", "lora", "embedding", "vae", "upscaler"]
 
@@ -79,7 +79,7 @@ def defaults_view(studio: Studio, model: str) -> dict[str, Any]:
 
 
 def installed_view(studio: Studio, m) -> dict[str, Any]:
-    view = {"kind": m.kind, "name": m.name, "file": m.path.name, "path": public_path(studio.home, m.path) if m.where != "linked" else str(m.path),
+    view = {"kind": m.kind, "name": m.name, "file": m.path.name, "path": public_path(studio.home, m.path),  # a linked install's file: its name only, as everywhere in the API
             "size": m.size, "family": m.family, "sha256": m.sha256, "hash": m.sha256[:10] if m.sha256 else None, "where": m.where, "removable": m.removable}
     if m.kind == "checkpoint":
         from ..model_defaults import saved_defaults
@@ -187,7 +187,7 @@ def models_router(studio: Studio) -> APIRouter:
         try:
             model = find_installed(studio.home, body.kind, body.name)
         except InventoryError as exc:
-            raise BadRequest(str(exc), "name") from None
+            raise NotFound(str(exc)) from None
         if body.kind == "checkpoint":
             loaded = studio.engine.model
             if model.name == studio.model_name() or (loaded is not None and loaded.path == model.path):
