@@ -10,9 +10,12 @@ process, one loaded engine for both: each round runs the grid (X = Steps, Y = CF
 Scale: the cells of one column share their steps, so each column is one batch of 4
 with one guidance scale per image) and then the same 16 cells one ``txt2img`` at a
 time, in the same order, and times both (wall clock).  Prints both times and the
-ratio grid / separate (target: at most 0.85), and the largest pixel difference
-between a grid cell and its separate picture (batched cells differ by float
-rounding only).
+ratio grid / separate (target: at most 0.85), how many UNet rows the grid's first
+calls had in common (sampling/shared_calls.py: cells with one seed and prompt start
+from the same latents at the same first sigma, so their first call runs once), and
+the largest pixel difference between a grid cell and its separate picture (batched
+cells differ by float rounding only).  ``--batch-only`` also times the grid with
+nothing shared, to show what batching alone gives.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--x", help="the X axis instead of Steps, e.g. 'Steps: 10'")
     ap.add_argument("--y", help="the Y axis instead of CFG Scale, e.g. 'Prompt S/R: lighthouse,castle,tower,windmill' (cells differing in prompt batch too)")
+    ap.add_argument("--batch-only", action="store_true", help="also time the grid with batching but no shared first calls")
     ap.add_argument("--model", help="checkpoint path, or 'demo' (default: the SD 1.5-shaped random checkpoint in bench-out/)")
     args = ap.parse_args()
 
@@ -45,6 +49,11 @@ def main() -> int:
     from brushwork.compare.axes import parse_axis
     from brushwork.compare.job import Comparison, run_comparison
     from brushwork.engine import GenerationRequest
+    from brushwork.sampling.shared_calls import SharedCalls
+
+    class NothingShared(SharedCalls):
+        def wrap(self, net, batch, state):
+            return net
 
     model = args.model
     if model is None:
@@ -61,11 +70,16 @@ def main() -> int:
     cmp = Comparison(base, parse_axis(args.x or f"Steps: {args.steps}"), parse_axis(args.y or f"CFG Scale: {args.cfg}"))
     eng.txt2img(GenerationRequest(base.prompt, seed=1, width=args.size, height=args.size, steps=1))  # warm-up
 
-    grid_s, single_s, worst = [], [], 0
+    grid_s, single_s, batch_s, worst = [], [], [], 0
     for _ in range(args.rounds):
+        shared = SharedCalls()
         t0 = time.perf_counter()
-        cells = list(run_comparison(eng, cmp))
+        cells = list(run_comparison(eng, cmp, shared=shared))
         grid_s.append(time.perf_counter() - t0)
+        if args.batch_only:
+            t0 = time.perf_counter()
+            list(run_comparison(eng, cmp, shared=NothingShared()))
+            batch_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         singles = [eng.txt2img(c.cell.request)[0] for c in cells]
         single_s.append(time.perf_counter() - t0)
@@ -74,7 +88,9 @@ def main() -> int:
     g, s = min(grid_s), min(single_s)
     print(f"model {eng.model.path.name} ({eng.model.spec.label}), {args.size}x{args.size}, {cmp.x.label} x {cmp.y.label}, "
           f"{len(cells)} cells, {torch.get_num_threads()} threads, {eng.placement.label}, best of {args.rounds}")
-    print(f"grid job   {g:8.2f} s")
+    print(f"grid job   {g:8.2f} s  (first calls: {shared.rows_asked} UNet rows asked, {shared.rows_run} run)")
+    if batch_s:
+        print(f"grid job, batching only (nothing shared) {min(batch_s):8.2f} s  -> ratio {min(batch_s) / s:.2f}")
     print(f"{len(cells)} x txt2img {s:6.2f} s")
     print(f"ratio grid/separate: {g / s:.2f}  (target <= 0.85); largest cell difference {worst} levels of 255")
     return 0

@@ -17,6 +17,7 @@ from PIL import Image
 
 from brushwork.cli import main
 from brushwork.compare.axes import AxisError, parse_axis
+from brushwork.sampling.shared_calls import SharedCalls
 from brushwork.compare.job import Comparison, grid_picture, plan_cells, run_comparison, work_order
 from brushwork.engine import GenerationRequest
 from brushwork.infotext import params_from_infotext, parse_infotext
@@ -33,12 +34,17 @@ def test_steps_by_cfg_runs_one_batch_per_column_and_every_cell_equals_generate(e
     cmp = Comparison(BASE, parse_axis("Steps: 3,5"), parse_axis("CFG Scale: 1,4,7"))
     # same steps: seeds and CFG scales batched; CFG 1 (no negative pass alone) in its own batch
     assert [len(b) for b in work_order(plan_cells(cmp))] == [1, 1, 2, 2]
-    results = list(run_comparison(eng, cmp))
+    shared = SharedCalls()
+    results = list(run_comparison(eng, cmp, shared=shared))
     assert [(r.cell.ix, r.cell.iy) for r in sorted(results, key=lambda r: r.cell.index)] == [(x, y) for y in range(3) for x in range(2)]
+    # one seed and prompt, one first sigma for 3 and 5 steps: the first UNet call is made
+    # once for the CFG 1 batches (1 row) and once for the two CFG 4/7 batches (2 rows
+    # for their 4 asked: negative and positive, both cells' latents equal)
+    assert (shared.rows_asked, shared.rows_run) == (1 + 1 + 4 + 4, 1 + 2)
     for r in results:
         alone = eng.txt2img(r.cell.request)[0]
         # batched cells differ from a lone generation by float rounding only: at most 1 level of 255
-        assert np.abs(px(alone.image) - px(r.image.image)).max() <= 1
+        assert np.abs(px(alone.image) - px(r.image.image)).max() <= (0 if r.cell.request.cfg_scale == 1 else 1)
         assert alone.infotext == r.image.infotext  # the cell's own parameters, re-creatable
 
 
@@ -230,7 +236,27 @@ def test_each_distinct_prompt_is_encoded_once_over_the_grid(tiny_home, tmp_path,
     monkeypatch.setattr(plan, "encode_prompt", lambda spec, enc, text, *a, **k: (texts.append(text), real(spec, enc, text, *a, **k))[1])
     cmp = Comparison(GenerationRequest("a cat", negative_prompt="blurry", seed=1, width=64, height=64), parse_axis("Steps: 2,3,4"), parse_axis("CFG Scale: 4,7"))
     assert len(list(run_comparison(eng, cmp))) == 6
-    assert sorted(texts) == ["", "a cat", "blurry"]  # 3 batches, each text once
+    assert sorted(texts) == ["a cat", "blurry"]  # 3 batches, each text once; no "" (same lengths)
+
+
+def test_the_empty_prompt_is_encoded_only_to_pad_texts_of_different_lengths(tiny_home, tmp_path, monkeypatch):
+    """The padding chunk "" costs a text-encoder call only where a prompt of more than
+    75 tokens meets a shorter one in one batch (issue 18: 2 encoder calls, not 3)."""
+    from brushwork import Engine
+    import brushwork.prompt_plan as plan
+
+    shutil.copytree(tiny_home / "models", tmp_path / "models")
+    eng = Engine(tmp_path, device="cpu")
+    eng.load("tiny-sd1")
+    texts = []
+    real = plan.encode_prompt
+    monkeypatch.setattr(plan, "encode_prompt", lambda spec, enc, text, *a, **k: (texts.append(text), real(spec, enc, text, *a, **k))[1])
+    eng.txt2img(GenerationRequest("a cat", negative_prompt="blurry", seed=1, steps=2, width=64, height=64))
+    assert sorted(texts) == ["a cat", "blurry"]
+    texts.clear()
+    long_prompt = ", ".join(["a cat"] * 60)  # well over one 75-token chunk
+    eng.txt2img(GenerationRequest(long_prompt, negative_prompt="blurry", seed=1, steps=2, width=64, height=64))
+    assert sorted(texts) == ["", long_prompt]  # "blurry" kept from the first picture
 
 
 def test_native_compare_of_an_img2img_request_keeps_its_picture(server):

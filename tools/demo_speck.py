@@ -1,11 +1,14 @@
 """Before/after crops of the demo model's corner speck (issue #13 item 16).
 
     python tools/demo_speck.py --before OLD.safetensors --after NEW.safetensors
+    python tools/demo_speck.py --mirrored-halves     # the shipped fix: before plain, after mirrored halves
     python tools/demo_speck.py --diagnose            # where the speck comes from
 
 Pictures are sampled once (UNet and text encoder are the same in both files; the
 refinement only changes the VAE decoder), and the same latents are decoded by the
-"before" and the "after" decoder, so the crops differ only by the decoder.  Each
+"before" and the "after" decoder, so the crops differ only by the decoder
+(``--mirrored-halves``: by the way the same decoder is run, plainly before and as
+``vae.decode_mirrored_halves`` after, as the engine now decodes the demo model).  Each
 image is a row of 48x48 crops around the speck (x 0-47, y 80-127), enlarged 4x
 (nearest neighbour), for six prompt/seed pairs, then one tile with the mean
 residual (picture minus its median background) of all pictures, amplified 4x
@@ -51,13 +54,17 @@ def sample_latents(eng, prompts=PROMPTS, per_prompt: int = 4, seed: int = 300):
 
 
 @torch.no_grad()
-def decode_with(path: Path, latents: torch.Tensor) -> np.ndarray:
-    """Decode ``latents`` (already scaled as the engine's) with the VAE of ``path``, uint8 (N, H, W, 3)."""
+def decode_with(path: Path, latents: torch.Tensor, how: str = "plain") -> np.ndarray:
+    """Decode ``latents`` (already scaled as the engine's) with the VAE of ``path``, uint8
+    (N, H, W, 3); ``how``: "plain" or "mirrored-halves"."""
     from brushwork.models.load import load_checkpoint
-    from brushwork.vae import decode_latent
+    from brushwork.vae import decode_latent, decode_mirrored_halves
 
     _, nets = load_checkpoint(Path(path), torch.float32, torch.device("cpu"))
-    out = [decode_latent(nets.vae, lat[None]) for lat in latents]
+    if how == "mirrored-halves":
+        out = [decode_mirrored_halves(lambda z: decode_latent(nets.vae, z), lat[None]) for lat in latents]
+    else:
+        out = [decode_latent(nets.vae, lat[None]) for lat in latents]
     return ((torch.cat(out).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", type=Path, default=PACKAGED_DEMO)
     p.add_argument("--after", type=Path, default=None)
     p.add_argument("--out-dir", type=Path, default=Path("docs"))
+    p.add_argument("--mirrored-halves", action="store_true", help="after: the --before file decoded as mirrored halves")
     p.add_argument("--diagnose", action="store_true")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as home:
@@ -115,12 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         diagnose(a.before, latents)
         return 0
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, path in (("before", a.before), ("after", a.after)):
+    runs = [("before", a.before, "plain"), ("after", a.after, "plain")]
+    if a.mirrored_halves:
+        runs[1] = ("after", a.before, "mirrored-halves")
+    for name, path, how in runs:
         if path is None:
             continue
-        imgs = decode_with(path, latents)
+        imgs = decode_with(path, latents, how)
         r = speck_report(imgs)
-        print(f"{name}: {path.name}: speck {r['speck']:.2f} (mirror spot {r['mirror']:.2f}), border band {r['border']:.2f}, interior {r['interior']:.2f}")
+        print(f"{name}: {path.name} ({how}): speck {r['speck']:.2f} (mirror spot {r['mirror']:.2f}), border band {r['border']:.2f}, interior {r['interior']:.2f}")
         out = a.out_dir / f"demo-speck-{name}.png"
         crop_strip(imgs).save(out)
         print(f"wrote {out}")

@@ -53,6 +53,7 @@ from .request import (  # noqa: F401
 from .hires import HiresPass, hires_start, prepare_hires
 from .runtime import ThreadChoice, TorchvisionMismatch, apply_threads, torchvision_problem, tune_cpu_allocator
 from .sampling.denoiser import make_denoiser, step_locator
+from .sampling.shared_calls import SharedCalls, maybe_wrap
 from .sampling.registry import SamplerInfo, UnknownSamplerError, resolve_sampler, sampling_sigmas, schedule_label
 from .sampling.schedules import ModelSchedule, scaled_linear_schedule
 from .start import Start, StepWindow, conditioning_inputs, inpaint_channels, latent_window_mask, strength_window
@@ -374,12 +375,13 @@ class Engine:
         return Prepared(req, sampler, schedule, plan, extra, refine[0] if refine else None, start, steps, hires)
 
     def run_batch(self, prep: "Prepared", seeds: list[int], subseeds: Optional[list[int]], cfg_scales: Optional[list[float]], control, progress, done_before: int, total: int, t0: float,
-                  prompts: Optional[list["CellPrompt"]] = None) -> Optional[list["GeneratedImage"]]:
+                  prompts: Optional[list["CellPrompt"]] = None, shared: Optional[SharedCalls] = None) -> Optional[list["GeneratedImage"]]:
         """Sample and decode one batch of a prepared request: its images (empty when
         stopped before the first step), or None when cancelled.  ``cfg_scales``: one
         guidance scale per image, ``prompts``: one encoded prompt pair per image
         (:meth:`cell_prompt`; comparison grids batch cells that differ only in these;
-        not with the hires fix, whose second pass has one prompt)."""
+        not with the hires fix, whose second pass has one prompt).  ``shared``: a
+        comparison's first network calls in common (sampling/shared_calls.py)."""
         req = prep.req
         if prompts is not None and prep.hires is not None:
             raise ValueError("per-image prompts cannot be batched with the hires fix")
@@ -387,7 +389,7 @@ class Engine:
         batch_t0 = time.perf_counter()
         try:
             first = req if prep.hires is None or req.stop_at_step is None or req.stop_at_step < req.steps else replace(req, stop_at_step=None)
-            latents, complete, done = self._sample_batch(first, prep.sampler, prep.schedule, seeds, prep.plan if plans is None else plans, control, progress, done_before, total, t0, prep.start, subseeds, cfg_scales)
+            latents, complete, done = self._sample_batch(first, prep.sampler, prep.schedule, seeds, prep.plan if plans is None else plans, control, progress, done_before, total, t0, prep.start, subseeds, cfg_scales, shared=shared)
             if latents is None:
                 return []
             if prep.hires is not None and complete:
@@ -459,7 +461,8 @@ class Engine:
             control.skipped = False
         return (upscaled if upscaled is not None else self.decode(start.init, control)), False
 
-    def _sample_batch(self, req, sampler, schedule, seeds, plan, control, progress, done_before, total, t0, start=None, subseeds=None, cfg_scales=None, steps_run=None) -> tuple[Optional[torch.Tensor], bool, int]:
+    def _sample_batch(self, req, sampler, schedule, seeds, plan, control, progress, done_before, total, t0, start=None, subseeds=None, cfg_scales=None, steps_run=None,
+                      shared=None) -> tuple[Optional[torch.Tensor], bool, int]:
         """Sample one batch: (latents, complete, steps done).  Interrupt or skip (or
         the request's ``stop_at_step``) keeps the last denoised latents (None when no
         step finished); cancel raises Cancelled."""
@@ -476,7 +479,7 @@ class Engine:
 
         try:
             with stop_points(self._require_model().networks.unet, None if control is None else control.stopping):
-                return self.sample(req, sampler, schedule, seeds, plan, on_step, start=start, subseeds=subseeds, cfg_scales=cfg_scales), True, pass_steps(req) if steps_run is None else steps_run
+                return self.sample(req, sampler, schedule, seeds, plan, on_step, start=start, subseeds=subseeds, cfg_scales=cfg_scales, shared=shared), True, pass_steps(req) if steps_run is None else steps_run
         except (_Stopped, Cancelled):
             if control is not None and control.cancelled:
                 raise Cancelled() from None
@@ -501,13 +504,18 @@ class Engine:
         assert self.model is not None
         return self.model
 
+    def network_state(self) -> tuple:
+        """What the networks' weights are now: the checkpoint and its merged LoRAs."""
+        m = self._require_model()
+        return (str(m.path), m.mtime, repr(self.loras.applied))
+
     def _encode(self, req: GenerationRequest, text: Optional[str] = None, first_pass: int = 0) -> PromptPlan:
         """Encode the prompts (``text``: the positive prompt without its extra-network
         tags; ``first_pass``: a hires pass's first-pass steps, for prompt editing)."""
         m = self._require_model()
         text = extract_extra_networks(req.prompt).text if text is None else text
         # encodings are kept while the model and its merged LoRAs stay the same
-        state = (str(m.path), m.mtime, repr(self.loras.applied))
+        state = self.network_state()
         if self._texts.get("state") != state:
             self._texts = {"state": state, "store": {}}
         return encode_prompts(m.spec, m.networks.text_encoders, self.home, text, req.negative_prompt, req.steps, req.clip_skip, self.placement.device, self._texts["store"], first_pass)
@@ -563,7 +571,7 @@ class Engine:
         return out
 
     def sample(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seeds: list[int], plan: "PromptPlan", on_step=None, noise: Optional[torch.Tensor] = None,
-               start: Optional[Start] = None, subseeds: Optional[list[int]] = None, cfg_scales: Optional[list[float]] = None) -> torch.Tensor:
+               start: Optional[Start] = None, subseeds: Optional[list[int]] = None, cfg_scales: Optional[list[float]] = None, shared: Optional[SharedCalls] = None) -> torch.Tensor:
         """Run the sampler for one batch; returns final latents (float32, on the device).
 
         ``start`` (start.py): where sampling starts; None is txt2img, pure noise at
@@ -623,6 +631,8 @@ class Engine:
                 x_in = torch.cat([x_in, torch.cat([extra_input] * (x_in.shape[0] // batch))], dim=1)
             return unet(x_in, t.to(p.device), encoder_hidden_states=c["context"], added_cond_kwargs=c.get("added"), encoder_attention_mask=c.get("mask")).sample
 
+        if extra_input is None:  # a comparison's first calls in common run once (the 9-channel UNet: not shared)
+            net = maybe_wrap(shared, net, batch, (self.network_state(), str(p.dtype)))
         weights = [w for _, w in plan.positive]
         scale = float(req.cfg_scale) if cfg_scales is None else torch.tensor(cfg_scales, dtype=torch.float32, device=p.device).view(-1, 1, 1, 1)
         denoise = make_denoiser(net, m.schedule, m.spec.prediction, batch_at, weights, scale, step_locator(sigmas))
@@ -724,12 +734,15 @@ class Engine:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, control: Optional[JobControl] = None) -> list[Image.Image]:
         """Latents -> RGB images, one at a time (tiled when large, see vae.py); a
-        cancel stops it between blocks.  fp16 overflow is retried in fp32."""
-        vae = self._require_model().networks.vae
+        cancel stops it between blocks.  fp16 overflow is retried in fp32.  The
+        checkpoint's own VAE decodes the way its file says (ModelSpec.vae_decode)."""
+        m = self._require_model()
+        vae = m.networks.vae
+        how = m.spec.vae_decode if m.vae_path is None else "plain"
         should_stop = None if control is None else (lambda: control.cancelled)
         images = []
         for lat in latents:
-            pixels, switched = decode_checked(vae, lat[None], should_stop)
+            pixels, switched = decode_checked(vae, lat[None], should_stop, how)
             self._vae_fp32 = self._vae_fp32 or switched
             images.append(_to_image(pixels[0]))
         return images

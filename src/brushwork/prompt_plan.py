@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Callable, Optional
 
 from .conditioning import TextConditioning, encode_prompt, pad_context
 from .embeddings import embedding_files, load_embedding
@@ -26,8 +26,14 @@ class PromptPlan:
 
     positive: list[tuple[list[tuple[int, TextConditioning]], float]]
     negative: list[tuple[int, TextConditioning]]
-    empty: TextConditioning  # the encoding of "", for padding
+    #: encodes "" (the padding chunk), called only when texts of different lengths batch
+    encode_empty: Callable[[], TextConditioning]
     ti_hashes: dict[str, str] = field(default_factory=dict)  # embeddings named in the prompts
+
+    @property
+    def empty(self) -> TextConditioning:
+        """The encoding of "", for padding (encoded on first use, then kept)."""
+        return self.encode_empty()
 
     @staticmethod
     def _pick(timeline: list[tuple[int, TextConditioning]], step: int) -> TextConditioning:
@@ -43,6 +49,8 @@ class PromptPlan:
     def padded(self, texts: list[TextConditioning]) -> list[TextConditioning]:
         """Same token length for all, by appending empty-prompt chunks, so they batch."""
         longest = max(t.context.shape[1] for t in texts)
+        if all(t.context.shape[1] == longest for t in texts):
+            return list(texts)
         return [replace(t, context=pad_context(t.context, longest, self.empty.context)) for t in texts]
 
 
@@ -72,7 +80,8 @@ def encode_prompts(spec, encoders, home, prompt: str, negative: str, steps: int,
 
     positive = [(timeline(part), weight) for part, weight in split_and(prompt)]
     ti = {name: sha256_file(e.path)[:12] for name, e in embeddings.items()}
-    return PromptPlan(positive, timeline(negative), encoded(""), ti)
+    # "" is encoded only when texts of different lengths meet in one batch
+    return PromptPlan(positive, timeline(negative), lambda: encoded(""), ti)
 
 
 def embeddings_for(spec, home, text: str) -> dict:

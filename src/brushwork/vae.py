@@ -66,6 +66,8 @@ TILE = 96
 MIN_TILE = 32
 #: a pass may use at most this share of the free memory
 SAFETY = 0.5
+#: pixels over which a mirrored-halves decode crosses from one half to the other
+MIRROR_RAMP = 16
 #: full-resolution tensors of the widest stage alive at once inside a block
 #: (input, normalised, activated, convolved, residual)
 LIVE_TENSORS = 5
@@ -498,11 +500,32 @@ def decode_latent(vae, latent: torch.Tensor, should_stop: Optional[StopCheck] = 
         return _decode_tiled(vae, latent, should_stop, _auto_tile(vae, tile, tiled, "decode", h, w))
 
 
-def decode_checked(vae, latent: torch.Tensor, should_stop: Optional[StopCheck] = None) -> tuple[torch.Tensor, bool]:
-    """:func:`decode_latent`, retried in float32 when half precision overflows.
+def mirrored_halves(plain: torch.Tensor, mirrored: torch.Tensor, ramp: int = MIRROR_RAMP) -> torch.Tensor:
+    """The right of ``plain`` and the left of ``mirrored`` (both (N, 3, H, W), the
+    second decoded from the left-right flipped latent and flipped back), crossing
+    over linearly across ``ramp`` pixels at the middle."""
+    w = plain.shape[-1]
+    x = torch.arange(w, device=plain.device, dtype=torch.float32)
+    weight = ((x - (w - ramp) / 2) / max(ramp, 1)).clamp(0, 1).to(plain.dtype)
+    return plain * weight + mirrored * (1 - weight)
+
+
+def decode_mirrored_halves(decode: Callable[[torch.Tensor], torch.Tensor], latent: torch.Tensor) -> torch.Tensor:
+    """A decode for a decoder that draws a flaw at a fixed place on the left of its
+    output frame (the demo decoder's corner speck, docs/demo-model.md): decode the
+    latent and its mirror image, and take each half of the picture from the decode
+    whose flaw is on the other side."""
+    return mirrored_halves(decode(latent), decode(latent.flip(-1)).flip(-1))
+
+
+def decode_checked(vae, latent: torch.Tensor, should_stop: Optional[StopCheck] = None, how: str = "plain") -> tuple[torch.Tensor, bool]:
+    """:func:`decode_latent`, retried in float32 when half precision overflows;
+    ``how`` "mirrored-halves": :func:`decode_mirrored_halves`.
 
     Returns (pixels, switched): ``switched`` tells the caller the VAE now stays in
     float32 (the retry moves its weights)."""
+    if how == "mirrored-halves":
+        return _retried_in_float32(vae, lambda: decode_mirrored_halves(lambda z: decode_latent(vae, z, should_stop), latent), "")
     return _retried_in_float32(vae, lambda: decode_latent(vae, latent, should_stop), "")
 
 

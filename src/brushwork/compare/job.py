@@ -6,7 +6,9 @@ axes) into cells, each a complete request of its own (seeds fixed once for the
 whole grid, so every cell shares them).  :func:`work_order` groups the cells by
 checkpoint (each model loaded once: the checkpoint axis is the outer loop) and,
 within a model, into batches of cells that differ only in seed or CFG scale: those
-run as one batched UNet call (one guidance scale per image).  :func:`run_comparison`
+run as one batched UNet call (one guidance scale per image), and a first network
+call that several cells have in common (the same seed and prompt at the same first
+noise level) runs once (sampling/shared_calls.py).  :func:`run_comparison`
 runs them on an :class:`~brushwork.engine.Engine` and yields each cell's picture as
 soon as it is decoded; :func:`grid_picture` lays the grid out (compare/grid.py).
 
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 from PIL import Image
 
 from ..infotext import format_infotext
+from ..sampling.shared_calls import SharedCalls
 from ..request import MAX_BATCH_SIZE, GenerationRequest, RequestError, planned_steps, resolve_seed
 from .axes import SEED_AXES, Axis, AxisError, apply_value, cell_seed, grid_shape, infotext_keys, seeds_for_grid
 from .grid import check_grid_size, draw_grid, draw_xyz, label_text
@@ -164,10 +167,11 @@ def check_size(cmp: Comparison, sizes: list[tuple[int, int]]) -> None:
 
 
 def run_comparison(engine, cmp: Comparison, progress: Optional[Callable] = None, control=None, rng: Optional[random.Random] = None,
-                   max_batch: int = MAX_BATCH_SIZE) -> Iterator[CellResult]:
+                   max_batch: int = MAX_BATCH_SIZE, shared: Optional[SharedCalls] = None) -> Iterator[CellResult]:
     """Run every cell on ``engine``, yielding each as it is decoded.  The model loaded
     before is loaded again afterwards.  ``progress`` receives engine.Progress over
-    all cells' steps."""
+    all cells' steps; ``shared`` (made here when None) counts the first network calls
+    the cells had in common."""
     import time
 
     cells = plan_cells(cmp, rng)
@@ -181,13 +185,14 @@ def run_comparison(engine, cmp: Comparison, progress: Optional[Callable] = None,
     steps = {i: planned_steps(r) for i, r in completed.items()}
     total_steps = sum(steps[b[0].index] for b in batches)  # a batch runs its steps once for all its cells
     done_steps, done_cells, t0 = 0, 0, time.perf_counter()
+    shared = SharedCalls() if shared is None else shared  # cells' first network calls in common run once
     try:
         for batch in batches:
             if control is not None and control.interrupted:
                 return
             if batch[0].model is not None:
                 engine.load(batch[0].model)
-            images = _run_batch(engine, batch, control, progress, done_steps, total_steps, t0)
+            images = _run_batch(engine, batch, control, progress, done_steps, total_steps, t0, shared)
             if images is None:
                 return
             done_steps += steps[batch[0].index]
@@ -199,7 +204,7 @@ def run_comparison(engine, cmp: Comparison, progress: Optional[Callable] = None,
             engine.load(original)
 
 
-def _run_batch(engine, batch: list[Cell], control, progress, done_before: int, total: int, t0: float):
+def _run_batch(engine, batch: list[Cell], control, progress, done_before: int, total: int, t0: float, shared=None):
     """One batch of cells through Engine.prepare / run_batch; a batch whose memory
     estimate does not fit is halved until it does."""
     first = batch[0].request
@@ -208,8 +213,8 @@ def _run_batch(engine, batch: list[Cell], control, progress, done_before: int, t
     except RequestError as exc:
         if len(batch) > 1 and "memory" in str(exc):
             half = len(batch) // 2
-            a = _run_batch(engine, batch[:half], control, progress, done_before, total, t0)
-            b = None if a is None else _run_batch(engine, batch[half:], control, progress, done_before, total, t0)
+            a = _run_batch(engine, batch[:half], control, progress, done_before, total, t0, shared)
+            b = None if a is None else _run_batch(engine, batch[half:], control, progress, done_before, total, t0, shared)
             return None if b is None else a + b
         raise
     if prep is None:
@@ -223,7 +228,7 @@ def _run_batch(engine, batch: list[Cell], control, progress, done_before: int, t
     prompts = None
     if len({(c.request.prompt, c.request.negative_prompt) for c in batch}) > 1:  # each cell its own encoded prompts
         prompts = [engine.cell_prompt(prep, c.request.prompt, c.request.negative_prompt, c.request.styles) for c in batch]
-    return engine.run_batch(prep, seeds, subseeds, cfg_scales, control, progress, done_before, total, t0, prompts)
+    return engine.run_batch(prep, seeds, subseeds, cfg_scales, control, progress, done_before, total, t0, prompts, shared)
 
 
 def grid_picture(cmp: Comparison, results: list[CellResult]) -> tuple[Image.Image, str]:

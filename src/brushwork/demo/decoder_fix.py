@@ -26,8 +26,19 @@ random left-right flips (encoder, UNet and text encoder untouched).  MEASURED: i
 does NOT remove the speck (160 steps, batch 4, lr 1e-4: 7.6 -> 7.7; 240 steps,
 lr 5e-4: 8.5; ``--crop 10`` random latent windows, 240 steps, lr 3e-4: 13.9, mirror
 spot 6.7, i.e. worse everywhere).  Whole-image decoder training keeps or
-strengthens it.  Still open: longer translation-augmented decoder training, or a decoder without zero padding, which
-means retraining the VAE (and so the UNet): about 48 minutes here.
+strengthens it.
+
+THE FIX THAT SHIPS is at decode time, not in the weights: the engine decodes the
+demo model as mirrored halves (``vae.decode_mirrored_halves``; the model file says
+so in its ``brushwork.vae_decode`` metadata).  Since the speck is tied to the
+decoder's frame, decoding the mirrored latent puts it at the right; the picture
+takes its left half from that decode (flipped back) and its right half from the
+plain one, blended over a 16-pixel ramp in the middle.  Over 24 pictures
+(``tools/demo_speck.py --mirrored-halves``): speck 7.59 -> 2.88 (the mirror-spot
+control is 2.80), border band 4.50 -> 4.15, interior 2.66 -> 2.62; it costs a
+second decode.  A retrained decoder without the position-bound error (longer
+translation-augmented training, or no zero padding, which means retraining the VAE
+and so the UNet: about 48 minutes here) would make the second decode unnecessary.
 
     python -m brushwork.demo.decoder_fix --out demo-refined.safetensors
 """

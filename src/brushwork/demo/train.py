@@ -352,6 +352,7 @@ class Trainer:
             "modelspec.description": "Trained from scratch by Brushwork on procedural captioned landscapes (python -m brushwork.demo.train).",
             "brushwork.vae_scaling_factor": repr(self.scale),
             "brushwork.defaults": json.dumps(DEMO_DEFAULTS),
+            "brushwork.vae_decode": "mirrored-halves",  # its decoder's corner speck (vae.decode_mirrored_halves)
             "brushwork.training": json.dumps({"config": asdict(cfg), "minutes": minutes, "device": self.device.type, "threads": torch.get_num_threads(), "torch": torch.__version__}),
         }
         return save.save_checkpoint(path, self.spec, nets, dtype=torch.float16, metadata=meta, overwrite=overwrite)

@@ -170,6 +170,9 @@ class ModelSpec:
     notes: tuple[str, ...] = field(default_factory=tuple, compare=False)
     #: generation defaults the model's author chose (metadata ``brushwork.defaults``)
     defaults: dict = field(default_factory=dict, compare=False)
+    #: how its own VAE decodes: "plain", or "mirrored-halves" for the demo decoder's
+    #: frame-bound corner speck (vae.decode_mirrored_halves; metadata ``brushwork.vae_decode``)
+    vae_decode: str = field(default="plain", compare=False)
 
     @property
     def inpainting(self) -> bool:
@@ -426,7 +429,7 @@ def _detect_family(shapes: Shapes, metadata: Mapping[str, str], read_tensor: Opt
     if factor != 8:
         raise UnsupportedModel(f"its VAE downscales by {factor}, not 8 as Stable Diffusion does.")
     ema = any(k.startswith("model_ema.") and k != "model_ema.decay" and k != "model_ema.num_updates" for k in shapes)
-    return ModelSpec(family, prediction, resolution, unet, vae, encoders, ema, (f"prediction type from {why}",), _metadata_defaults(metadata))
+    return ModelSpec(family, prediction, resolution, unet, vae, encoders, ema, (f"prediction type from {why}",), _metadata_defaults(metadata), _metadata_vae_decode(metadata))
 
 
 DEFAULT_KEYS = {"width": int, "height": int, "steps": int, "cfg_scale": float, "sampler": str, "schedule": str}
@@ -450,6 +453,28 @@ def _metadata_defaults(metadata: Mapping[str, str]) -> dict:
             except (TypeError, ValueError):
                 continue
     return out
+
+
+VAE_DECODES = ("plain", "mirrored-halves")
+
+
+def _metadata_vae_decode(metadata: Mapping[str, str]) -> str:
+    """``brushwork.vae_decode`` when it names a known way; a demo model trained before
+    that key existed (its training record has the demo trainer's VAE stage and no
+    later decoder refinement) decodes its mirrored halves; anything else plainly."""
+    import json
+
+    named = metadata.get("brushwork.vae_decode")
+    if named in VAE_DECODES:
+        return named
+    try:
+        training = json.loads(metadata.get("brushwork.training", "{}") or "{}")
+    except ValueError:
+        return "plain"
+    config = training.get("config") if isinstance(training, dict) else None
+    if isinstance(config, dict) and "vae_steps" in config and "decoder_refine" not in training:
+        return "mirrored-halves"
+    return "plain"
 
 
 def _metadata_scale(metadata: Mapping[str, str], default: float) -> float:
