@@ -224,7 +224,8 @@ def test_a1111_xyz_plot_script_answers_with_the_grid_first(server):
     assert len(r.json()["images"]) == 1
 
 
-def test_each_distinct_prompt_is_encoded_once_over_the_grid(tiny_home, tmp_path, monkeypatch):
+def _engine_counting_encodes(tiny_home, tmp_path, monkeypatch):
+    """An engine on the tiny checkpoint and the list of texts it encodes from now on."""
     from brushwork import Engine
     import brushwork.prompt_plan as plan
 
@@ -234,6 +235,11 @@ def test_each_distinct_prompt_is_encoded_once_over_the_grid(tiny_home, tmp_path,
     texts = []
     real = plan.encode_prompt
     monkeypatch.setattr(plan, "encode_prompt", lambda spec, enc, text, *a, **k: (texts.append(text), real(spec, enc, text, *a, **k))[1])
+    return eng, texts
+
+
+def test_each_distinct_prompt_is_encoded_once_over_the_grid(tiny_home, tmp_path, monkeypatch):
+    eng, texts = _engine_counting_encodes(tiny_home, tmp_path, monkeypatch)
     cmp = Comparison(GenerationRequest("a cat", negative_prompt="blurry", seed=1, width=64, height=64), parse_axis("Steps: 2,3,4"), parse_axis("CFG Scale: 4,7"))
     assert len(list(run_comparison(eng, cmp))) == 6
     assert sorted(texts) == ["a cat", "blurry"]  # 3 batches, each text once; no "" (same lengths)
@@ -242,15 +248,7 @@ def test_each_distinct_prompt_is_encoded_once_over_the_grid(tiny_home, tmp_path,
 def test_the_empty_prompt_is_encoded_only_to_pad_texts_of_different_lengths(tiny_home, tmp_path, monkeypatch):
     """The padding chunk "" costs a text-encoder call only where a prompt of more than
     75 tokens meets a shorter one in one batch (issue 18: 2 encoder calls, not 3)."""
-    from brushwork import Engine
-    import brushwork.prompt_plan as plan
-
-    shutil.copytree(tiny_home / "models", tmp_path / "models")
-    eng = Engine(tmp_path, device="cpu")
-    eng.load("tiny-sd1")
-    texts = []
-    real = plan.encode_prompt
-    monkeypatch.setattr(plan, "encode_prompt", lambda spec, enc, text, *a, **k: (texts.append(text), real(spec, enc, text, *a, **k))[1])
+    eng, texts = _engine_counting_encodes(tiny_home, tmp_path, monkeypatch)
     eng.txt2img(GenerationRequest("a cat", negative_prompt="blurry", seed=1, steps=2, width=64, height=64))
     assert sorted(texts) == ["a cat", "blurry"]
     texts.clear()

@@ -58,13 +58,10 @@ def decode_with(path: Path, latents: torch.Tensor, how: str = "plain") -> np.nda
     """Decode ``latents`` (already scaled as the engine's) with the VAE of ``path``, uint8
     (N, H, W, 3); ``how``: "plain" or "mirrored-halves"."""
     from brushwork.models.load import load_checkpoint
-    from brushwork.vae import decode_latent, decode_mirrored_halves
+    from brushwork.vae import decode_as
 
     _, nets = load_checkpoint(Path(path), torch.float32, torch.device("cpu"))
-    if how == "mirrored-halves":
-        out = [decode_mirrored_halves(lambda z: decode_latent(nets.vae, z), lat[None]) for lat in latents]
-    else:
-        out = [decode_latent(nets.vae, lat[None]) for lat in latents]
+    out = [decode_as(nets.vae, lat[None], how) for lat in latents]
     return ((torch.cat(out).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 

@@ -53,7 +53,7 @@ from .request import (  # noqa: F401
 from .hires import HiresPass, hires_start, prepare_hires
 from .runtime import ThreadChoice, TorchvisionMismatch, apply_threads, torchvision_problem, tune_cpu_allocator
 from .sampling.denoiser import make_denoiser, step_locator
-from .sampling.shared_calls import SharedCalls, maybe_wrap
+from .sampling.shared_calls import SharedCalls
 from .sampling.registry import SamplerInfo, UnknownSamplerError, resolve_sampler, sampling_sigmas, schedule_label
 from .sampling.schedules import ModelSchedule, scaled_linear_schedule
 from .start import Start, StepWindow, conditioning_inputs, inpaint_channels, latent_window_mask, strength_window
@@ -631,8 +631,8 @@ class Engine:
                 x_in = torch.cat([x_in, torch.cat([extra_input] * (x_in.shape[0] // batch))], dim=1)
             return unet(x_in, t.to(p.device), encoder_hidden_states=c["context"], added_cond_kwargs=c.get("added"), encoder_attention_mask=c.get("mask")).sample
 
-        if extra_input is None:  # a comparison's first calls in common run once (the 9-channel UNet: not shared)
-            net = maybe_wrap(shared, net, batch, (self.network_state(), str(p.dtype)))
+        if shared is not None and extra_input is None:  # a comparison's first calls in common run once (the 9-channel UNet: not shared)
+            net = shared.wrap(net, batch, (self.network_state(), str(p.dtype)))
         weights = [w for _, w in plan.positive]
         scale = float(req.cfg_scale) if cfg_scales is None else torch.tensor(cfg_scales, dtype=torch.float32, device=p.device).view(-1, 1, 1, 1)
         denoise = make_denoiser(net, m.schedule, m.spec.prediction, batch_at, weights, scale, step_locator(sigmas))

@@ -518,15 +518,20 @@ def decode_mirrored_halves(decode: Callable[[torch.Tensor], torch.Tensor], laten
     return mirrored_halves(decode(latent), decode(latent.flip(-1)).flip(-1))
 
 
+def decode_as(vae, latent: torch.Tensor, how: str = "plain", should_stop: Optional[StopCheck] = None) -> torch.Tensor:
+    """:func:`decode_latent`, or with ``how`` "mirrored-halves" :func:`decode_mirrored_halves`
+    of it (ModelSpec.vae_decode names the way)."""
+    if how == "mirrored-halves":
+        return decode_mirrored_halves(lambda z: decode_latent(vae, z, should_stop), latent)
+    return decode_latent(vae, latent, should_stop)
+
+
 def decode_checked(vae, latent: torch.Tensor, should_stop: Optional[StopCheck] = None, how: str = "plain") -> tuple[torch.Tensor, bool]:
-    """:func:`decode_latent`, retried in float32 when half precision overflows;
-    ``how`` "mirrored-halves": :func:`decode_mirrored_halves`.
+    """:func:`decode_as`, retried in float32 when half precision overflows.
 
     Returns (pixels, switched): ``switched`` tells the caller the VAE now stays in
     float32 (the retry moves its weights)."""
-    if how == "mirrored-halves":
-        return _retried_in_float32(vae, lambda: decode_mirrored_halves(lambda z: decode_latent(vae, z, should_stop), latent), "")
-    return _retried_in_float32(vae, lambda: decode_latent(vae, latent, should_stop), "")
+    return _retried_in_float32(vae, lambda: decode_as(vae, latent, how, should_stop), "")
 
 
 def _retried_in_float32(vae, run: Callable[[], torch.Tensor], while_doing: str) -> tuple[torch.Tensor, bool]:

@@ -24,6 +24,7 @@ What shapes cannot tell, and the convention Brushwork uses (also in docs/models.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -437,8 +438,6 @@ DEFAULT_KEYS = {"width": int, "height": int, "steps": int, "cfg_scale": float, "
 
 def _metadata_defaults(metadata: Mapping[str, str]) -> dict:
     """Generation defaults stored by the model's author; unknown or malformed entries are ignored."""
-    import json
-
     try:
         raw = json.loads(metadata.get("brushwork.defaults", "{}"))
     except ValueError:
@@ -462,8 +461,6 @@ def _metadata_vae_decode(metadata: Mapping[str, str]) -> str:
     """``brushwork.vae_decode`` when it names a known way; a demo model trained before
     that key existed (its training record has the demo trainer's VAE stage and no
     later decoder refinement) decodes its mirrored halves; anything else plainly."""
-    import json
-
     named = metadata.get("brushwork.vae_decode")
     if named in VAE_DECODES:
         return named

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable
 
 import torch
 
@@ -125,7 +125,3 @@ class SharedCalls:
             self._cache.move_to_end(key)
             out = out.clone()  # the sampler owns what it gets
         return out if rows is None else out.repeat_interleave(batch, dim=0)
-
-
-def maybe_wrap(shared: Optional[SharedCalls], net: NetCall, batch: int, state: Hashable) -> NetCall:
-    return net if shared is None else shared.wrap(net, batch, state)
