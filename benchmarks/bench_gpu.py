@@ -36,6 +36,10 @@ def child(tool: str, out: Path, opts) -> None:
     import bench_vs_diffusers as bvd
 
     ckpt = out / bvd.CKPT_NAME
+    if opts.sdxl:
+        import sdxl_checkpoint
+
+        ckpt = sdxl_checkpoint.build(out)
     if opts.cap_gib:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(opts.cap_gib * 2**30 / total)
@@ -43,7 +47,7 @@ def child(tool: str, out: Path, opts) -> None:
     if tool == "brushwork":
         from brushwork import Engine, GenerationRequest
 
-        eng = Engine(out / "brushwork-home", device="cuda")
+        eng = Engine(out / "brushwork-home", device="cuda", memory_plan=opts.plan or None, memory_limit=f"{opts.cap_gib}G" if opts.cap_gib else None)
         eng.load(str(ckpt))
 
         def generate(batch):
@@ -62,7 +66,8 @@ def child(tool: str, out: Path, opts) -> None:
 
     torch.cuda.synchronize()
     load_s = time.perf_counter() - t0
-    result = {"tool": tool, "load_s": load_s, "weights_gib": torch.cuda.memory_allocated() / 2**30, "device": torch.cuda.get_device_name(0), "cap_gib": opts.cap_gib}
+    plan = eng.memory.plan.name if tool == "brushwork" else "-"
+    result = {"tool": tool, "plan": plan, "load_s": load_s, "weights_gib": torch.cuda.memory_allocated() / 2**30, "device": torch.cuda.get_device_name(0), "cap_gib": opts.cap_gib}
     for batch in opts.batches:
         generate(batch)  # warm-up (kernels, allocator)
         torch.cuda.synchronize()
@@ -76,12 +81,16 @@ def child(tool: str, out: Path, opts) -> None:
         import numpy as np
 
         arr = np.asarray(images[0]).astype(float)
+        if tool == "brushwork":
+            result[f"plan_b{batch}"] = eng.memory.plan.name
         result[f"b{batch}"] = {"s": statistics.median(times), "it_s": opts.steps / statistics.median(times), "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "pixel_std": float(arr.std()), "finite": bool(np.isfinite(arr).all())}
     print(TAG + json.dumps(result), flush=True)
 
 
-def run(tool: str, out: Path, opts, cap: float = 0.0) -> dict:
+def run(tool: str, out: Path, opts, cap: float = 0.0, plan: str = "") -> dict:
     args = [sys.executable, __file__, "--_child", tool, "--out", str(out), "--steps", str(opts.steps), "--size", str(opts.size), "--repeats", str(opts.repeats), "--batches", ",".join(map(str, opts.batches)), "--cap-gib", str(cap)]
+    args += ["--plan", plan] if plan else []
+    args += ["--sdxl"] if opts.sdxl else []
     proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout.splitlines():
         if line.startswith(TAG):
@@ -97,11 +106,15 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4])
     p.add_argument("--cap-gib", type=float, default=0.0)
+    p.add_argument("--sdxl", action="store_true", help="Brushwork alone on the SDXL-shaped checkpoint (sdxl_checkpoint.py), once per memory plan and once chosen under a 6 GiB cap")
+    p.add_argument("--plan", default="", help=argparse.SUPPRESS)
     p.add_argument("--_child", default=None)
     opts = p.parse_args()
     if opts._child:
         child(opts._child, opts.out, opts)
         return 0
+    if opts.sdxl:
+        return sdxl_plans(opts)
     import bench_vs_diffusers as bvd
 
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +139,30 @@ def main() -> int:
     else:
         c = capped["b1"]
         print(f"6 GiB cap: batch 1 {c['s']:.3f} s/image, peak {c['peak_gib']:.2f} GiB, finite {c['finite']}, pixel std {c['pixel_std']:.1f}")
+    return 0
+
+
+def sdxl_plans(opts) -> int:
+    """SDXL-shaped random weights at --size (use 1024): s/image and peak GPU memory for
+    every rung of the memory plan, then the plan chosen under a 6 GiB cap."""
+    import sdxl_checkpoint
+
+    from brushwork.memory.plan import GPU_RUNGS
+
+    opts.out.mkdir(parents=True, exist_ok=True)
+    sdxl_checkpoint.build(opts.out)
+    one = argparse.Namespace(**{**vars(opts), "batches": [1]})
+    rows = [(rung, 0.0, run("brushwork", opts.out, one, plan=rung)) for rung in GPU_RUNGS]
+    rows.append(("auto", 6.0, run("brushwork", opts.out, one, cap=6.0)))
+    print(f"\nSDXL shapes (random weights), fp16, {opts.size}x{opts.size}, {opts.steps} steps, DPM++ 2M Karras, CFG 7, batch 1")
+    print("| plan asked | cap GiB | plan used | s / image | peak allocated GiB | peak reserved GiB | finite |")
+    print("|---|---:|---|---:|---:|---:|---|")
+    for asked, cap, r in rows:
+        if "error" in r:
+            print(f"| {asked} | {cap:g} | failed: {r['error'].strip().splitlines()[-1][:120]} | | | | |")
+            continue
+        b = r["b1"]
+        print(f"| {asked} | {cap:g} | {r.get('plan_b1', r['plan'])} | {b['s']:.2f} | {b['peak_gib']:.2f} | {b['reserved_gib']:.2f} | {b['finite']} |")
     return 0
 
 

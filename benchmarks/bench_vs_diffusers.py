@@ -237,7 +237,7 @@ class _Stopwatch:
 def _brushwork_runner(ckpt: Path, out: Path, opts: argparse.Namespace):
     from brushwork import Engine, GenerationRequest
 
-    eng = Engine(out / "brushwork-home", device="cpu")
+    eng = Engine(out / "brushwork-home", device="cpu", precision=opts.brushwork_precision)
     eng.load(str(ckpt))
     request = GenerationRequest(
         prompt=PROMPT,
@@ -377,7 +377,8 @@ def print_table(results: dict[str, dict], opts: argparse.Namespace, out: Path) -
         f"Brushwork vs diffusers StableDiffusionPipeline - {_dt.date.today().isoformat()}",
         f"model: SD 1.5 shapes, random weights, {CKPT_NAME} ({(out / CKPT_NAME).stat().st_size / 1e9:.2f} GB, fp16 file, run in fp32 on CPU)",
         f"settings: {opts.width}x{opts.height}, {opts.steps} steps, CFG {opts.cfg:g}, DPM++ 2M Karras, batch 1, "
-        f"{opts.repeats} timed image(s) after 1 warm-up, torch threads {b['threads']}",
+        f"{opts.repeats} timed image(s) after 1 warm-up, torch threads {b['threads']}"
+        + (f"; Brushwork in --precision {opts.brushwork_precision} (a different picture: the labelled opt-in speed path)" if opts.brushwork_precision == "bf16" else ""),
         f"versions: python {platform.python_version()}, torch {b['torch']}, diffusers {_version('diffusers')}, "
         f"transformers {_version('transformers')}, brushwork {_version('brushwork')}",
         f"machine: {platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
@@ -423,6 +424,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="diagnostic: run both tools with " + " ".join(f"{k}={v}" for k, v in GLIBC_NO_MMAP.items())
                    + " (puts both on the same allocator footing; see benchmarks/README.md)")
     p.add_argument("--json", type=Path, default=None, help="also write the raw results to this JSON file")
+    p.add_argument("--brushwork-precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="Brushwork's --precision (default auto = fp32, the same picture as diffusers; bf16 is the labelled opt-in speed path, a different picture)")
     p.add_argument("--_child", choices=("build", *TOOLS), help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.width % 8 or opts.height % 8:
@@ -440,6 +443,7 @@ def _child_args(opts: argparse.Namespace, role: str) -> list[str]:
     return [
         "--_child", role, "--out", str(opts.out), "--width", str(opts.width), "--height", str(opts.height),
         "--steps", str(opts.steps), "--cfg", repr(opts.cfg), "--repeats", str(opts.repeats), "--threads", str(opts.threads),
+        "--brushwork-precision", opts.brushwork_precision,
     ]
 
 

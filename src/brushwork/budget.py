@@ -3,7 +3,7 @@
 A request that cannot finish on this device (a 4096x4096 picture on a laptop CPU)
 must be refused with a number, not started and left to block every other job.
 
-* **Memory** is a deliberately generous formula over the model's widths.
+* **Memory** is counted and planned in ``memory/`` (``memory/plan.py``).
 * **Time** counts floating-point operations and divides by the device's speed.
   The operations are counted by running the UNet and the VAE decoder on
   PyTorch's ``meta`` device at the requested size (shapes only: no arithmetic,
@@ -22,7 +22,6 @@ from typing import Optional
 import torch
 
 from .models.detect import ModelSpec
-from .vae import TILE
 
 #: jobs estimated to take longer than this are refused (seconds; 0 or None: no limit)
 DEFAULT_MAX_JOB_SECONDS = 60 * 60
@@ -35,22 +34,6 @@ _SMALL_WORK = 64 * 64 * 2 * 30
 def cfg_passes(cfg_scale: float) -> int:
     """UNet calls per step and sample: CFG 1 needs no unconditional pass."""
     return 1 if cfg_scale == 1.0 else 2
-
-
-def estimate_activation_bytes(spec: ModelSpec, width: int, height: int, batch: int, cfg_scale: float, dtype_bytes: int) -> int:
-    """A deliberately generous estimate of the working memory of one generation.
-
-    UNet: every skip activation is kept until the decoder uses it; summed over the
-    levels that is about 4x the level-0 activation, and a block's working set adds
-    as much again; times 2 passes for CFG.  VAE: decoding (one image, one tile at a
-    time) keeps about five full-resolution tensors of the decoder's widest level.
-    """
-    tokens = (width // 8) * (height // 8)
-    passes = batch * cfg_passes(cfg_scale)
-    unet = passes * tokens * spec.unet.widths[0] * dtype_bytes * 16
-    tile_px = min(width, TILE * 8) * min(height, TILE * 8)
-    vae = tile_px * spec.vae.widths[0] * 4 * 5
-    return unet + vae
 
 
 def _meta_twin(module: torch.nn.Module) -> torch.nn.Module:

@@ -116,6 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--home", help="data folder (default: $BRUSHWORK_HOME or the platform's data folder)")
 
+    def memory_options(sp) -> None:
+        sp.add_argument("--memory-plan", default=None, metavar="PLAN", help="where weights live and how they are kept (default auto: from free memory). "
+                        "CPU: resident, 'tiled VAE', '16-bit at rest', 'text encoders released'; GPU: resident, 'tiled VAE', 'text encoders on the CPU', 'VAE swapped in', sequential (docs/memory.md)")
+        sp.add_argument("--memory-limit", default=None, metavar="SIZE", help="the most memory to plan for, e.g. 10G (default: $BRUSHWORK_MEMORY_LIMIT, else what is free)")
+        sp.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"], help="arithmetic precision (default auto: fp16 on GPUs, fp32 on CPUs). "
+                        "bf16 on a CPU with bf16 units is several times faster and draws a slightly different picture (written as 'Precision: bf16' in the infotext)")
+
     def generation_options(g: argparse.ArgumentParser) -> None:
         g.add_argument("--negative", "-n", help="what to avoid")
         g.add_argument("--seed", type=int, help="-1 for random (default); image i of the run uses seed+i")
@@ -143,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
         g.add_argument("--max-minutes", type=float, default=None, help="refuse requests estimated to take longer than this (default 60; 0: no limit)")
         g.add_argument("--threads", metavar="N", default=None, help="CPU threads for torch (default: $BRUSHWORK_THREADS, else the cores other programs leave free; 0 or auto: choose)")
+        memory_options(g)
         common(g)
 
 
@@ -285,6 +293,7 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-job-minutes", type=float, default=None, help="refuse jobs estimated to take longer than this on this device (default 60; 0: no limit)")
     sv.add_argument("--max-queued", type=int, default=200, help="jobs one client may have waiting at once (default 200)")
     sv.add_argument("--threads", metavar="N", default=None, help="CPU threads for torch (default: $BRUSHWORK_THREADS, else the cores other programs leave free; 0 or auto: choose)")
+    memory_options(sv)
     common(sv)
 
     i = sub.add_parser("info", help="show the generation parameters stored in an image", description="Show the generation parameters (prompt, seed, sampler ...) stored in a picture made by Brushwork or AUTOMATIC1111. Re-create it with: brushwork generate --from IMAGE")
@@ -340,6 +349,7 @@ def _silence_stdout() -> None:
 
 def _is_user_error(exc: Exception) -> bool:
     from .devices import DeviceError
+    from .memory.manager import MemoryOptionError, OutOfMemory
     from .engine import RequestError
     from .init_image import ImageInputError
     from .compare.axes import AxisError
@@ -360,7 +370,7 @@ def _is_user_error(exc: Exception) -> bool:
     from .upscale import UpscalerError
     from .links import LinkError
 
-    return isinstance(exc, (LinkError, TorchvisionMismatch, UpscalerError, AxisError, GridTooLarge, ImageInputError, HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError))
+    return isinstance(exc, (LinkError, TorchvisionMismatch, UpscalerError, AxisError, GridTooLarge, ImageInputError, HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError, MemoryOptionError, OutOfMemory))
 
 
 # ------------------------------------------------------------------ generate
@@ -689,7 +699,7 @@ def cmd_generate(args) -> int:
     check_vae_name(home, req.vae)
     out_dir = Path(args.out) if args.out else home.outputs / _dt.date.today().isoformat()
     out_dir = ensure_writable_folder(out_dir)  # fail before any compute
-    engine = Engine(home, device=args.device, use_ema=args.ema, max_job_seconds=optional_limit(args.max_minutes), threads=args.threads)
+    engine = Engine(home, device=args.device, use_ema=args.ema, max_job_seconds=optional_limit(args.max_minutes), threads=args.threads, memory_plan=args.memory_plan, memory_limit=args.memory_limit, precision=args.precision)
     from .catalog import default_choice
 
     model_lines = _first_run(home)
@@ -775,7 +785,7 @@ def cmd_compare(args) -> int:
     day = _dt.date.today().isoformat()
     out_dir = ensure_writable_folder(Path(args.out) if args.out else home.outputs / day)
     grid_dir = ensure_writable_folder(Path(args.out) / "grids" if args.out else home.outputs / "grids" / day)
-    engine = Engine(home, device=args.device, use_ema=args.ema, max_job_seconds=optional_limit(args.max_minutes), threads=args.threads)
+    engine = Engine(home, device=args.device, use_ema=args.ema, max_job_seconds=optional_limit(args.max_minutes), threads=args.threads, memory_plan=args.memory_plan, memory_limit=args.memory_limit, precision=args.precision)
     loaded = engine.load(model)
     if not args.quiet:
         print(f"{loaded.path.name} ({loaded.spec.label}) on {engine.placement.label}", file=sys.stderr)
@@ -1056,7 +1066,7 @@ def cmd_serve(args) -> int:
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be from 1 to 65535; got {args.port}")
-    serve(ServeOptions(args.host, args.port, args.home, args.model, args.device, args.auth, args.token, args.insecure, args.max_body_mb, args.cors, args.preview_every, allow_hosts=args.allow_host, trust_proxy=args.trust_proxy, max_job_minutes=args.max_job_minutes, max_queued_per_client=args.max_queued, threads=args.threads))
+    serve(ServeOptions(args.host, args.port, args.home, args.model, args.device, args.auth, args.token, args.insecure, args.max_body_mb, args.cors, args.preview_every, allow_hosts=args.allow_host, trust_proxy=args.trust_proxy, max_job_minutes=args.max_job_minutes, max_queued_per_client=args.max_queued, threads=args.threads, memory_plan=args.memory_plan, memory_limit=args.memory_limit, precision=args.precision))
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,14 +27,17 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .budget import DEFAULT_MAX_JOB_SECONDS, THROUGHPUT, Flops, TimeEstimate, count_flops, estimate_activation_bytes, estimate_time, job_flops, needs_time_check, too_long_message
+from .budget import DEFAULT_MAX_JOB_SECONDS, THROUGHPUT, Flops, TimeEstimate, cfg_passes, count_flops, estimate_time, job_flops, needs_time_check, too_long_message
 from .canvas import finish, prepare as canvas_prepare, source as canvas_source
 from .catalog import find_checkpoint, hash_cache, remember_last_model
 from .conditioning import TextConditioning
-from .devices import Placement, choose_placement, free_memory_bytes
+from .devices import Placement, choose_placement, with_precision
 from .infotext import STOPPED_KEY, GenerationParams, format_infotext
 from .lora import LoraError, LoraStack, lora_files
 from .masks import latent_mask
+from .memory.at_rest import swapped_in
+from .memory.manager import MemoryManager, check_rung, parse_size
+from .memory.plan import may_keep_freed_blocks
 from .vae_select import resolve_vae, vae_infotext
 from .model_defaults import checkpoint_key, effective_defaults, note_hash
 from .models.detect import ModelSpec
@@ -50,8 +54,8 @@ from .request import (  # noqa: F401
     MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CLIP_SKIP, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE,
     FamilyDefaults, GenerationRequest, RequestError, clip_skip_limit, family_defaults, pass_steps, planned_steps, resolve_seed, unet_calls, validate_request, with_defaults,
 )
-from .hires import HiresPass, hires_start, prepare_hires
-from .runtime import ThreadChoice, TorchvisionMismatch, apply_threads, torchvision_problem, tune_cpu_allocator
+from .hires import HiresPass, hires_start, largest_size, prepare_hires
+from .runtime import ThreadChoice, TorchvisionMismatch, apply_threads, large_blocks_returned, memory_first_allocator, return_freed_memory, torchvision_problem, tune_cpu_allocator
 from .sampling.denoiser import make_denoiser, step_locator
 from .sampling.shared_calls import SharedCalls
 from .sampling.registry import SamplerInfo, UnknownSamplerError, resolve_sampler, sampling_sigmas, schedule_label
@@ -169,15 +173,21 @@ class CellPrompt:
 class Engine:
     """Loads checkpoints and generates images.  Not thread-safe: one job at a time."""
 
-    def __init__(self, home: DataHome | str | None = None, device: str | None = None, use_ema: bool = False, max_job_seconds: Optional[float] = DEFAULT_MAX_JOB_SECONDS, threads: int | str | None = None):
+    def __init__(self, home: DataHome | str | None = None, device: str | None = None, use_ema: bool = False, max_job_seconds: Optional[float] = DEFAULT_MAX_JOB_SECONDS, threads: int | str | None = None,
+                 memory_plan: Optional[str] = None, memory_limit: Optional[str | int] = None, precision: Optional[str] = None):
         self.home = home if isinstance(home, DataHome) else DataHome.resolve(home)
-        self.placement: Placement = choose_placement(device)
+        self.placement: Placement = with_precision(choose_placement(device), precision)
+        # where weights live and how they are kept, from free memory (memory/plan.py);
+        # memory_plan forces a rung, memory_limit ("10G", default $BRUSHWORK_MEMORY_LIMIT) caps the process
+        limit = memory_limit if memory_limit is not None else os.environ.get("BRUSHWORK_MEMORY_LIMIT")
+        self.memory = MemoryManager(self.placement, check_rung(self.placement, memory_plan), limit if isinstance(limit, int) else parse_size(limit))
         # CPU threads (--threads, BRUSHWORK_THREADS, else the free cores): runtime.py
         self.threads: Optional[ThreadChoice] = apply_threads(threads) if self.placement.device.type == "cpu" else None
         self.use_ema = use_ema
         self.max_job_seconds = max_job_seconds  # refuse requests estimated to take longer (None: no limit)
         self.model: Optional[LoadedModel] = None
-        self._vae_fp32 = False
+        # the VAE stays in float32 where the rest runs in bfloat16 (--precision bf16)
+        self._vae_fp32 = self.placement.dtype == torch.bfloat16
         self.loras = LoraStack()
         self._texts: dict = {}  # prompt encodings of the current model and LoRAs (prompt_plan.py)
 
@@ -203,7 +213,9 @@ class Engine:
             t0 = time.perf_counter()
             p = self.placement
             vae_dtype = torch.float32 if self._vae_fp32 else p.dtype
-            spec, networks = load_checkpoint(path, p.dtype, p.device, vae_dtype=vae_dtype, use_ema=self.use_ema)
+            spec, networks = load_checkpoint(path, p.dtype, p.device, vae_dtype=vae_dtype, use_ema=self.use_ema, placing_for=self.memory.placing)
+            self.memory.adopt(networks)
+            return_freed_memory()  # the holes reading the file left in the heap
             sha = hash_cache(self.home).get_sha256(path)
             self.model = LoadedModel(path, mtime, spec, networks, sha, schedule=scaled_linear_schedule(spec.family))
             remember_last_model(self.home, path)
@@ -244,21 +256,18 @@ class Engine:
             )
         if warn and not extract_extra_networks(req.prompt).text.strip() and not req.styles:
             log.warning("the prompt is empty: the image is unconditional (the model draws whatever it likes). Give a prompt to say what to draw.")
-        w, h = (req.width, req.height)
-        if req.hires:
-            from .hires import hires_size
-
-            size = hires_size(req.width, req.height, req.hires_scale, req.hires_resize_x, req.hires_resize_y)
-            w, h = size.width, size.height
-        needed = estimate_activation_bytes(m.spec, w, h, req.batch_size, req.cfg_scale, torch.finfo(self.placement.dtype).bits // 8)
-        free = free_memory_bytes(self.placement.device)
-        if needed > free * 0.9:
-            raise RequestError(
-                f"{w}x{h} with batch size {req.batch_size} needs about {needed / 2**30:.1f} GiB of working memory, "
-                f"but only {free / 2**30:.1f} GiB is free on {self.placement.device.type}. Use a smaller size or batch size."
-            )
+        w, h = largest_size(req)
+        plan, _ = self._memory_for(req)
+        if not plan.fits:
+            raise RequestError(self.memory.refusal(plan, m.spec, m.networks, w, h, req.batch_size, cfg_passes(req.cfg_scale)))
         self._check_time(req)
         return req
+
+    def _memory_for(self, req: GenerationRequest):
+        """(plan, need) of a completed request: the memory plan its largest pass needs."""
+        m = self._require_model()
+        w, h = largest_size(req)
+        return self.memory.plan_request(m.spec, m.networks, w, h, req.batch_size, req.batch_size * cfg_passes(req.cfg_scale))
 
     def expected_time(self, request: GenerationRequest) -> Optional[TimeEstimate]:
         """How long a request would take here, for telling the user before it starts;
@@ -345,10 +354,16 @@ class Engine:
         steps = planned_steps(req)
         if req.stop_at_step is not None and not (isinstance(req.stop_at_step, int) and 1 <= req.stop_at_step <= steps):
             raise RequestError(f"stop_at_step must be a step from 1 to {steps} (the steps this request runs); got {req.stop_at_step!r}.")
+        m = self._require_model()
+        self.memory.adopt(m.networks, self._memory_for(req)[0])  # a lower rung when this request needs one
         if self.placement.device.type == "cpu":
             # after loading: weights keep their fast mmap-backed allocations, while the
-            # sampler's scratch buffers are kept for reuse (see runtime.py)
-            tune_cpu_allocator()
+            # sampler's scratch buffers are kept for reuse (see runtime.py); plans that
+            # keep weights at rest in 16 bits put memory first and keep glibc's defaults
+            if may_keep_freed_blocks(self.memory.plan):
+                tune_cpu_allocator()
+            else:
+                memory_first_allocator()
         sampler, schedule = resolve_sampler(req.sampler, req.schedule)
         req = replace(req, seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed) if req.subseed_strength else req.subseed)
         tags = extract_extra_networks(req.prompt)
@@ -372,6 +387,7 @@ class Engine:
         if req.hires:  # the second pass: its sampler, its prompts encoded once, its upscaler
             hires = prepare_hires(req, tags, self.home, lambda r, text: self._encode(r, text, first_pass=req.steps))
             extra.update(hires.infotext)
+        self.memory.after_encoding(m.path, m.spec, m.networks, self.loras.backups)
         return Prepared(req, sampler, schedule, plan, extra, refine[0] if refine else None, start, steps, hires)
 
     def run_batch(self, prep: "Prepared", seeds: list[int], subseeds: Optional[list[int]], cfg_scales: Optional[list[float]], control, progress, done_before: int, total: int, t0: float,
@@ -387,17 +403,25 @@ class Engine:
             raise ValueError("per-image prompts cannot be batched with the hires fix")
         plans = None if prompts is None else [c.plan for c in prompts]
         batch_t0 = time.perf_counter()
-        try:
+
+        def attempt():
             first = req if prep.hires is None or req.stop_at_step is None or req.stop_at_step < req.steps else replace(req, stop_at_step=None)
             latents, complete, done = self._sample_batch(first, prep.sampler, prep.schedule, seeds, prep.plan if plans is None else plans, control, progress, done_before, total, t0, prep.start, subseeds, cfg_scales, shared=shared)
             if latents is None:
-                return []
+                return None
             if prep.hires is not None and complete:
                 pixels, complete = self._hires_batch(prep, latents, seeds, subseeds, cfg_scales if prep.req.hires_cfg is None else None, control, progress, done_before + done, total, t0)
             else:
                 pixels = self.decode(latents, control)
+            return pixels, complete, done
+
+        try:
+            outcome = self._with_memory_retry(attempt, req, len(seeds))
         except Cancelled:
             return None
+        if outcome is None:
+            return []
+        pixels, complete, done = outcome
         if cfg_scales is None and prompts is None and prep.hires is None:
             self._learn_speed(req, len(seeds), time.perf_counter() - batch_t0, complete)
         if prep.refine is not None:
@@ -414,6 +438,12 @@ class Engine:
             params = self._params(own, prep.sampler, prep.schedule, seed, extra)
             images.append(GeneratedImage(img, seed, params, format_infotext(params), complete))
         return images
+
+    def _with_memory_retry(self, attempt: Callable, req: GenerationRequest, batch: int):
+        """``attempt()``, run once more one rung down the memory plan after the device ran out of memory."""
+        m = self._require_model()
+        w, h = largest_size(req)
+        return self.memory.retrying(attempt, m.spec, m.networks, w, h, batch, cfg_passes(req.cfg_scale))
 
     def cell_prompt(self, prep: "Prepared", prompt: str, negative_prompt: str, styles: list[str]) -> "CellPrompt":
         """Another prompt pair for an image of ``prep``'s batch (its styles applied, encoded
@@ -518,7 +548,7 @@ class Engine:
         state = self.network_state()
         if self._texts.get("state") != state:
             self._texts = {"state": state, "store": {}}
-        return encode_prompts(m.spec, m.networks.text_encoders, self.home, text, req.negative_prompt, req.steps, req.clip_skip, self.placement.device, self._texts["store"], first_pass)
+        return encode_prompts(m.spec, m.networks.text_encoders, self.home, text, req.negative_prompt, req.steps, req.clip_skip, self.memory.text_encoder_device(), self._texts["store"], first_pass)
 
     def _apply_loras(self, tags) -> dict[str, str]:
         """Merge the prompt's LoRAs (only when the set changed); returns infotext entries.
@@ -562,10 +592,11 @@ class Engine:
 
     def _net_conditioning(self, texts: list[TextConditioning], batch: int, width: int, height: int) -> dict:
         """The UNet's conditioning for [text_0 x batch, text_1 x batch, ...]."""
-        ctx = torch.cat([t.context.to(self.placement.dtype).expand(batch, -1, -1) for t in texts])
+        p = self.placement
+        ctx = torch.cat([t.context.to(p.device, p.dtype).expand(batch, -1, -1) for t in texts])
         out = {"context": ctx}
         if self._require_model().spec.family == "sdxl":
-            pooled = torch.cat([t.pooled.to(self.placement.dtype).expand(batch, -1) for t in texts])
+            pooled = torch.cat([t.pooled.to(p.device, p.dtype).expand(batch, -1) for t in texts])
             time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.placement.dtype, device=self.placement.device)
             out["added"] = {"text_embeds": pooled, "time_ids": time_ids.expand(len(texts) * batch, -1)}
         return out
@@ -711,9 +742,12 @@ class Engine:
     def encode(self, pixels: torch.Tensor, control: Optional[JobControl] = None) -> torch.Tensor:
         """Pixels (1, 3, H, W) in [-1, 1] -> scaled latents (float32, on the device);
         tiled when large (vae.py).  fp16 overflow is retried in fp32."""
-        vae = self._require_model().networks.vae
+        m = self._require_model()
+        vae = m.networks.vae
         should_stop = None if control is None else (lambda: control.cancelled)
-        latents, switched = encode_checked(vae, pixels.to(self.placement.device), should_stop)
+        plan = self.memory.plan
+        with swapped_in(vae, m.networks.unet, self.placement.device, plan is not None and plan.vae_swapped):
+            latents, switched = encode_checked(vae, pixels.to(self.placement.device), should_stop)
         self._vae_fp32 = self._vae_fp32 or switched
         return latents.float()
 
@@ -741,10 +775,12 @@ class Engine:
         how = m.spec.vae_decode if m.vae_path is None else "plain"
         should_stop = None if control is None else (lambda: control.cancelled)
         images = []
-        for lat in latents:
-            pixels, switched = decode_checked(vae, lat[None], should_stop, how)
-            self._vae_fp32 = self._vae_fp32 or switched
-            images.append(_to_image(pixels[0]))
+        plan = self.memory.plan
+        with swapped_in(vae, m.networks.unet, self.placement.device, plan is not None and plan.vae_swapped), large_blocks_returned():
+            for lat in latents:
+                pixels, switched = decode_checked(vae, lat[None], should_stop, how, tiled=True if plan is not None and plan.tiled_vae else None)
+                self._vae_fp32 = self._vae_fp32 or switched
+                images.append(_to_image(pixels[0]))
         return images
 
     def _params(self, req: GenerationRequest, sampler: SamplerInfo, schedule: str, seed: int, extra: Optional[dict] = None) -> GenerationParams:
@@ -757,6 +793,8 @@ class Engine:
             noise_keys["ENSD"] = req.ensd
         if req.rng != "GPU":
             noise_keys["RNG"] = req.rng
+        if self.placement.dtype == torch.bfloat16:  # a speed setting that changes the picture says so
+            noise_keys["Precision"] = "bf16"
         return GenerationParams(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt,

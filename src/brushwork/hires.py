@@ -68,6 +68,15 @@ def _eighths(v: float) -> int:
     return max(8, int(v) // 8 * 8)
 
 
+def largest_size(req) -> tuple[int, int]:
+    """(width, height) of the largest pass of a request: its own size, or with the hires
+    fix its target size (what memory must be planned for)."""
+    if not req.hires:
+        return req.width, req.height
+    size = hires_size(req.width, req.height, req.hires_scale, req.hires_resize_x, req.hires_resize_y)
+    return size.width, size.height
+
+
 def hires_size(width: int, height: int, scale: float, resize_x: int = 0, resize_y: int = 0) -> HiresSize:
     """AUTOMATIC1111's target: ``scale`` times the first pass, or ``resize_x`` /
     ``resize_y`` (one of them: the other from the aspect; both: cover and crop).

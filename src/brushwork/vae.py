@@ -173,6 +173,16 @@ def tile_pass_bytes(vae_or_config, tile: int, height: int, width: int, direction
     return int(max(per_tile, mid) * _dtype_bytes(vae_or_config, dtype_bytes))
 
 
+def streamed_decode_bytes(vae_or_config, height: int, width: int, host_is_device: bool, dtype_bytes: Optional[int] = None, tile: int = TILE) -> int:
+    """Working memory of a streamed (tiled) decode as a memory plan counts it: one
+    tile's working set on the device, plus, where host memory is the device's (a CPU),
+    the three full-frame float32 activations the stream holds at once."""
+    on_device = tile_pass_bytes(vae_or_config, tile, height, width, "decode", dtype_bytes)
+    if not host_is_device:
+        return on_device
+    return on_device + 3 * _widest_activation(_vae_config(vae_or_config), height * width, "decode") * 4
+
+
 def _device_of(vae) -> torch.device:
     try:
         return next(vae.parameters()).device
@@ -518,20 +528,20 @@ def decode_mirrored_halves(decode: Callable[[torch.Tensor], torch.Tensor], laten
     return mirrored_halves(decode(latent), decode(latent.flip(-1)).flip(-1))
 
 
-def decode_as(vae, latent: torch.Tensor, how: str = "plain", should_stop: Optional[StopCheck] = None) -> torch.Tensor:
+def decode_as(vae, latent: torch.Tensor, how: str = "plain", should_stop: Optional[StopCheck] = None, tiled: Optional[bool] = None) -> torch.Tensor:
     """:func:`decode_latent`, or with ``how`` "mirrored-halves" :func:`decode_mirrored_halves`
-    of it (ModelSpec.vae_decode names the way)."""
+    of it (ModelSpec.vae_decode names the way).  ``tiled``: as for :func:`decode_latent`."""
     if how == "mirrored-halves":
-        return decode_mirrored_halves(lambda z: decode_latent(vae, z, should_stop), latent)
-    return decode_latent(vae, latent, should_stop)
+        return decode_mirrored_halves(lambda z: decode_latent(vae, z, should_stop, tiled=tiled), latent)
+    return decode_latent(vae, latent, should_stop, tiled=tiled)
 
 
-def decode_checked(vae, latent: torch.Tensor, should_stop: Optional[StopCheck] = None, how: str = "plain") -> tuple[torch.Tensor, bool]:
+def decode_checked(vae, latent: torch.Tensor, should_stop: Optional[StopCheck] = None, how: str = "plain", tiled: Optional[bool] = None) -> tuple[torch.Tensor, bool]:
     """:func:`decode_as`, retried in float32 when half precision overflows.
 
     Returns (pixels, switched): ``switched`` tells the caller the VAE now stays in
     float32 (the retry moves its weights)."""
-    return _retried_in_float32(vae, lambda: decode_as(vae, latent, how, should_stop), "")
+    return _retried_in_float32(vae, lambda: decode_as(vae, latent, how, should_stop, tiled), "")
 
 
 def _retried_in_float32(vae, run: Callable[[], torch.Tensor], while_doing: str) -> tuple[torch.Tensor, bool]:

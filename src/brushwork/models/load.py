@@ -53,6 +53,8 @@ def _fill(module: torch.nn.Module, what: str, source_of: Callable[[str], Source]
         tensor = tf.get(src.key, dtype)
         if src.transform is not None:
             tensor = src.transform(tensor).contiguous()
+            if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+                tensor = tensor.clone()  # a slice (one third of a fused q/k/v) must not keep the whole tensor alive
         if tuple(tensor.shape) != tuple(target.shape):
             raise CorruptCheckpoint(f"{tf.path.name}: tensor {src.key!r} has shape {tuple(tensor.shape)} but the {what} needs {tuple(target.shape)}; the file mixes parts of different models.")
         if tensor.layout != torch.strided or tensor.is_floating_point() != target.is_floating_point():
@@ -151,21 +153,47 @@ def build_text_encoder(cfg: TextEncoderConfig, tf: TensorFile, dtype: torch.dtyp
     return model.eval().requires_grad_(False)
 
 
-def build_networks(spec: ModelSpec, tf: TensorFile, dtype: torch.dtype, device: torch.device, vae_dtype: torch.dtype | None = None, use_ema: bool = False) -> Networks:
+@dataclass(frozen=True)
+class Placing:
+    """Where and in what dtype each network is built (a memory plan's choice): the
+    UNet, the text encoders and the VAE may each go elsewhere."""
+
+    dtype: torch.dtype
+    device: torch.device
+    encoder_dtype: torch.dtype | None = None
+    encoder_device: torch.device | None = None
+    vae_device: torch.device | None = None
+
+
+def build_networks(spec: ModelSpec, tf: TensorFile, dtype: torch.dtype, device: torch.device, vae_dtype: torch.dtype | None = None, use_ema: bool = False,
+                   placing: Placing | None = None) -> Networks:
     if use_ema and not spec.ema:
         raise CorruptCheckpoint(f"{tf.path.name} has no EMA weights ('model_ema.' tensors); load it without the EMA option.")
-    unet = build_unet(spec, tf, dtype, device, use_ema)
-    vae = build_vae(spec, tf, vae_dtype or dtype, device)
-    encoders = [build_text_encoder(cfg, tf, dtype, device) for cfg in spec.text_encoders]
+    placing = placing or Placing(dtype, device)
+    unet = build_unet(spec, tf, placing.dtype, placing.device, use_ema)
+    vae = build_vae(spec, tf, vae_dtype or dtype, placing.vae_device or placing.device)
+    encoders = [build_text_encoder(cfg, tf, placing.encoder_dtype or placing.dtype, placing.encoder_device or placing.device) for cfg in spec.text_encoders]
     return Networks(unet, vae, encoders)
 
 
-def load_checkpoint(path: Path, dtype: torch.dtype, device: torch.device, vae_dtype: torch.dtype | None = None, use_ema: bool = False) -> tuple[ModelSpec, Networks]:
-    """Open, recognise and build a checkpoint file: (spec, networks).
+def load_checkpoint(path: Path, dtype: torch.dtype, device: torch.device, vae_dtype: torch.dtype | None = None, use_ema: bool = False,
+                    placing_for: Callable[[ModelSpec, dict], Placing] | None = None) -> tuple[ModelSpec, Networks]:
+    """Open, recognise and build a checkpoint file: (spec, networks).  ``placing_for``,
+    given the detected spec and the file's tensor table, may choose other dtypes and
+    devices per network (a memory plan: 16-bit weights at rest, text encoders on the CPU).
 
     Every failure is a one-line :class:`~.errors.ModelFileError` naming the file:
     a damaged or foreign file never surfaces as a raw Python error."""
     with damage_reported(path):
         with open_tensor_file(path) as tf:
             spec = detect(tf.shapes(), tf.metadata, tf.get, name=path.name)
-            return spec, build_networks(spec, tf, dtype, device, vae_dtype=vae_dtype, use_ema=use_ema)
+            placing = None if placing_for is None else placing_for(spec, tf.tensors)
+            return spec, build_networks(spec, tf, dtype, device, vae_dtype=vae_dtype or dtype, use_ema=use_ema, placing=placing)
+
+
+def load_text_encoders(path: Path, spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> list[torch.nn.Module]:
+    """Read only the text encoders of an already detected checkpoint again (strictly,
+    as :func:`load_checkpoint` does)."""
+    with damage_reported(path):
+        with open_tensor_file(path) as tf:
+            return [build_text_encoder(cfg, tf, dtype, device) for cfg in spec.text_encoders]

@@ -40,6 +40,9 @@ class ServeOptions:
     max_queued_per_client: int = 200
     trust_proxy: bool = False  # read X-Forwarded-For/-Proto from a proxy on 127.0.0.1 (--trust-proxy)
     threads: Optional[str] = None  # CPU threads (--threads; None: $BRUSHWORK_THREADS or the free cores)
+    memory_plan: Optional[str] = None  # --memory-plan (None: chosen from free memory, memory/plan.py)
+    memory_limit: Optional[str] = None  # --memory-limit, e.g. "10G" (None: $BRUSHWORK_MEMORY_LIMIT or what is free)
+    precision: Optional[str] = None  # --precision (None: the device's default)
 
 
 def build(opts: ServeOptions):
@@ -58,7 +61,7 @@ def build(opts: ServeOptions):
     home.create()
     from ..budget import optional_limit
 
-    engine = Engine(home, device=opts.device, max_job_seconds=optional_limit(opts.max_job_minutes), threads=opts.threads)
+    engine = Engine(home, device=opts.device, max_job_seconds=optional_limit(opts.max_job_minutes), threads=opts.threads, memory_plan=opts.memory_plan, memory_limit=opts.memory_limit, precision=opts.precision)
     engine.load(opts.model)  # fail early on a bad --model; the model stays loaded
     store = JobStore(home.root / "brushwork.sqlite3", outputs=home.outputs)
     studio = Studio(engine, store, preview_every=opts.preview_every, max_queued_per_client=opts.max_queued_per_client)
