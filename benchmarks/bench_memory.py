@@ -35,11 +35,9 @@ GiB = 2**30
 
 
 def _rss() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    from brushwork.runtime import process_rss_bytes
+
+    return process_rss_bytes()
 
 
 def _peak() -> int:

@@ -62,14 +62,9 @@ def _peak_rss_bytes() -> int:
 
 
 def _current_rss_bytes() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    from brushwork.runtime import process_rss_bytes  # (children only: they import brushwork anyway)
+
+    return process_rss_bytes()
 
 
 def _cpu_snapshot() -> tuple[float, float, float]:

@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from .memory.footprint import meta_twin
 from .models.detect import ModelSpec
 
 #: jobs estimated to take longer than this are refused (seconds; 0 or None: no limit)
@@ -34,14 +35,6 @@ _SMALL_WORK = 64 * 64 * 2 * 30
 def cfg_passes(cfg_scale: float) -> int:
     """UNet calls per step and sample: CFG 1 needs no unconditional pass."""
     return 1 if cfg_scale == 1.0 else 2
-
-
-def _meta_twin(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a diffusers network built from its config on the meta device: same
-    shapes, no weights.  Counting on a twin never touches the live network, so an
-    estimate can run beside a generation."""
-    with torch.device("meta"):
-        return type(module).from_config(module.config)
 
 
 def _count(fn) -> float:
@@ -69,11 +62,11 @@ def count_flops(spec: ModelSpec, unet: torch.nn.Module, vae, width: int, height:
     if spec.family == "sdxl":
         pooled = spec.text_encoders[-1].projection_dim or spec.text_encoders[-1].width
         kwargs["added_cond_kwargs"] = {"text_embeds": torch.empty(1, pooled, device="meta"), "time_ids": torch.empty(1, 6, device="meta")}
-    twin = _meta_twin(unet)
+    twin = meta_twin(unet, torch.float32)  # counting on a weightless twin never touches the live network
     unet_flops = _count(lambda: twin(x, t, **kwargs))
     # a tiled (streamed) decode does the whole decode's arithmetic, only in tiles
     z = torch.empty(1, vae.config.latent_channels, h, w, device="meta")
-    decoder = _meta_twin(vae).decoder
+    decoder = meta_twin(vae, torch.float32).decoder
     decode_flops = _count(lambda: decoder(z))
     return Flops(unet_flops, decode_flops)
 

@@ -358,8 +358,8 @@ class Engine:
         self.memory.adopt(m.networks, self._memory_for(req)[0])  # a lower rung when this request needs one
         if self.placement.device.type == "cpu":
             # after loading: weights keep their fast mmap-backed allocations, while the
-            # sampler's scratch buffers are kept for reuse (see runtime.py); plans that
-            # keep weights at rest in 16 bits put memory first and keep glibc's defaults
+            # sampler's scratch buffers are kept for reuse (see runtime.py) where the plan
+            # has the headroom; otherwise large blocks go back to the system when freed
             if may_keep_freed_blocks(self.memory.plan):
                 tune_cpu_allocator()
             else:

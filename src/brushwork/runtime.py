@@ -91,6 +91,23 @@ def large_blocks_returned() -> Iterator[None]:
         mallopt(M_MMAP_MAX, 0)
 
 
+def process_rss_bytes() -> int:
+    """This process's resident memory in bytes (0 where it cannot be read)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # pragma: no cover - psutil is a dependency
+        return 0
+
+
 def return_freed_memory() -> bool:
     """Hand memory that was freed inside the heap back to the system (glibc's
     malloc_trim), so that dropping weights lowers the resident memory at once."""

@@ -27,10 +27,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..models.detect import UNET, VAE, ModelSpec
+from ..models.files import SAFETENSORS_DTYPES
 from .plan import Weights, Working
 
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+def torch_dtype(name: str) -> torch.dtype:
+    """A file's dtype name, safetensors' (``F16``) or a pickle's (``float16``), as torch's."""
+    found = SAFETENSORS_DTYPES.get(name)
+    if found is None:
+        found = getattr(torch, name, None)
+    return found if isinstance(found, torch.dtype) else torch.float32
 
 
 def file_weights(spec: ModelSpec, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str]) -> Weights:
@@ -56,7 +62,7 @@ def file_weights(spec: ModelSpec, shapes: Mapping[str, tuple[int, ...]], dtypes:
             if "embedding" not in key:  # embeddings widen only the rows they look up
                 largest = max(largest, n)
     dtype = max(unet_bytes, key=unet_bytes.get) if unet_bytes else "F32"
-    return Weights(counts["unet"], counts["vae"], counts["te"], _DTYPE_BYTES.get(dtype, 4), dtype, largest)
+    return Weights(counts["unet"], counts["vae"], counts["te"], torch_dtype(dtype).itemsize, dtype, largest)
 
 
 class LiveBytes(TorchDispatchMode):

@@ -13,16 +13,13 @@ from typing import Callable, Optional
 import torch
 
 from ..devices import Placement, free_memory_bytes
-from ..runtime import return_freed_memory
+from ..runtime import process_rss_bytes, return_freed_memory
 from ..models.detect import ModelSpec
 from .at_rest import ReleasedEncoders, is_at_rest, keep_at_rest, stream_layers, weight_bytes
-from .footprint import count_working, file_weights
-from .plan import SAFETY, MemoryPlan, Need, Weights, choose_plan, fitting_size, plan_at, step_down
+from .footprint import count_working, file_weights, torch_dtype
+from .plan import SAFETY, MemoryPlan, Need, Weights, choose_plan, fitting_size, rungs, step_down
 
 log = logging.getLogger(__name__)
-
-_TORCH_NAMES = {"F16": torch.float16, "BF16": torch.bfloat16, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 class OutOfMemory(RuntimeError):
     """The device ran out of memory even on the last rung of the plan."""
@@ -39,23 +36,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
-
-
-def _process_bytes() -> int:
-    """This process's resident memory (bytes; 0 where unknown)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-    except Exception:  # pragma: no cover - psutil is a dependency
-        return 0
 
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20, "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
@@ -82,8 +62,6 @@ def check_rung(placement: Placement, name: Optional[str]) -> Optional[str]:
     """A ``--memory-plan`` value checked against the device's ladder (None or "auto": choose)."""
     if name in (None, "", "auto"):
         return None
-    from .plan import rungs
-
     names = rungs("cpu" if placement.device.type == "cpu" else "cuda")
     for n in names:
         if n.lower() == name.strip().lower():
@@ -111,7 +89,7 @@ class MemoryManager:
         self.forced = forced
         self.limit = limit  # bytes this process may use in all (--memory-limit), None: what is free
         self.free_bytes: Callable[[torch.device], int] = free_memory_bytes
-        self.process_bytes: Callable[[], int] = _process_bytes
+        self.process_bytes: Callable[[], int] = process_rss_bytes
 
     def _capped(self, budget: int, held: int) -> int:
         """``budget`` (free + held), no more than the limit leaves beside the rest of the
@@ -158,16 +136,12 @@ class MemoryManager:
 
     def _storage(self, plan: MemoryPlan, weights: Weights) -> Optional[torch.dtype]:
         if self.kind == "cpu" and plan.at_rest_bits == 16:
-            return _TORCH_NAMES.get(weights.file_dtype, torch.float16)
+            stored = torch_dtype(weights.file_dtype)
+            return stored if stored in (torch.float16, torch.bfloat16) else torch.float16  # a float32 file is rounded to fp16
         return None
 
     def _lowest(self) -> int:
-        if self.forced is None:
-            return 0
-        from .plan import rungs
-
-        names = [n.lower() for n in rungs(self.kind)]
-        return names.index(self.forced.lower())
+        return 0 if self.forced is None else rungs(self.kind).index(self.forced)  # (check_rung spelt it as the ladder does)
 
     def adopt(self, networks, plan: Optional[MemoryPlan] = None) -> None:
         """Make the networks follow ``plan`` (default: the current one).  Only ever moves
@@ -323,5 +297,3 @@ def _loaded(encoders) -> list:
         return []
     return list(encoders)
 
-
-__all__ = ["MemoryManager", "OutOfMemory", "is_out_of_memory", "plan_at"]
