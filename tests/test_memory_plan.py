@@ -300,6 +300,24 @@ def test_text_encoders_released_are_read_again_only_for_a_new_prompt(tiny_home, 
     assert np.array_equal(np.asarray(again.image), np.asarray(resident.txt2img(other)[0].image))
 
 
+def test_released_text_encoders_are_freed_before_sampling_even_when_the_prompts_need_padding(tiny_home, engines):
+    """The prompt plan lives through sampling; it must not hold the encoders (it did, through
+    its lazily encoded padding chunk: SDXL's 1.5 GiB stayed resident). A prompt longer than one
+    75-token chunk beside a short negative needs the padding: it is encoded before they go."""
+    import weakref
+
+    eng = Engine(tiny_home, device="cpu", memory_plan="text encoders released")
+    eng.load("tiny-sd1")
+    loaded = [weakref.ref(enc) for enc in eng.model.networks.text_encoders]
+    alive_in_sampling = []
+    eng.model.networks.unet.register_forward_pre_hook(lambda *_: alive_in_sampling.append([r() is not None for r in loaded]))
+    long = replace(REQ, prompt=", ".join(["a small red lighthouse on a green cliff"] * 12), negative_prompt="blurry")
+    (img,) = eng.txt2img(long)
+    assert alive_in_sampling and all(not any(alive) for alive in alive_in_sampling)
+    assert eng.model.networks.text_encoders.reads == 0  # the padding did not read them back
+    assert np.array_equal(np.asarray(img.image), np.asarray(engines("sd1").txt2img(long)[0].image))
+
+
 def test_a_request_that_needs_a_lower_rung_gets_it_before_it_starts(tiny_home, engines, monkeypatch):
     eng = Engine(tiny_home, device="cpu")
     eng.load("tiny-sd1")

@@ -387,6 +387,10 @@ class Engine:
         if req.hires:  # the second pass: its sampler, its prompts encoded once, its upscaler
             hires = prepare_hires(req, tags, self.home, lambda r, text: self._encode(r, text, first_pass=req.steps))
             extra.update(hires.infotext)
+        if self.memory.releases_text_encoders():  # padding a plan needs is encoded before they go
+            for p in (plan, hires.plan if hires else None):
+                if p is not None and p.lengths_differ():
+                    p.empty  # noqa: B018 - encoded and kept in the store
         self.memory.after_encoding(m.path, m.spec, m.networks, self.loras.backups)
         return Prepared(req, sampler, schedule, plan, extra, refine[0] if refine else None, start, steps, hires)
 
@@ -548,7 +552,7 @@ class Engine:
         state = self.network_state()
         if self._texts.get("state") != state:
             self._texts = {"state": state, "store": {}}
-        return encode_prompts(m.spec, m.networks.text_encoders, self.home, text, req.negative_prompt, req.steps, req.clip_skip, self.memory.text_encoder_device(), self._texts["store"], first_pass)
+        return encode_prompts(m.spec, lambda: m.networks.text_encoders, self.home, text, req.negative_prompt, req.steps, req.clip_skip, self.memory.text_encoder_device(), self._texts["store"], first_pass)
 
     def _apply_loras(self, tags) -> dict[str, str]:
         """Merge the prompt's LoRAs (only when the set changed); returns infotext entries.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .conditioning import TextConditioning, encode_prompt, pad_context
 from .embeddings import embedding_files, load_embedding
@@ -46,6 +46,12 @@ class PromptPlan:
         conds = [self._pick(tl, step) for tl, _ in self.positive]
         return conds, [w for _, w in self.positive], self._pick(self.negative, step)
 
+    def lengths_differ(self) -> bool:
+        """Whether this plan's own texts have different token lengths (so batching them
+        needs the padding encoding)."""
+        texts = [enc for tl, _ in self.positive for _, enc in tl] + [enc for _, enc in self.negative]
+        return len({t.context.shape[1] for t in texts}) > 1
+
     def padded(self, texts: list[TextConditioning]) -> list[TextConditioning]:
         """Same token length for all, by appending empty-prompt chunks, so they batch."""
         longest = max(t.context.shape[1] for t in texts)
@@ -58,12 +64,15 @@ class PromptPlan:
 MAX_STORED_TEXTS = 256
 
 
-def encode_prompts(spec, encoders, home, prompt: str, negative: str, steps: int, clip_skip: int, device, store: Optional[dict] = None, first_pass: int = 0) -> PromptPlan:
+def encode_prompts(spec, encoders: Callable[[], Sequence], home, prompt: str, negative: str, steps: int, clip_skip: int, device, store: Optional[dict] = None, first_pass: int = 0) -> PromptPlan:
     """Encode both prompts over ``steps`` steps (``prompt`` without its extra-network
     tags): AND, prompt editing, emphasis, embeddings.  ``store`` (the caller's, for one
     state of the text encoders' weights) keeps encodings across calls, so a grid's
     cells encode each distinct text once.  ``first_pass``: a hires pass's first-pass
-    steps (prompt editing continues their timeline, prompts.schedule_prompt)."""
+    steps (prompt editing continues their timeline, prompts.schedule_prompt).
+    ``encoders`` returns the text encoders as they are at the time of a call: the plan
+    outlives the call (its padding encoding is made on first use) and must not keep
+    encoders alive that a memory plan released meanwhile."""
     embeddings = embeddings_for(spec, home, prompt + "\n" + negative)
     key = (clip_skip, tuple(sorted((name, str(e.path), e.path.stat().st_mtime_ns) for name, e in embeddings.items())))
     if store is not None and sum(len(v) for v in store.values()) > MAX_STORED_TEXTS:
@@ -72,7 +81,7 @@ def encode_prompts(spec, encoders, home, prompt: str, negative: str, steps: int,
 
     def encoded(text: str) -> TextConditioning:
         if text not in cache:
-            cache[text] = encode_prompt(spec, encoders, text, clip_skip, device, embeddings)
+            cache[text] = encode_prompt(spec, encoders(), text, clip_skip, device, embeddings)
         return cache[text]
 
     def timeline(text: str) -> list[tuple[int, TextConditioning]]:

@@ -286,6 +286,11 @@ class MemoryManager:
     def plan(self) -> Optional[MemoryPlan]:
         return None if self.state is None else self.state.plan
 
+    def releases_text_encoders(self) -> bool:
+        """Whether the current plan drops the text encoders after encoding."""
+        plan = self.plan
+        return plan is not None and plan.release_text_encoders
+
     def text_encoder_device(self) -> torch.device:
         plan = self.plan
         return torch.device("cpu") if plan is not None and plan.text_encoders_on_cpu else self.placement.device
