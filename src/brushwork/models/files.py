@@ -348,6 +348,10 @@ def open_tensor_file(path: str | os.PathLike) -> TensorFile:
     if suffix in (".ckpt", ".pt", ".pth", ".bin"):
         with damage_reported(path, "tensor file"):
             return open_pickle(path)
+    if suffix == ".gguf":
+        from .gguf_file import open_gguf
+
+        return open_gguf(path)
     raise ModelFileError(not_a_checkpoint_message(path))
 
 

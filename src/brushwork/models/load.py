@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -36,8 +36,12 @@ class Networks:
     text_encoders: list[torch.nn.Module]
 
 
-def _fill(module: torch.nn.Module, what: str, source_of: Callable[[str], Source], tf: TensorFile, dtype: torch.dtype, device: torch.device, prefixes: Iterable[str]) -> None:
-    """Load every parameter and persistent buffer of ``module`` from ``tf``."""
+def _fill(module: torch.nn.Module, what: str, source_of: Callable[[str], Source], tf: TensorFile, dtype: torch.dtype, device: torch.device, prefixes: Iterable[str],
+          take: Optional[Callable[[str, Source], Optional[torch.Tensor]]] = None) -> None:
+    """Load every parameter and persistent buffer of ``module`` from ``tf``.
+
+    ``take(name, source)``: a stand-in for a parameter the caller keeps in another form
+    (a quantized weight, dequantized per layer at run time), or None to read it here."""
     used: set[str] = set()
     state: dict[str, torch.Tensor] = {}
     finite: dict[str, torch.Tensor] = {}  # file key -> 0-d bool on the device (one sync per module)
@@ -50,6 +54,13 @@ def _fill(module: torch.nn.Module, what: str, source_of: Callable[[str], Source]
             raise CorruptCheckpoint(f"internal key map has no entry for {what} parameter {name!r}: {exc}") from None
         if src.key not in tf.tensors:
             raise CorruptCheckpoint(f"the {what} is incomplete: tensor {src.key!r} (for {name}) is missing from {tf.path.name}. The file is damaged or not in the original layout.")
+        taken = take(name, src) if take is not None else None
+        if taken is not None:
+            if tuple(taken.shape) != tuple(target.shape):
+                raise CorruptCheckpoint(f"{tf.path.name}: tensor {src.key!r} has shape {tuple(taken.shape)} but the {what} needs {tuple(target.shape)}; the file mixes parts of different models.")
+            state[name] = taken
+            used.add(src.key)
+            continue
         tensor = tf.get(src.key, dtype)
         if src.transform is not None:
             tensor = src.transform(tensor).contiguous()

@@ -46,15 +46,22 @@ def _randomize_zero_inits(module: torch.nn.Module) -> None:
                 p.normal_(0, 0.02)
 
 
+def vae_ldm_state(vae: torch.nn.Module, levels: int, prefix: str = convert.VAE) -> dict[str, torch.Tensor]:
+    """A diffusers AutoencoderKL's weights under their original-layout keys, after ``prefix``
+    (a checkpoint's ``first_stage_model.``; "" for a VAE file of its own)."""
+    out = {}
+    for name, t in vae.state_dict().items():
+        src = convert.vae_source(name, levels)
+        out[prefix + src.key[len(convert.VAE):]] = t[:, :, None, None] if src.transform is convert._conv1x1_to_linear and t.ndim == 2 else t
+    return out
+
+
 def ldm_state_dict(spec: ModelSpec, networks: Networks) -> dict[str, torch.Tensor]:
     """All weights of ``networks`` under their original-layout checkpoint keys."""
     out: dict[str, torch.Tensor] = {}
     for name, t in networks.unet.state_dict().items():
         out[convert.unet_source(name, spec.unet).key] = t
-    levels = len(spec.vae.widths)
-    for name, t in networks.vae.state_dict().items():
-        src = convert.vae_source(name, levels)
-        out[src.key] = t[:, :, None, None] if src.transform is convert._conv1x1_to_linear and t.ndim == 2 else t
+    out.update(vae_ldm_state(networks.vae, len(spec.vae.widths)))
     for cfg, enc in zip(spec.text_encoders, networks.text_encoders):
         fused: dict[str, list] = {}
         for name, t in enc.state_dict().items():
