@@ -33,6 +33,7 @@ PARTS = (
     "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
     "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
     "alpha", "scale", "dora_scale",
+    "down.weight", "up.weight",  # XLabs' Flux LoRAs (``double_blocks.N.processor.qkv_lora1.down.weight``)
 )
 
 
@@ -66,9 +67,9 @@ def _part(g: dict[str, torch.Tensor], *names: str) -> torch.Tensor:
 
 def _update(g: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int | None]:
     """(raw update, rank) of one adapted layer, before alpha and the multiplier."""
-    if "lora_down.weight" in g or "lora_A.weight" in g:
-        down = _part(g, "lora_down.weight", "lora_A.weight")
-        up = _part(g, "lora_up.weight", "lora_B.weight")
+    if "lora_down.weight" in g or "lora_A.weight" in g or "down.weight" in g:
+        down = _part(g, "lora_down.weight", "lora_A.weight", "down.weight")
+        up = _part(g, "lora_up.weight", "lora_B.weight", "up.weight")
         if "lora_mid.weight" in g:
             return _tucker(g["lora_mid.weight"], up.flatten(1), down.flatten(1)), down.shape[0]
         return up.flatten(1) @ down.flatten(1), down.shape[0]
@@ -134,6 +135,27 @@ def check_group(group: dict[str, torch.Tensor], shape: tuple[int, ...]) -> None:
     _fit(delta, shape)
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where (part of) one LoRA layer's update goes: a layer of the loaded network, whose
+    part of the model it is ("unet" or "te"), and for a layer the file fuses (Flux's
+    q/k/v) the rows (start, count) of the update that belong to this layer."""
+
+    module: torch.nn.Module
+    part: str
+    rows: Optional[tuple[int, int]] = None
+
+
+def targets_for(spec, unet: torch.nn.Module, encoders: list[torch.nn.Module]) -> dict[str, list[Target]]:
+    """Every name a LoRA may use for a layer -> where its update goes."""
+    if getattr(spec, "family", None) == "flux":
+        from .models.flux import flux_lora_names
+
+        layers = dict(unet.named_modules())
+        return {name: [Target(layers[module], "unet", rows) for module, rows in parts] for name, parts in flux_lora_names(spec).items()}
+    return {name: [Target(mod, part)] for name, (mod, part) in module_table(spec, unet, encoders).items()}
+
+
 def module_table(spec: ModelSpec, unet: torch.nn.Module, encoders: list[torch.nn.Module]) -> dict[str, tuple[torch.nn.Module, str]]:
     """Every name a LoRA may use for a layer -> (layer, "unet" | "te")."""
     table: dict[str, tuple[torch.nn.Module, str]] = {}
@@ -161,6 +183,8 @@ def lora_family(metadata: dict[str, str]) -> str | None:
     v2 = str(metadata.get("ss_v2", ""))
     if base.startswith("sdxl"):
         return "sdxl"
+    if base.startswith("flux"):
+        return "flux"
     if v2 == "True" or base.startswith("sd_v2"):
         return "sd2"
     if base.startswith("sd_v1") or v2 == "False":
@@ -322,8 +346,8 @@ class LoraStack:
         merged = 0
         try:
             with torch.no_grad():
-                for key, param, group, mult in layers:
-                    self._merge(path, key, param, group, mult)
+                for key, param, group, mult, shape, rows in layers:
+                    self._merge(path, key, param, group, mult, shape, rows)
                     merged += 1
         except BaseException:
             if merged:
@@ -332,13 +356,14 @@ class LoraStack:
         self.applied.append((str(path), te, unet_mult))
         return len(layers)
 
-    def _plan(self, spec: ModelSpec, unet, encoders, path: Path, te: float, unet_mult: float) -> list[tuple[str, torch.nn.Parameter, dict, float]]:
-        """(key, weight, parts, multiplier) for every layer the file changes, all checked."""
+    def _plan(self, spec: ModelSpec, unet, encoders, path: Path, te: float, unet_mult: float) -> list[tuple[str, torch.nn.Parameter, dict, float, tuple[int, ...], Optional[tuple[int, int]]]]:
+        """(key, weight, parts, multiplier, the update's shape, rows) for every layer the
+        file changes, all checked."""
         tensors, metadata = read_lora(path)
         fam = lora_family(metadata)
         if fam is not None and fam != spec.family:
             raise LoraError(f"{path.name} was trained for {FAMILY_LABELS[fam]}, but the loaded checkpoint is {FAMILY_LABELS[spec.family]}; use it with a {FAMILY_LABELS[fam]} checkpoint.")
-        table = module_table(spec, unet, encoders)
+        table = targets_for(spec, unet, encoders)
         groups = group_modules(tensors)
         if not groups:
             raise LoraError(f"{path.name} contains no LoRA, LoHa or LoKr tensors; it is not a LoRA file.")
@@ -347,20 +372,29 @@ class LoraStack:
             raise LoraError(f"none of the {len(groups)} layers in {path.name} exist in this checkpoint (e.g. {next(iter(groups))!r}); it is probably for another model family.")
         layers = []
         for key in matched:
-            mod, part = table[key]
+            targets = table[key]
+            weight = targets[0].module.weight
+            shape = tuple(weight.shape) if targets[0].rows is None else (sum(t.rows[1] for t in targets), *weight.shape[1:])
+            if getattr(weight, "stride", None) and weight.numel() and 0 in weight.stride():
+                raise LoraError(f"{path.name}: the loaded model keeps {key} quantized (a GGUF file), and a LoRA cannot be merged into quantized weights yet; use a safetensors (bf16/fp16/fp8) model file with LoRAs.")
             try:
-                check_group(groups[key], tuple(mod.weight.shape))
+                check_group(groups[key], shape)
             except LoraError as exc:
                 raise LoraError(f"{path.name}, layer {key}: {exc}; the LoRA is for another model or damaged.") from None
-            layers.append((key, mod.weight, groups[key], te if part == "te" else unet_mult))
+            for t in targets:
+                layers.append((key, t.module.weight, groups[key], te if t.part == "te" else unet_mult, shape, t.rows))
         skipped = len(groups) - len(matched)
         if skipped:
             log.warning("%s: %d of %d layers did not match this checkpoint and were skipped", path.name, skipped, len(groups))
         return layers
 
-    def _merge(self, path: Path, key: str, param: torch.nn.Parameter, group: dict, mult: float) -> None:
-        """Add one checked layer's update, refusing one that would make the weight non-finite."""
-        merged = param + (delta_weight(group, tuple(param.shape)) * mult).to(param.dtype)
+    def _merge(self, path: Path, key: str, param: torch.nn.Parameter, group: dict, mult: float, shape: tuple[int, ...], rows: Optional[tuple[int, int]]) -> None:
+        """Add one checked layer's update (its ``rows`` of it, for a fused file layer),
+        refusing one that would make the weight non-finite."""
+        delta = delta_weight(group, shape)
+        if rows is not None:
+            delta = delta[rows[0]:rows[0] + rows[1]]
+        merged = param + (delta * mult).to(param.dtype)
         if not bool(all_finite(merged)):
             raise LoraError(f"{path.name}, layer {key}: merging it makes the weights NaN or infinite in {param.dtype} (multiplier {mult}); the LoRA is damaged or the multiplier too large.")
         if id(param) not in self.backups:

@@ -41,7 +41,7 @@ TE_SD2 = "cond_stage_model.model."
 TE_XL1 = "conditioner.embedders.0.transformer."
 TE_XL2 = "conditioner.embedders.1.model."
 
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1"}
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ class FluxSpec:
     mlp: int  # 12288
     guidance: bool  # dev (guidance-distilled) has a guidance embedding; schnell none
 
+    family = "flux"
+
     @property
     def variant(self) -> str:
         return "dev" if self.guidance else "schnell"
@@ -177,6 +179,41 @@ def bfl_table(spec: FluxSpec) -> dict[str, tuple[str, ...]]:
     t.update(_linear("final_layer.adaLN_modulation.1", "norm_out.linear"))
     t.update(_linear("final_layer.linear", "proj_out"))
     return t
+
+
+#: XLabs' Flux LoRAs name the double blocks' attention by stream (1: image, 2: text)
+_XLABS = {"qkv_lora1": "img_attn.qkv", "qkv_lora2": "txt_attn.qkv", "proj_lora1": "img_attn.proj", "proj_lora2": "txt_attn.proj"}
+
+
+def flux_lora_names(spec: FluxSpec) -> dict[str, list[tuple[str, Optional[tuple[int, int]]]]]:
+    """Every name a Flux LoRA may give a layer -> [(diffusers module, rows of the update or
+    None)]: kohya's (``lora_unet_double_blocks_0_img_attn_qkv``) and ComfyUI's
+    (``diffusion_model.double_blocks.0.img_attn.qkv``) name the file's fused layers, whose
+    update is split by rows; diffusers / PEFT / ai-toolkit's name diffusers' own layers
+    (``transformer.transformer_blocks.0.attn.to_q``); XLabs' name the double blocks'
+    attention (``double_blocks.0.processor.qkv_lora1``)."""
+    out: dict[str, list[tuple[str, Optional[tuple[int, int]]]]] = {}
+    for bfl, parts in bfl_table(spec).items():
+        if not bfl.endswith(".weight") or bfl in SWAPPED:
+            continue  # biases and norms are not adapted; the final modulation's halves are swapped
+        module = bfl.removesuffix(".weight")
+        names = [p.removesuffix(".weight") for p in parts]
+        if len(names) == 1:
+            targets = [(names[0], None)]
+        else:
+            targets, start = [], 0
+            for p in parts:
+                rows = _rows(spec, p)
+                targets.append((p.removesuffix(".weight"), (start, rows)))
+                start += rows
+        out["lora_unet_" + module.replace(".", "_")] = targets
+        out["diffusion_model." + module] = targets
+        for name in names:
+            out["transformer." + name] = [(name, None)]
+    for i in range(spec.double):
+        for xlabs, module in _XLABS.items():
+            out[f"double_blocks.{i}.processor.{xlabs}"] = out[f"diffusion_model.double_blocks.{i}.{module}"]
+    return out
 
 
 def _rows(spec: FluxSpec, name: str) -> int:
