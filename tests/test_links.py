@@ -84,8 +84,9 @@ def test_linking_an_a1111_install_lists_it_and_generates_without_copying(webui, 
     assert stored["version"] == 1 and stored["links"][0]["path"] == str(webui) and stored["links"][0]["layout"] == "a1111"
 
     # Brushwork's own folders first, then the linked ones
-    assert fresh.checkpoint_dirs[:2] == [fresh.root / "models" / "checkpoints", fresh.root / "models" / "Stable-diffusion"]
-    assert fresh.checkpoint_dirs[2:] == [webui / "models" / "Stable-diffusion"]
+    own = ("checkpoints", "Stable-diffusion", "diffusion_models", "unet")  # the last two: ComfyUI's names for transformer-only files (Flux)
+    assert fresh.checkpoint_dirs[:4] == [fresh.root / "models" / n for n in own]
+    assert fresh.checkpoint_dirs[4:] == [webui / "models" / "Stable-diffusion"]
     assert fresh.lora_dirs[2:] == [webui / "models" / "Lora", webui / "models" / "LyCORIS"]
     assert fresh.embedding_dirs[2:] == [webui / "embeddings"]
 
@@ -204,7 +205,7 @@ def test_a_comfyui_folder_with_its_yaml(comfy, webui, tmp_path, fresh, capsys):
     assert code == 0, err
     assert out.splitlines()[0] == f"linked the ComfyUI install at {comfy} (nothing there is copied or changed):"
     assert out.splitlines()[1].split()[:2] == ["checkpoints", "3"]
-    assert fresh.checkpoint_dirs[2:] == [comfy / "models" / "checkpoints", webui / "models" / "Stable-diffusion", tmp_path / "shared-models" / "checkpoints"]
+    assert fresh.checkpoint_dirs[4:] == [comfy / "models" / "checkpoints", webui / "models" / "Stable-diffusion", tmp_path / "shared-models" / "checkpoints"]
     assert fresh.upscaler_dirs[-1] == comfy / "models" / "upscale_models"
     code, out, _ = run(capsys, "models", "--home", str(fresh.root), "--no-hash")
     names = [line.split()[0] for line in out.splitlines()[1:] if line.strip() and not line.startswith(("Checkpoints", "LoRA", "Linked"))]
@@ -269,7 +270,7 @@ def test_hand_written_entries(webui, tiny_home, tmp_path, fresh):
     fresh.root.mkdir(parents=True)
     (fresh.root / "links.json").write_text(json.dumps({"links": [str(webui), {"folders": {"checkpoints": str(plain), "loras": ["relative-loras"]}}]}))
     (fresh.root / "relative-loras").mkdir()
-    assert fresh.checkpoint_dirs[2:] == [webui / "models" / "Stable-diffusion", plain]  # a path alone is detected
+    assert fresh.checkpoint_dirs[4:] == [webui / "models" / "Stable-diffusion", plain]  # a path alone is detected
     assert fresh.lora_dirs[-1] == fresh.root / "relative-loras"  # relative: from the data home
     assert Engine(fresh, device="cpu").load("plain").spec.family == "sd2"
 

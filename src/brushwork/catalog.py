@@ -309,6 +309,44 @@ def load_default(home: DataHome, load: Callable[[Path], T]) -> T:
     )
 
 
+def header_shapes(path: Path) -> Optional[dict]:
+    """A tensor file's names and shapes from its header (GGUF: its tensor table), or None
+    when it is not a readable tensor file."""
+    try:
+        if path.suffix.lower() == ".safetensors":
+            tensors, _, _ = read_safetensors_header(path)
+            return {k: v.shape for k, v in tensors.items()}
+        if path.suffix.lower() == ".gguf":
+            with open_tensor_file(path) as tf:
+                return tf.shapes()
+    except (ModelFileError, OSError, ValueError):
+        return None
+    return None
+
+
+def flux_parts(home: DataHome, path: Path):
+    """The parts of a Flux model whose transformer is ``path`` (models/flux_parts.py), or
+    None when the file holds no Flux transformer."""
+    from .models.flux import detect_flux
+    from .models.flux_parts import find_parts
+
+    shapes = header_shapes(path)
+    spec = detect_flux(shapes) if shapes else None
+    if spec is None:
+        return None
+    return find_parts(path, shapes, spec, {"vae": home.vae_dirs, "text_encoders": home.text_encoder_dirs}, header_shapes)
+
+
+def checkpoint_label(home: DataHome, path: Path) -> str:
+    """What a listing shows for a checkpoint: its family, and for Flux which parts were
+    found (a damaged file raises :class:`ModelFileError`)."""
+    if path.suffix.lower() in (".safetensors", ".gguf"):
+        parts = flux_parts(home, path)
+        if parts is not None:
+            return parts.summary()
+    return inspect_checkpoint(path).label
+
+
 def inspect_checkpoint(path: Path) -> ModelSpec:
     """Detect a checkpoint's family from its header (safetensors: no weights read).
     A damaged file raises a one-line :class:`ModelFileError`, never another error."""
@@ -339,7 +377,7 @@ def summarize(home: DataHome, with_hash: bool = True) -> list[CheckpointSummary]
     out = []
     for e in list_checkpoints(home):
         try:
-            family = inspect_checkpoint(e.path).label
+            family = checkpoint_label(home, e.path)
         except ModelFileError as exc:
             family = f"unusable: {str(exc).split(': ', 1)[-1][:80]}"
         h = cache.get_sha256(e.path)[:10] if with_hash else None

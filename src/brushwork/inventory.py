@@ -80,14 +80,14 @@ def _files(home: DataHome, kind: str) -> list[tuple[str, Path]]:
     raise InventoryError(f"unknown model kind {kind!r}; use one of {', '.join(KINDS)}")
 
 
-def _family(kind: str, path: Path) -> Optional[str]:
+def _family(home: DataHome, kind: str, path: Path) -> Optional[str]:
     from .models.errors import ModelFileError
 
     try:
         if kind == "checkpoint":
-            from .catalog import inspect_checkpoint
+            from .catalog import checkpoint_label
 
-            return inspect_checkpoint(path).label
+            return checkpoint_label(home, path)
         if kind == "lora":
             from .lora import listed_metadata, lora_family
             from .models.detect import FAMILY_LABELS
@@ -114,7 +114,7 @@ def installed_models(home: DataHome, kinds: tuple[str, ...] = KINDS, with_family
                 size = path.stat().st_size
             except OSError:
                 continue  # vanished while listing
-            out.append(InstalledModel(kind, name, path, size, _family(kind, path) if with_family else None, cache.cached_sha256(path), where_is(home, path)))
+            out.append(InstalledModel(kind, name, path, size, _family(home, kind, path) if with_family else None, cache.cached_sha256(path), where_is(home, path)))
     return out
 
 

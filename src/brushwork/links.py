@@ -31,8 +31,8 @@ from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
-KINDS = ("checkpoints", "loras", "vae", "embeddings", "upscalers")
-KIND_LABELS = {"checkpoints": "checkpoints", "loras": "LoRAs", "vae": "VAEs", "embeddings": "embeddings", "upscalers": "upscalers"}
+KINDS = ("checkpoints", "loras", "vae", "embeddings", "upscalers", "text_encoders")
+KIND_LABELS = {"checkpoints": "checkpoints", "loras": "LoRAs", "vae": "VAEs", "embeddings": "embeddings", "upscalers": "upscalers", "text_encoders": "text encoders"}
 LAYOUT_LABELS = {"a1111": "AUTOMATIC1111/Forge install", "comfyui": "ComfyUI install", "comfyui-yaml": "ComfyUI extra_model_paths.yaml", "folders": "set of folders"}
 FILE_VERSION = 1
 
@@ -43,17 +43,20 @@ A1111_FOLDERS = {
     "vae": ("models/VAE",),
     "embeddings": ("embeddings", "models/embeddings"),
     "upscalers": ("models/ESRGAN", "models/RealESRGAN", "models/SwinIR", "models/DAT", "models/HAT"),
+    "text_encoders": ("models/text_encoder",),  # Forge's, for Flux's clip_l and t5xxl
 }
 #: ComfyUI's folders below its install folder
 COMFYUI_FOLDERS = {
-    "checkpoints": ("models/checkpoints",),
+    "checkpoints": ("models/checkpoints", "models/diffusion_models", "models/unet"),
     "loras": ("models/loras",),
     "vae": ("models/vae",),
     "embeddings": ("models/embeddings",),
     "upscalers": ("models/upscale_models",),
+    "text_encoders": ("models/text_encoders", "models/clip"),
 }
 #: extra_model_paths.yaml's keys for the kinds Brushwork uses (the others are ignored)
-COMFYUI_KEYS = {"checkpoints": "checkpoints", "loras": "loras", "vae": "vae", "embeddings": "embeddings", "upscale_models": "upscalers"}
+COMFYUI_KEYS = {"checkpoints": "checkpoints", "diffusion_models": "checkpoints", "unet": "checkpoints", "loras": "loras", "vae": "vae", "embeddings": "embeddings", "upscale_models": "upscalers",
+                "text_encoders": "text_encoders", "clip": "text_encoders"}
 EXTRA_PATHS_FILE = "extra_model_paths.yaml"
 
 WHAT_TO_LINK = (

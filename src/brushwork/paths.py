@@ -75,6 +75,12 @@ class DataHome:
         return self._with_links(self.own_dirs("vae"), "vae")
 
     @property
+    def text_encoder_dirs(self) -> list[Path]:
+        """Text-encoder files of their own (Flux's clip_l and t5xxl): ours, Forge's and
+        ComfyUI's folder names, then the linked installs'."""
+        return self._with_links(self.own_dirs("text_encoders"), "text_encoders")
+
+    @property
     def embedding_dirs(self) -> list[Path]:
         return self._with_links(self.own_dirs("embeddings"), "embeddings")
 
@@ -124,10 +130,11 @@ class DataHome:
 
 #: Brushwork's own model folders (AUTOMATIC1111's and ComfyUI's names accepted too)
 _OWN_DIRS = {
-    "checkpoints": ("models/checkpoints", "models/Stable-diffusion"),
+    "checkpoints": ("models/checkpoints", "models/Stable-diffusion", "models/diffusion_models", "models/unet"),
     "loras": ("models/loras", "models/Lora"),
     "vae": ("models/vae", "models/VAE"),
     "embeddings": ("models/embeddings", "embeddings"),
+    "text_encoders": ("models/text_encoders", "models/text_encoder", "models/clip"),
     "upscalers": ("models/upscalers", "models/ESRGAN", "models/RealESRGAN", "models/SwinIR", "models/DAT", "models/HAT", "models/upscale_models"),
 }
 

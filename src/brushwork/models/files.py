@@ -369,7 +369,7 @@ def iter_checkpoint_files(folder: Path) -> Iterator[Path]:
         return
     for p in sorted(folder.rglob("*")):
         name = p.name.lower()
-        if p.is_file() and name.endswith((".safetensors", ".ckpt")) and not name.endswith((".vae.safetensors", ".vae.ckpt")):
+        if p.is_file() and name.endswith((".safetensors", ".ckpt", ".gguf")) and not name.endswith((".vae.safetensors", ".vae.ckpt")):
             yield p
 
 
