@@ -248,7 +248,16 @@ def test_the_16_channel_autoencoder_loads_from_bfl_and_all_in_one_layouts(tmp_pa
         tf.close()
     assert vae.config.scaling_factor == VAE_SCALE and vae.config.shift_factor == VAE_SHIFT
     z = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(2))
+    from brushwork.vae import decode_latent, encode_image
+
     with torch.no_grad():
-        assert torch.equal(vae.decode(to_vae_latents(z)).sample, ref.decode(z / VAE_SCALE + VAE_SHIFT).sample)
+        expected = ref.decode(z / VAE_SCALE + VAE_SHIFT).sample
+        assert torch.equal(vae.decode(to_vae_latents(z)).sample, expected)
+        # the engine's decode applies the shift too, whole and streamed in tiles
+        assert torch.allclose(decode_latent(vae, z, tiled=False), expected, atol=1e-6)
+        assert torch.allclose(decode_latent(vae, z, tiled=True, tile=2), expected, atol=1e-4)
+        pixels = expected.clamp(-1, 1)
+        mean = ref.encode(pixels).latent_dist.mean
+        assert torch.allclose(encode_image(vae, pixels, tiled=False), (mean - VAE_SHIFT) * VAE_SCALE, atol=1e-6)
     sd_vae = {"first_stage_model.decoder.conv_in.weight": (512, 4, 3, 3)}
     assert flux_vae_prefix(sd_vae) is None

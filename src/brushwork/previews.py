@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from .vae import unscaled
 
 FIT_SIZE = 64
 FIT_IMAGES = 12
@@ -48,7 +49,7 @@ def fit_preview_map(vae: torch.nn.Module, seed: int = 0) -> PreviewMap:
     coarse = torch.randn(FIT_IMAGES, channels, 3, 3, generator=g)
     latents = F.interpolate(coarse, size=(side, side), mode="bilinear", align_corners=False)
     latents = latents + 0.3 * torch.randn(latents.shape, generator=g)
-    pixels = vae.decode((latents / vae.config.scaling_factor).to(p.device, p.dtype)).sample.float().cpu().clamp(-1, 1)
+    pixels = vae.decode(unscaled(vae, latents).to(p.device, p.dtype)).sample.float().cpu().clamp(-1, 1)
     target = F.avg_pool2d(pixels, pixels.shape[-1] // side)  # (n, 3, side, side)
     x = latents.permute(0, 2, 3, 1).reshape(-1, channels)
     y = target.permute(0, 2, 3, 1).reshape(-1, 3)

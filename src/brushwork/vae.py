@@ -483,16 +483,30 @@ def _streamer(vae, latent_size: tuple[int, int], tile: int, should_stop: Optiona
 # ---------------------------------------------------------------- decode
 
 
+def unscaled(vae, latent: torch.Tensor) -> torch.Tensor:
+    """Sampling latents -> what the decoder takes: divided by the VAE's scaling factor,
+    plus its shift where it has one (Flux's autoencoder; SD's have none)."""
+    out = latent / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    return out + shift if shift else out
+
+
+def scaled_latents(vae, mean: torch.Tensor) -> torch.Tensor:
+    """The encoder's posterior mean -> sampling latents (the inverse of :func:`unscaled`)."""
+    shift = getattr(vae.config, "shift_factor", None)
+    return (mean - shift if shift else mean) * vae.config.scaling_factor
+
+
 def _decode_whole(vae, latent: torch.Tensor) -> torch.Tensor:
     p = next(vae.parameters())
-    scaled = (latent.to(p.device) / vae.config.scaling_factor).to(p.dtype)
+    scaled = unscaled(vae, latent.to(p.device)).to(p.dtype)
     return vae.decode(scaled).sample
 
 
 def _decode_tiled(vae, latent: torch.Tensor, should_stop: Optional[StopCheck], tile: int) -> torch.Tensor:
     """The streamed decode: the whole decode's arithmetic, in tiles (float32, on the VAE's device)."""
     p = next(vae.parameters())
-    scaled = (latent.to(p.device) / vae.config.scaling_factor).to(p.dtype)
+    scaled = unscaled(vae, latent.to(p.device)).to(p.dtype)
     with torch.no_grad():
         pixels = _streamer(vae, tuple(latent.shape[-2:]), tile, should_stop).decode(vae, scaled)
     return pixels.to(p.device).float()
@@ -568,7 +582,7 @@ def image_to_pixels(img) -> torch.Tensor:
 def _encode_whole(vae, pixels: torch.Tensor) -> torch.Tensor:
     p = next(vae.parameters())
     mean = vae.encode(pixels.to(p.device, p.dtype)).latent_dist.mean
-    return mean.float() * vae.config.scaling_factor
+    return scaled_latents(vae, mean.float())
 
 
 def _encode_tiled(vae, pixels: torch.Tensor, should_stop: Optional[StopCheck], tile: int) -> torch.Tensor:
@@ -579,7 +593,7 @@ def _encode_tiled(vae, pixels: torch.Tensor, should_stop: Optional[StopCheck], t
     with torch.no_grad():
         moments = _streamer(vae, size, tile, should_stop).encode(vae, pixels.to(p.dtype))
     mean = moments[:, : moments.shape[1] // 2]
-    return mean.to(p.device).float() * vae.config.scaling_factor
+    return scaled_latents(vae, mean.to(p.device).float())
 
 
 def encode_image(vae, pixels: torch.Tensor, should_stop: Optional[StopCheck] = None, tiled: Optional[bool] = None, tile: Optional[int] = None) -> torch.Tensor:
