@@ -113,3 +113,38 @@ def test_an_sd_checkpoint_is_no_flux_model(tiny_home):
     home = DataHome(tiny_home)
     sd = next(p for p in (tiny_home / "models" / "checkpoints").iterdir() if p.suffix == ".safetensors")
     assert flux_parts(home, sd) is None
+
+
+@pytest.mark.parametrize("layout", ["split", "all in one"])
+def test_the_whole_model_loads_from_its_parts(tmp_path, layout):
+    from brushwork.models.flux_load import load_flux
+
+    source = tiny_transformer(True)
+    transformer = bfl_state(spec_of(), source.state_dict())
+    home = DataHome(tmp_path / "home")
+    t5, clip, ae = t5_state(), clip_state(), ae_state()
+    if layout == "split":
+        flux = put(home.root / "models/checkpoints/flux1-dev.safetensors", transformer)
+        put(home.root / "models/vae/ae.safetensors", ae)
+        put(home.root / "models/text_encoders/t5xxl_fp16.safetensors", {k: v.half() for k, v in t5.items()})
+        put(home.root / "models/text_encoders/clip_l.safetensors", clip)
+    else:
+        state = {"model.diffusion_model." + k: v for k, v in transformer.items()}
+        state.update({"vae." + k: v for k, v in ae.items()})
+        state.update({"text_encoders.t5xxl.transformer." + k: v.half() for k, v in t5.items()})
+        state.update({"text_encoders.clip_l.transformer." + k: v for k, v in clip.items()})
+        flux = put(home.root / "models/checkpoints/flux-aio.safetensors", state)
+    nets = load_flux(flux_parts(home, flux), torch.float32, torch.device("cpu"))
+    assert all(torch.equal(p, source.state_dict()[n]) for n, p in nets.unet.state_dict().items())
+    assert torch.equal(nets.text_encoders[1].encoder.block[0].layer[0].SelfAttention.q.weight, t5["encoder.block.0.layer.0.SelfAttention.q.weight"].half().float())
+    assert torch.equal(nets.text_encoders[0].get_input_embeddings().weight, clip["text_model.embeddings.token_embedding.weight"])
+    assert nets.vae.config.latent_channels == 16 and nets.vae.config.shift_factor == pytest.approx(0.1159)
+
+
+def test_loading_with_a_part_missing_names_it(tmp_path, transformer_state):
+    from brushwork.models.flux_load import load_flux
+
+    home = DataHome(tmp_path / "home")
+    flux = put(home.root / "models/checkpoints/flux1-dev.safetensors", transformer_state)
+    with pytest.raises(ModelFileError, match=r"ae \(the autoencoder\): put ae.safetensors in models/vae.*clip_l.*t5xxl"):
+        load_flux(flux_parts(home, flux), torch.float32, torch.device("cpu"))
