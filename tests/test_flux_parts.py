@@ -148,3 +148,20 @@ def test_loading_with_a_part_missing_names_it(tmp_path, transformer_state):
     flux = put(home.root / "models/checkpoints/flux1-dev.safetensors", transformer_state)
     with pytest.raises(ModelFileError, match=r"ae \(the autoencoder\): put ae.safetensors in models/vae.*clip_l.*t5xxl"):
         load_flux(flux_parts(home, flux), torch.float32, torch.device("cpu"))
+
+
+def test_brushwork_models_lists_the_split_model_once_and_generate_says_what_it_is(tmp_path, transformer_state, capsys):
+    from brushwork.cli import main
+
+    home = tmp_path / "home"
+    put(home / "models/checkpoints/flux1-dev.safetensors", transformer_state)
+    put(home / "models/vae/ae.safetensors", ae_state())
+    put(home / "models/text_encoders/clip_l.safetensors", clip_state())
+    assert main(["models", "--home", str(home), "--no-hash"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    flux = [ln for ln in lines if ln.startswith("flux1-dev ")]
+    assert len(flux) == 1 and "Flux.1 dev (vae: ae.safetensors, clip_l: clip_l.safetensors); missing t5xxl" in flux[0]
+    assert not any(ln.startswith(("ae ", "clip_l ")) for ln in lines)  # the parts are not checkpoints
+    assert lines[0].index("SIZE") > lines[0].index("FAMILY") + len("Flux.1 dev (vae: ae.safetensors, clip_l: clip_l.safetensors); missing t5xxl")
+    assert main(["generate", "a car", "--model", "flux1-dev", "--home", str(home)]) != 0
+    assert "this is a Flux.1 model. Brushwork reads Flux files" in capsys.readouterr().err

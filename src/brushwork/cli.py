@@ -850,7 +850,8 @@ def _models_list(home, args) -> int:
         print(no_checkpoint_message(home))
         return 0
     name_w = max(len(r.entry.name) for r in rows)
-    print(f"{'NAME':<{name_w}}  {'FAMILY':<24}  {'SIZE':>9}  HASH")
+    family_w = max([24] + [len(r.family) for r in rows])  # a split Flux model names its parts there
+    print(f"{'NAME':<{name_w}}  {'FAMILY':<{family_w}}  {'SIZE':>9}  HASH")
     with_defaults = 0
     for r in rows:
         size = f"{r.size_bytes / 2**20:.1f} MB" if r.size_bytes < 2**30 else f"{r.size_bytes / 2**30:.2f} GB"
@@ -863,7 +864,7 @@ def _models_list(home, args) -> int:
         link = None if is_demo(r.entry.path) else linked_install_of(home, r.entry.path)
         if link is not None:
             notes.append(f"(linked: {link.path})")
-        print(f"{r.entry.name:<{name_w}}  {r.family:<24}  {size:>9}  {r.model_hash or '-'}" + "".join(f"  {n}" for n in notes))
+        print(f"{r.entry.name:<{name_w}}  {r.family:<{family_w}}  {size:>9}  {r.model_hash or '-'}" + "".join(f"  {n}" for n in notes))
     print()
     own = home.own_dirs("checkpoints")
     extra = [d for d in own[1:] if d.is_dir()]
