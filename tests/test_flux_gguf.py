@@ -104,3 +104,15 @@ def test_a_damaged_gguf_file_is_named(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 7)
     with pytest.raises(CorruptCheckpoint, match="flux1-dev-Q4_K_S.gguf is not a readable GGUF file"):
         open_tensor_file(bad)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0])
+def test_the_torch_dequantizers_equal_the_gguf_package(qtype):
+    from brushwork.models.gguf_file import TORCH_TYPES, Quantized
+
+    values = np.random.default_rng(3).standard_normal((6, 96)).astype(np.float32)
+    raw = gguf.quants.quantize(values, qtype)
+    ours = Quantized(int(qtype), torch.from_numpy(raw), (6, 96)).dequantize()
+    assert qtype.name in TORCH_TYPES
+    assert torch.equal(ours, torch.from_numpy(gguf.quants.dequantize(raw, qtype)))
+    assert (ours - torch.from_numpy(values)).abs().max() < (0.02 if qtype == Q.Q8_0 else 0.4)

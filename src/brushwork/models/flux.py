@@ -292,7 +292,7 @@ def build_flux_transformer(spec: FluxSpec, tf, dtype: torch.dtype, device: torch
     if kept:
         from .gguf_file import keep_quantized
 
-        keep_quantized(model, kept, dtype)
+        keep_quantized(model, kept, dtype, device)
     return model.eval().requires_grad_(False)
 
 

@@ -57,13 +57,44 @@ class Quantized:
         return replace(self, rows=rows, shape=(rows.shape[0], self.shape[1]))
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight, on the device its bytes are on: in torch for the types
+        :data:`TORCH_TYPES` covers (also on a GPU), else with the gguf package (numpy)."""
         gguf = _gguf()
-        values = gguf.quants.dequantize(np.ascontiguousarray(self.rows.numpy()), gguf.GGMLQuantizationType(self.qtype))
-        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(self.shape).to(dtype)
+        qtype = gguf.GGMLQuantizationType(self.qtype)
+        if qtype.name in TORCH_TYPES:
+            return TORCH_TYPES[qtype.name](self.rows, self.shape[1]).to(dtype)
+        values = gguf.quants.dequantize(np.ascontiguousarray(self.rows.cpu().numpy()), qtype)
+        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(self.shape).to(device=self.rows.device, dtype=dtype)
 
     def stand_in(self, dtype: torch.dtype) -> torch.Tensor:
         """A tensor of the weight's shape that holds no memory (one zero, expanded)."""
         return torch.zeros((), dtype=dtype).expand(self.shape)
+
+
+def _blocks(rows: torch.Tensor, cols: int, block: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scales (R, nb, 1) float32, the rest of each block (R, nb, size - 2) bytes) of a
+    type whose blocks of ``block`` numbers start with an fp16 scale."""
+    b = rows.reshape(rows.shape[0], cols // block, size)
+    d = b[..., :2].contiguous().view(torch.float16).float()
+    return d, b[..., 2:]
+
+
+def dequantize_q8_0(rows: torch.Tensor, cols: int) -> torch.Tensor:
+    """Q8_0: blocks of 32 numbers, an fp16 scale then 32 signed bytes; x = d * q."""
+    d, q = _blocks(rows, cols, 32, 34)
+    return (d * q.contiguous().view(torch.int8).float()).reshape(rows.shape[0], cols)
+
+
+def dequantize_q4_0(rows: torch.Tensor, cols: int) -> torch.Tensor:
+    """Q4_0: blocks of 32 numbers, an fp16 scale then 16 bytes whose low nibbles are
+    numbers 0-15 and high nibbles 16-31; x = d * (nibble - 8)."""
+    d, q = _blocks(rows, cols, 32, 18)
+    low, high = (q & 0x0F).float() - 8, (q >> 4).float() - 8
+    return (d * torch.cat([low, high], dim=-1)).reshape(rows.shape[0], cols)
+
+
+#: quant types dequantized in torch (on the weight's device); the others go through gguf's numpy code
+TORCH_TYPES = {"Q8_0": dequantize_q8_0, "Q4_0": dequantize_q4_0}
 
 
 class GGUFFile(TensorFile):
@@ -128,13 +159,16 @@ def _stand_in_back(module: torch.nn.Module, args, output) -> None:
     module._parameters["weight"] = module._brushwork_stand_in
 
 
-def keep_quantized(module: torch.nn.Module, weights: dict[str, Quantized], compute: torch.dtype) -> int:
+def keep_quantized(module: torch.nn.Module, weights: dict[str, Quantized], compute: torch.dtype, device: Optional[torch.device] = None) -> int:
     """Run ``module``'s linear layers named in ``weights`` (their weight parameter's full
     name) from their quantized bytes: each is dequantized to ``compute`` just before the
-    layer runs and dropped after.  Returns how many layers were set up."""
+    layer runs and dropped after.  With ``device``, the bytes are moved there first (so
+    the types dequantized in torch are dequantized there).  Returns how many layers were set up."""
     layers = dict(module.named_modules())
     count = 0
     for name, q in weights.items():
+        if device is not None and q.rows.device != device:
+            q = replace(q, rows=q.rows.to(device))
         owner = layers[name.rsplit(".", 1)[0]]
         if not isinstance(owner, torch.nn.Linear):
             raise TypeError(f"{name} is not a linear layer's weight; only those run quantized")
