@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from brushwork.conditioning import TextConditioning
 from brushwork.models.errors import CorruptCheckpoint, UnsupportedModel
 from brushwork.models.files import open_tensor_file
 from brushwork.models.flux import FluxSpec, bfl_state, build_flux_transformer, detect_flux
@@ -65,7 +66,7 @@ def inputs(b=1, h=8, w=8, seed=1):
     x = torch.randn(b, h * w // 4, 64, generator=gen)
     ctx = torch.randn(1, 7, 48, generator=gen)
     pooled = torch.randn(1, 40, generator=gen)
-    return x, flow.FlowText(ctx, pooled)
+    return x, TextConditioning(ctx, pooled)
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +230,7 @@ def test_one_denoising_run_matches_diffusers_flux_pipeline(dev, guidance, true_c
 def test_the_16_channel_autoencoder_loads_from_bfl_and_all_in_one_layouts(tmp_path, prefix):
     from diffusers import AutoencoderKL
 
-    from brushwork.models.flux import VAE_SCALE, VAE_SHIFT, build_flux_vae, derive_flux_vae, flux_vae_prefix, to_vae_latents
+    from brushwork.models.flux import VAE_SCALE, VAE_SHIFT, build_flux_vae, derive_flux_vae, flux_vae_prefix
     from brushwork.models.save import vae_ldm_state
 
     torch.manual_seed(0)
@@ -248,11 +249,11 @@ def test_the_16_channel_autoencoder_loads_from_bfl_and_all_in_one_layouts(tmp_pa
         tf.close()
     assert vae.config.scaling_factor == VAE_SCALE and vae.config.shift_factor == VAE_SHIFT
     z = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(2))
-    from brushwork.vae import decode_latent, encode_image
+    from brushwork.vae import decode_latent, encode_image, unscaled
 
     with torch.no_grad():
         expected = ref.decode(z / VAE_SCALE + VAE_SHIFT).sample
-        assert torch.equal(vae.decode(to_vae_latents(z)).sample, expected)
+        assert torch.equal(vae.decode(unscaled(vae, z)).sample, expected)
         # the engine's decode applies the shift too, whole and streamed in tiles
         assert torch.allclose(decode_latent(vae, z, tiled=False), expected, atol=1e-6)
         assert torch.allclose(decode_latent(vae, z, tiled=True, tile=2), expected, atol=1e-4)

@@ -340,11 +340,15 @@ def flux_parts(home: DataHome, path: Path):
 def checkpoint_label(home: DataHome, path: Path) -> str:
     """What a listing shows for a checkpoint: its family, and for Flux which parts were
     found (a damaged file raises :class:`ModelFileError`)."""
-    if path.suffix.lower() in (".safetensors", ".gguf"):
-        parts = flux_parts(home, path)
-        if parts is not None:
-            return parts.summary()
-    return inspect_checkpoint(path).label
+    from .models.errors import UnsupportedModel
+
+    try:
+        return inspect_checkpoint(path).label
+    except UnsupportedModel:  # not SD: a Flux transformer? (read again only then)
+        parts = flux_parts(home, path) if path.suffix.lower() in (".safetensors", ".gguf") else None
+        if parts is None:
+            raise
+        return parts.summary()
 
 
 def inspect_checkpoint(path: Path) -> ModelSpec:

@@ -389,8 +389,8 @@ class Engine:
             extra.update(hires.infotext)
         if self.memory.releases_text_encoders():  # padding a plan needs is encoded before they go
             for p in (plan, hires.plan if hires else None):
-                if p is not None and p.lengths_differ():
-                    p.empty  # noqa: B018 - encoded and kept in the store
+                if p is not None:
+                    p.encode_padding()
         self.memory.after_encoding(m.path, m.spec, m.networks, self.loras.backups)
         return Prepared(req, sampler, schedule, plan, extra, refine[0] if refine else None, start, steps, hires)
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from .conditioning import CHUNK, EOS, Chunk, TextConditioning, apply_weights, framed, tokenize
-from .models.flux_text import T5_TOKENS  # noqa: F401 - tokens per window: dev 512, schnell 256
+from .models.flux_text import T5_TOKENS  # tokens per window: dev 512, schnell 256
 
 T5_EOS, T5_PAD = 1, 0
 

@@ -23,6 +23,7 @@ from .models import convert
 from .models.detect import FAMILY_LABELS, UNET, ModelSpec
 from .models.errors import ModelFileError
 from .models.files import damage_reported, open_tensor_file, read_safetensors_header
+from .models.gguf_file import is_quantized
 from .models.load import all_finite
 from .paths import files_by_stem
 
@@ -346,19 +347,21 @@ class LoraStack:
         merged = 0
         try:
             with torch.no_grad():
-                for key, param, group, mult, shape, rows in layers:
-                    self._merge(path, key, param, group, mult, shape, rows)
-                    merged += 1
+                for key, group, shape, targets in layers:
+                    delta = delta_weight(group, shape)  # once per file layer, however many layers it feeds
+                    for param, rows, mult in targets:
+                        self._merge(path, key, param, delta if rows is None else delta[rows[0]:rows[0] + rows[1]], mult)
+                        merged += 1
         except BaseException:
             if merged:
                 self._replay(spec, unet, encoders)
             raise
         self.applied.append((str(path), te, unet_mult))
-        return len(layers)
+        return sum(len(targets) for *_, targets in layers)
 
-    def _plan(self, spec: ModelSpec, unet, encoders, path: Path, te: float, unet_mult: float) -> list[tuple[str, torch.nn.Parameter, dict, float, tuple[int, ...], Optional[tuple[int, int]]]]:
-        """(key, weight, parts, multiplier, the update's shape, rows) for every layer the
-        file changes, all checked."""
+    def _plan(self, spec: ModelSpec, unet, encoders, path: Path, te: float, unet_mult: float) -> list[tuple[str, dict, tuple[int, ...], list[tuple[torch.nn.Parameter, Optional[tuple[int, int]], float]]]]:
+        """(key, parts, the update's shape, [(weight, its rows of the update, multiplier)])
+        for every layer the file changes, all checked."""
         tensors, metadata = read_lora(path)
         fam = lora_family(metadata)
         if fam is not None and fam != spec.family:
@@ -375,25 +378,21 @@ class LoraStack:
             targets = table[key]
             weight = targets[0].module.weight
             shape = tuple(weight.shape) if targets[0].rows is None else (sum(t.rows[1] for t in targets), *weight.shape[1:])
-            if getattr(weight, "stride", None) and weight.numel() and 0 in weight.stride():
+            if is_quantized(targets[0].module):
                 raise LoraError(f"{path.name}: the loaded model keeps {key} quantized (a GGUF file), and a LoRA cannot be merged into quantized weights yet; use a safetensors (bf16/fp16/fp8) model file with LoRAs.")
             try:
                 check_group(groups[key], shape)
             except LoraError as exc:
                 raise LoraError(f"{path.name}, layer {key}: {exc}; the LoRA is for another model or damaged.") from None
-            for t in targets:
-                layers.append((key, t.module.weight, groups[key], te if t.part == "te" else unet_mult, shape, t.rows))
+            layers.append((key, groups[key], shape, [(t.module.weight, t.rows, te if t.part == "te" else unet_mult) for t in targets]))
         skipped = len(groups) - len(matched)
         if skipped:
             log.warning("%s: %d of %d layers did not match this checkpoint and were skipped", path.name, skipped, len(groups))
         return layers
 
-    def _merge(self, path: Path, key: str, param: torch.nn.Parameter, group: dict, mult: float, shape: tuple[int, ...], rows: Optional[tuple[int, int]]) -> None:
-        """Add one checked layer's update (its ``rows`` of it, for a fused file layer),
-        refusing one that would make the weight non-finite."""
-        delta = delta_weight(group, shape)
-        if rows is not None:
-            delta = delta[rows[0]:rows[0] + rows[1]]
+    def _merge(self, path: Path, key: str, param: torch.nn.Parameter, delta: torch.Tensor, mult: float) -> None:
+        """Add one checked layer's update (before the multiplier), refusing one that would
+        make the weight non-finite."""
         merged = param + (delta * mult).to(param.dtype)
         if not bool(all_finite(merged)):
             raise LoraError(f"{path.name}, layer {key}: merging it makes the weights NaN or infinite in {param.dtype} (multiplier {mult}); the LoRA is damaged or the multiplier too large.")

@@ -168,6 +168,7 @@ def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress:
 
     from .conditioning import encode_prompt
     from .sampling.schedules import scaled_linear_alphas_cumprod
+    from .vae import scaled_latents
 
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite.")
@@ -182,7 +183,7 @@ def train_lora(engine, dataset: Path, out: Path, cfg: LoraTrainConfig, progress:
     torch.manual_seed(cfg.seed)
     with torch.no_grad():
         vae = net.vae
-        latents = torch.cat([vae.encode(pixels[i : i + 4].to(device, vae.dtype)).latent_dist.mean.float() for i in range(0, len(pixels), 4)]) * vae.config.scaling_factor
+        latents = scaled_latents(vae, torch.cat([vae.encode(pixels[i : i + 4].to(device, vae.dtype)).latent_dist.mean.float() for i in range(0, len(pixels), 4)]))
         conds = [encode_prompt(m.spec, net.text_encoders, c, 1, device) for c in captions]
         empty = encode_prompt(m.spec, net.text_encoders, "", 1, device).context.float()
         contexts = _batch_contexts([c.context.float() for c in conds], empty)

@@ -52,6 +52,12 @@ class PromptPlan:
         texts = [enc for tl, _ in self.positive for _, enc in tl] + [enc for _, enc in self.negative]
         return len({t.context.shape[1] for t in texts}) > 1
 
+    def encode_padding(self) -> None:
+        """Encode the padding now where this plan's own texts will need it (before a
+        memory plan releases the text encoders)."""
+        if self.lengths_differ():
+            self.encode_empty()
+
     def padded(self, texts: list[TextConditioning]) -> list[TextConditioning]:
         """Same token length for all, by appending empty-prompt chunks, so they batch."""
         longest = max(t.context.shape[1] for t in texts)

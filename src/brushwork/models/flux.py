@@ -95,12 +95,11 @@ def flux_prefix(shapes: Shapes) -> Optional[str]:
 
 
 def _count(shapes: Shapes, head: str) -> int:
-    seen = set()
-    for key in shapes:
-        if key.startswith(head):
-            part = key[len(head):].split(".", 1)[0]
-            if part.isdigit():
-                seen.add(int(part))
+    import re
+
+    from .detect import _indices
+
+    seen = set(_indices(shapes, re.escape(head) + r"(\d+)\."))
     if seen != set(range(len(seen))):
         missing = sorted(set(range(max(seen) + 1)) - seen)
         raise UnsupportedModel(f"the Flux transformer's {head.rsplit('.', 2)[-2]} are numbered with gaps (block {missing[0]} is missing); the file is damaged or incomplete. Download it again.")
@@ -197,18 +196,10 @@ def flux_lora_names(spec: FluxSpec) -> dict[str, list[tuple[str, Optional[tuple[
         if not bfl.endswith(".weight") or bfl in SWAPPED:
             continue  # biases and norms are not adapted; the final modulation's halves are swapped
         module = bfl.removesuffix(".weight")
-        names = [p.removesuffix(".weight") for p in parts]
-        if len(names) == 1:
-            targets = [(names[0], None)]
-        else:
-            targets, start = [], 0
-            for p in parts:
-                rows = _rows(spec, p)
-                targets.append((p.removesuffix(".weight"), (start, rows)))
-                start += rows
+        targets = [(name.removesuffix(".weight"), rows) for name, rows in _row_ranges(spec, parts)]
         out["lora_unet_" + module.replace(".", "_")] = targets
         out["diffusion_model." + module] = targets
-        for name in names:
+        for name, _ in targets:
             out["transformer." + name] = [(name, None)]
     for i in range(spec.double):
         for xlabs, module in _XLABS.items():
@@ -216,9 +207,17 @@ def flux_lora_names(spec: FluxSpec) -> dict[str, list[tuple[str, Optional[tuple[
     return out
 
 
-def _rows(spec: FluxSpec, name: str) -> int:
-    """Rows (first dimension) of a diffusers parameter that is one part of a fused tensor."""
-    return spec.mlp if name.rsplit(".", 2)[-2] == "proj_mlp" else spec.hidden
+def _row_ranges(spec: FluxSpec, parts: tuple[str, ...]) -> list[tuple[str, Optional[tuple[int, int]]]]:
+    """Each diffusers parameter a file tensor holds, with its rows (start, count) of it;
+    None for a tensor that holds one parameter whole."""
+    if len(parts) == 1:
+        return [(parts[0], None)]
+    out, start = [], 0
+    for name in parts:
+        rows = spec.mlp if name.rsplit(".", 2)[-2] == "proj_mlp" else spec.hidden
+        out.append((name, (start, rows)))
+        start += rows
+    return out
 
 
 def _swap_halves(t: torch.Tensor) -> torch.Tensor:
@@ -241,14 +240,8 @@ def flux_sources(spec: FluxSpec) -> dict[str, Source]:
         if bfl in SWAPPED:
             out[parts[0]] = Source(key, _swap_halves)
             continue
-        if len(parts) == 1:
-            out[parts[0]] = Source(key)
-            continue
-        start = 0
-        for name in parts:
-            rows = _rows(spec, name)
-            out[name] = Source(key, _slice(start, rows))
-            start += rows
+        for name, rows in _row_ranges(spec, parts):
+            out[name] = Source(key, None if rows is None else _slice(*rows))
     return out
 
 
@@ -272,10 +265,6 @@ def build_flux_transformer(spec: FluxSpec, tf, dtype: torch.dtype, device: torch
     with torch.device("meta"):
         model = FluxTransformer2DModel(**spec.diffusers_config())
     sources = flux_sources(spec)
-
-    def source(name: str) -> Source:
-        return sources[name]
-
     quantized = getattr(tf, "quantized", None) or {}
     linear_weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     kept: dict = {}
@@ -288,7 +277,7 @@ def build_flux_transformer(spec: FluxSpec, tf, dtype: torch.dtype, device: torch
         kept[name] = q.map_rows(src.transform)
         return kept[name].stand_in(dtype)
 
-    _fill(model, "Flux transformer", source, tf, dtype, device, [spec.prefix + n for n in TOP_NAMES], take=take if quantized else None)
+    _fill(model, "Flux transformer", sources.__getitem__, tf, dtype, device, [spec.prefix + n for n in TOP_NAMES], take=take if quantized else None)
     if kept:
         from .gguf_file import keep_quantized
 
@@ -318,13 +307,13 @@ def derive_flux_vae(shapes: Shapes, prefix: str):
     """The autoencoder's architecture from its tensors (Flux's has no quant convs)."""
     import re
 
-    from .detect import VAEConfig, norm_groups
+    from .detect import VAEConfig, _indices, norm_groups
 
     def need(key: str) -> tuple[int, ...]:
         return _shape(shapes, prefix + key, 4)
 
     def indices(head: str) -> list[int]:
-        return sorted({int(m[1]) for k in shapes if (m := re.match(re.escape(prefix + head) + r"(\d+)\.", k))})
+        return _indices(shapes, re.escape(prefix + head) + r"(\d+)\.")
 
     levels = indices("encoder.down.")
     if not levels:
@@ -358,12 +347,3 @@ def build_flux_vae(tf, prefix: str, dtype: torch.dtype, device: torch.device) ->
     _fill(vae, "Flux autoencoder", source, tf, dtype, device, [prefix + "encoder.", prefix + "decoder."])
     return vae.eval().requires_grad_(False)
 
-
-def to_vae_latents(latents: torch.Tensor) -> torch.Tensor:
-    """Sampled latents -> what the autoencoder's decoder takes."""
-    return latents / VAE_SCALE + VAE_SHIFT
-
-
-def from_vae_latents(posterior: torch.Tensor) -> torch.Tensor:
-    """The encoder's posterior mean -> sampling latents."""
-    return (posterior - VAE_SHIFT) * VAE_SCALE

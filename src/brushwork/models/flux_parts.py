@@ -113,6 +113,8 @@ def find_parts(transformer: Path, shapes: Shapes, spec: FluxSpec, folders: dict[
     first fitting file in ``folders`` ({"vae": [...], "text_encoders": [...]}); ``read_shapes``
     reads a candidate's tensor shapes (None: not a readable tensor file)."""
     found: dict[str, Optional[PartFile]] = {}
+    listed: dict[str, list[Path]] = {}  # each folder kind walked once
+    read: dict[Path, Optional[Shapes]] = {}  # each candidate's header read once (clip_l and t5xxl share a folder)
     for part in ("vae", "clip_l", "t5xxl"):
         inside = part_prefix(part, shapes, spec)
         if inside is not None:
@@ -120,9 +122,12 @@ def find_parts(transformer: Path, shapes: Shapes, spec: FluxSpec, folders: dict[
             continue
         found[part] = None
         kind = "vae" if part == "vae" else "text_encoders"
-        candidates = [p for folder in folders.get(kind, []) if folder.is_dir() for p in folder.rglob("*.safetensors") if p.resolve() != transformer.resolve()]
-        for path in _ordered(candidates, part):
-            other = read_shapes(path)
+        if kind not in listed:
+            listed[kind] = [p for folder in folders.get(kind, []) if folder.is_dir() for p in folder.rglob("*.safetensors") if p.resolve() != transformer.resolve()]
+        for path in _ordered(listed[kind], part):
+            if path not in read:
+                read[path] = read_shapes(path)
+            other = read[path]
             prefix = part_prefix(part, other, spec) if other is not None else None
             if prefix is not None:
                 found[part] = PartFile(path, prefix)

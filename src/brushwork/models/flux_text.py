@@ -119,8 +119,9 @@ def _shape(shapes: Shapes, key: str, ndim: int) -> tuple[int, ...]:
 
 def _block_count(shapes: Shapes, prefix: str) -> int:
     """How many encoder blocks the file holds (numbered 0..n-1 without gaps)."""
-    rx = re.compile(re.escape(prefix + "encoder.block.") + r"(\d+)\.")
-    seen = {int(m.group(1)) for k in shapes if (m := rx.match(k))}
+    from .detect import _indices
+
+    seen = set(_indices(shapes, re.escape(prefix + "encoder.block.") + r"(\d+)\."))
     missing = sorted(set(range(max(seen) + 1)) - seen) if seen else [0]
     if missing:
         raise CorruptCheckpoint(f"the {_WHAT}'s encoder blocks are numbered with gaps: block {missing[0]} ({prefix}encoder.block.{missing[0]}.*) is missing. The file is damaged or incomplete; download it again.")

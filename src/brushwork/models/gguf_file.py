@@ -15,7 +15,7 @@ it knows is read exactly as llama.cpp defines it.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -97,10 +97,11 @@ def dequantize_q4_0(rows: torch.Tensor, cols: int) -> torch.Tensor:
 TORCH_TYPES = {"Q8_0": dequantize_q8_0, "Q4_0": dequantize_q4_0}
 
 
+@dataclass
 class GGUFFile(TensorFile):
     """A :class:`TensorFile` over a GGUF file; ``quantized`` holds its quantized tensors."""
 
-    quantized: dict[str, Quantized]
+    quantized: dict[str, Quantized] = field(default_factory=dict)
 
 
 def open_gguf(path: str | Path) -> GGUFFile:
@@ -144,9 +145,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
         t = t.reshape(tensors[name].shape)
         return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
-    tf = GGUFFile(path, tensors, metadata, read, None)
-    tf.quantized = quantized
-    return tf
+    return GGUFFile(path, tensors, metadata, read, None, quantized)
 
 
 # ------------------------------------------------------------------ running quantized layers
@@ -181,5 +180,6 @@ def keep_quantized(module: torch.nn.Module, weights: dict[str, Quantized], compu
     return count
 
 
-def quantized_bytes(weights: dict[str, Quantized]) -> int:
-    return sum(q.rows.numel() for q in weights.values())
+def is_quantized(layer: torch.nn.Module) -> bool:
+    """Whether ``layer`` runs from quantized bytes (:func:`keep_quantized`)."""
+    return getattr(layer, "_brushwork_quantized", None) is not None

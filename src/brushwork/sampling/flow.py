@@ -17,10 +17,11 @@ token a 2x2 patch of 16 channels, with position ids (0, row, column).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
+
+from ..conditioning import TextConditioning
 
 #: the shift's two anchor points: (patches, mu)
 BASE_SEQ, BASE_SHIFT = 256, 0.5
@@ -78,14 +79,6 @@ def image_ids(h: int, w: int, dtype: torch.dtype = torch.float32, device=None) -
     return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
 
 
-@dataclass
-class FlowText:
-    """One prompt's text features for Flux: T5's sequence and CLIP-L's pooled vector."""
-
-    context: torch.Tensor  # (1, L, 4096)
-    pooled: torch.Tensor  # (1, 768)
-
-
 class FlowDenoiser:
     """``denoise(x, sigma) -> x0`` for a Flux transformer on packed latents.
 
@@ -93,17 +86,17 @@ class FlowDenoiser:
     network; None for schnell). ``cfg_scale`` above 1 with a ``negative`` prompt adds
     real classifier-free guidance: a second network call per step."""
 
-    def __init__(self, net: Callable[..., torch.Tensor], positive: FlowText, h: int, w: int, guidance: Optional[float],
-                 negative: Optional[FlowText] = None, cfg_scale: float = 1.0) -> None:
+    def __init__(self, net: torch.nn.Module, positive: TextConditioning, h: int, w: int, guidance: Optional[float],
+                 negative: Optional[TextConditioning] = None, cfg_scale: float = 1.0) -> None:
         self.net, self.positive, self.negative = net, positive, negative
         self.cfg_scale = cfg_scale
         self.guidance = guidance
         self.img_ids = image_ids(h, w)
+        self.dtype = next(net.parameters()).dtype  # the network's compute type
         self.calls = 0
 
-    def _velocity(self, x: torch.Tensor, sigma: torch.Tensor, text: FlowText) -> torch.Tensor:
-        b = x.shape[0]
-        dtype = next(iter(self.net.parameters())).dtype if hasattr(self.net, "parameters") else x.dtype
+    def _velocity(self, x: torch.Tensor, sigma: torch.Tensor, text: TextConditioning) -> torch.Tensor:
+        b, dtype = x.shape[0], self.dtype
         ctx = text.context.expand(b, -1, -1).to(dtype)
         txt_ids = torch.zeros(ctx.shape[1], 3, dtype=dtype, device=x.device)
         guidance = None if self.guidance is None else torch.full((b,), float(self.guidance), dtype=torch.float32, device=x.device)
