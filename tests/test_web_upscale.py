@@ -65,8 +65,9 @@ def test_upscale_a_result_makes_a_new_picture_twice_the_size(page):
     page.wait_for_function("(id) => document.getElementById('image').dataset.id === String(id)", arg=first_id)
     page.select_option("#upscale-by", "2")
     page.select_option("#upscale-with", "Lanczos")
+    shown = page.get_attribute("#image", "src")  # read before the click: the job can finish before a read after it
     page.click("#upscale")
-    new_image(page, page.get_attribute("#image", "src"))
+    new_image(page, shown)
     assert page.upscales[-1] == {"image_id": first_id, "upscaler": "Lanczos", "scale": 2}
 
 
