@@ -127,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--negative", "-n", help="what to avoid")
         g.add_argument("--seed", type=int, help="-1 for random (default); image i of the run uses seed+i")
         g.add_argument("--steps", type=int, help="sampling steps, 1-150 (more: more detail, more time)")
-        g.add_argument("--cfg", type=float, help="CFG scale: how closely to follow the prompt (typically 4-7)")
+        g.add_argument("--cfg", type=float, help="CFG scale: how closely to follow the prompt (typically 4-7; Flux: 1, no negative pass)")
+        g.add_argument("--distilled-cfg", type=float, default=None, metavar="G", help="Flux.1 dev's distilled guidance (Forge's Distilled CFG Scale, default 3.5)")
         g.add_argument("--sampler", help='e.g. "DPM++ 2M", "Euler a", or "DPM++ 2M Karras" (see: brushwork samplers)')
         g.add_argument("--schedule", help="Automatic, Uniform, Karras, Exponential, SGM Uniform or Simple")
         g.add_argument("--width", "-W", type=int, help="width in pixels, a multiple of 8")
@@ -402,10 +403,24 @@ def _request_from_image(path: str):
         rng=rng,
         ensd=ensd,
         stop_at_step=_stopped_at(p),
+        distilled_cfg_scale=_distilled_of(p),
         **_variation_of(p),
         **hires_fields(p.extra),
     )
     return req, p
+
+
+def _distilled_of(params) -> Optional[float]:
+    """Flux.1 dev's distilled guidance as Forge writes it (None: not in the infotext)."""
+    from .infotext import DISTILLED_KEY, InfotextError
+
+    raw = params.extra.get(DISTILLED_KEY)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise InfotextError(f"the picture's {DISTILLED_KEY} cannot be read: {raw!r}") from None
 
 
 def _variation_of(params) -> dict:
@@ -443,6 +458,7 @@ def _generation_fields(args) -> tuple[dict, Optional[str]]:
         "seed": args.seed,
         "steps": args.steps,
         "cfg_scale": args.cfg,
+        "distilled_cfg_scale": args.distilled_cfg,
         "sampler": args.sampler,
         "schedule": args.schedule,
         "width": args.width,
@@ -606,7 +622,10 @@ def _header(loaded, engine, req) -> str:
     from .engine import planned_steps
 
     steps = f"{req.steps} steps" if not req.refines else f"strength {req.denoising_strength:g}: {planned_steps(req)} of {req.steps} steps"
-    line = f"{loaded.path.name} ({loaded.spec.label}) on {engine.placement.label}: {req.width}x{req.height}, {steps}, {sampler}, CFG {req.cfg_scale}"
+    where = engine.placement.label if loaded.dtype is None else f"{engine.placement.device.type} ({str(loaded.dtype).removeprefix('torch.')})"
+    line = f"{loaded.path.name} ({loaded.spec.label}) on {where}: {req.width}x{req.height}, {steps}, {sampler}, CFG {req.cfg_scale}"
+    if req.distilled_cfg_scale is not None and getattr(loaded.spec, "guidance", False):
+        line += f", distilled CFG {req.distilled_cfg_scale}"
     if req.hires:
         from .hires import hires_size, upscaler_name
         from .request import hires_steps_run

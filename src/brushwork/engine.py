@@ -29,7 +29,7 @@ from PIL import Image
 from . import __version__
 from .budget import DEFAULT_MAX_JOB_SECONDS, THROUGHPUT, Flops, TimeEstimate, cfg_passes, count_flops, estimate_time, job_flops, needs_time_check, too_long_message
 from .canvas import finish, prepare as canvas_prepare, source as canvas_source
-from .catalog import find_checkpoint, hash_cache, remember_last_model
+from .catalog import find_checkpoint, flux_parts, hash_cache, remember_last_model
 from .conditioning import TextConditioning
 from .devices import Placement, choose_placement, with_precision
 from .infotext import STOPPED_KEY, GenerationParams, format_infotext
@@ -135,6 +135,8 @@ class LoadedModel:
     vae_path: Optional[Path] = None  # the VAE file in use (None: the checkpoint's own)
     vae_sha: Optional[str] = None
     flops: dict[tuple[int, int], Flops] = field(default_factory=dict)  # per (width, height), for time estimates
+    dtype: Optional[torch.dtype] = None  # what the denoiser computes in, when not the placement's (Flux)
+    parts: Optional[object] = None  # a Flux model's files (models/flux_parts.FluxParts)
 
     @property
     def name(self) -> str:
@@ -212,12 +214,17 @@ class Engine:
             self.loras = LoraStack()
             t0 = time.perf_counter()
             p = self.placement
-            vae_dtype = torch.float32 if self._vae_fp32 else p.dtype
-            spec, networks = load_checkpoint(path, p.dtype, p.device, vae_dtype=vae_dtype, use_ema=self.use_ema, placing_for=self.memory.placing)
+            parts = flux_parts(self.home, path) if path.suffix.lower() in (".safetensors", ".gguf") else None
+            if parts is not None:  # a Flux.1 transformer: its other parts from their own files (flux_family.py)
+                spec, networks, dtype = self._load_flux(parts)
+            else:
+                vae_dtype = torch.float32 if self._vae_fp32 else p.dtype
+                spec, networks = load_checkpoint(path, p.dtype, p.device, vae_dtype=vae_dtype, use_ema=self.use_ema, placing_for=self.memory.placing)
+                dtype = None
             self.memory.adopt(networks)
             return_freed_memory()  # the holes reading the file left in the heap
             sha = hash_cache(self.home).get_sha256(path)
-            self.model = LoadedModel(path, mtime, spec, networks, sha, schedule=scaled_linear_schedule(spec.family))
+            self.model = LoadedModel(path, mtime, spec, networks, sha, schedule=scaled_linear_schedule(spec.family), dtype=dtype, parts=parts)
             remember_last_model(self.home, path)
             note_hash(self.home, path, sha)  # its saved defaults follow the file through a rename
             log.info("loaded %s (%s) in %.1fs on %s", path.name, spec.label, time.perf_counter() - t0, p.label)
@@ -226,6 +233,18 @@ class Engine:
         if model is None:
             return load_default(self.home, load_file)
         return load_file(find_checkpoint(self.home, str(model)))
+
+    def _load_flux(self, parts):
+        """(spec, networks, compute dtype) of a Flux model, planned for memory (memory/flux_plan.py)."""
+        from .flux_family import flux_dtype, transformer_dtype
+        from .models.flux_load import load_flux, load_flux_text_encoders
+
+        p = self.placement
+        parts.require()
+        dtype = flux_dtype(p.device, transformer_dtype(parts))
+        networks = load_flux(parts, dtype, p.device, vae_dtype=torch.float32 if p.device.type == "cpu" else dtype)
+        self.memory.plan_flux(parts.spec, networks, lambda: load_flux_text_encoders(parts, dtype, self.memory.text_encoder_device()))
+        return parts.spec, networks, dtype
 
     # ------------------------------------------------------------- requests
 
@@ -239,6 +258,11 @@ class Engine:
         validate_request(req)
         resolve_sampler(req.sampler, req.schedule)  # raises with the valid names
         resolve_vae(self.home, req.vae, m.path)  # an unknown VAE name lists the files there
+        if m.spec.family == "flux":  # what Flux cannot do here is refused before any work (flux_family.py)
+            from .flux_family import check_flux_request
+
+            sampler, schedule = resolve_sampler(req.sampler, req.schedule)
+            check_flux_request(req, m.spec, sampler.key, schedule, extract_extra_networks(req.prompt).text)
         if req.hires:  # an upscaler name that is no latent mode must be in the data home
             from .hires import image_upscaler
 
@@ -290,7 +314,8 @@ class Engine:
         hires fix's defaults follow the checkpoint's own size, not a saved one."""
         eff = effective_defaults(self.home, m.path, m.spec)
         native = family_defaults(m.spec)
-        return with_defaults(refine_defaults(request, native), eff.as_family_defaults(), native=native), eff.sources
+        own = replace(eff.as_family_defaults(), distilled_cfg_scale=native.distilled_cfg_scale)
+        return with_defaults(refine_defaults(request, native), own, native=native), eff.sources
 
     def estimate_time(self, req: GenerationRequest) -> TimeEstimate:
         """Estimated run time of a completed request on this device (see budget.py)."""
@@ -306,13 +331,19 @@ class Engine:
     def _pass_time(self, width: int, height: int, calls: int, batch: int, batch_count: int, cfg: float) -> TimeEstimate:
         m = self._require_model()
         if (width, height) not in m.flops:
-            m.flops[(width, height)] = count_flops(m.spec, m.networks.unet, m.networks.vae, width, height)
-        rate = THROUGHPUT.rate(self.placement.device, self.placement.dtype)
+            if m.spec.family == "flux":
+                from .flux_family import count_flux_flops
+
+                m.flops[(width, height)] = count_flux_flops(m.spec, m.networks.unet, m.networks.vae, width, height)
+            else:
+                m.flops[(width, height)] = count_flops(m.spec, m.networks.unet, m.networks.vae, width, height)
+        rate = THROUGHPUT.rate(self.placement.device, m.dtype or self.placement.dtype)
         return estimate_time(m.flops[(width, height)], rate, calls, batch, batch_count, cfg)
 
     def _check_time(self, req: GenerationRequest) -> None:
         limit = self.max_job_seconds
-        if not limit or not (req.hires or needs_time_check(req.width, req.height, unet_calls(req), req.batch_size, req.batch_count, float(req.cfg_scale))):
+        flux = self._require_model().spec.family == "flux"  # every Flux step is heavy: always estimated
+        if not limit or not (req.hires or flux or needs_time_check(req.width, req.height, unet_calls(req), req.batch_size, req.batch_count, float(req.cfg_scale))):
             return
         est = self.estimate_time(req)
         if est.seconds > limit:
@@ -528,7 +559,7 @@ class Engine:
         if flops is None or not complete:
             return
         done = job_flops(flops, unet_calls(req), batch, 1, float(req.cfg_scale))
-        THROUGHPUT.observe(self.placement.device, self.placement.dtype, done, seconds)
+        THROUGHPUT.observe(self.placement.device, m.dtype or self.placement.dtype, done, seconds)
 
     # ------------------------------------------------------------- stages
 
@@ -627,13 +658,48 @@ class Engine:
         if noise is not None:
             first_noise = noise
         first_noise = first_noise.to(p.device, torch.float32)
-        if start is None:
+        if m.spec.family == "flux":  # its own levels, shifted for the picture's size (sampling/flow.py)
+            from .sampling.flow import flux_sigmas, patches
+
+            sigmas = flux_sigmas(req.steps, patches(req.height, req.width), shift=m.spec.guidance)
+        elif start is None:
             sigmas = sampling_sigmas(sampler, schedule, req.steps, m.schedule)
         else:
             sigmas = start.sigmas(sampling_sigmas(sampler, schedule, start.window.schedule_steps, m.schedule))
         batch = len(seeds)
         if start is not None and start.window.steps_run == 0:
             return start.first_latents(first_noise, torch.zeros((), dtype=torch.float64)).clone()  # strength 0: the init latents
+        if m.spec.family == "flux":  # the flow denoiser on packed tokens (flux_family.py)
+            from .flux_family import flux_denoiser
+
+            if plans is not None:
+                raise RequestError(f"{m.spec.label} cannot batch pictures with different prompts yet; run them one by one.")
+            scale = float(req.cfg_scale) if cfg_scales is None else torch.tensor(cfg_scales, dtype=torch.float32, device=p.device)
+            guidance = req.distilled_cfg_scale if m.spec.guidance else None
+            denoise = flux_denoiser(m.networks.unet, plan, batch, shape[1], shape[2], guidance, scale, step_locator(sigmas))
+        else:
+            denoise = self._cfg_denoiser(req, plan, plans, batch, start, cfg_scales, shared, sigmas)
+        # sigmas stay float64 on the CPU: as 0-d tensors they act as scalars on any device
+        if start is None:
+            x = first_noise * float(sigmas[0])
+        else:
+            x = start.first_latents(first_noise, sigmas[0].to(torch.float32))
+            denoise = start.denoiser(denoise)
+        noise_fn = None
+        if sampler.stochastic and sampler.brownian:
+            # the DPM++ SDE family: one Brownian tree per image seed (ENSD does not apply, as in A1111)
+            noise_fn = BrownianNoise(seeds, shape, sigmas, p.device, torch.float32, req.rng)
+        elif sampler.stochastic:
+            noise_fn = noise_source(gens, shape, p.device, torch.float32)
+        with torch.inference_mode():
+            return sampler.fn(denoise, x, sigmas, noise=noise_fn, callback=on_step)
+
+    def _cfg_denoiser(self, req: GenerationRequest, plan: "PromptPlan", plans: Optional[list], batch: int, start: Optional[Start], cfg_scales: Optional[list[float]],
+                      shared: Optional[SharedCalls], sigmas: torch.Tensor):
+        """An SD UNet behind classifier-free guidance (sampling/denoiser.py): the batch's
+        texts per step, the 9-channel inpainting input, a comparison's shared calls."""
+        m = self._require_model()
+        p = self.placement
         unet = m.networks.unet
         extra_input = None if start is None or start.channels is None else start.channels.to(p.dtype).expand(batch, -1, -1, -1)
         joined: dict[tuple, dict] = {}
@@ -671,20 +737,7 @@ class Engine:
         weights = [w for _, w in plan.positive]
         scale = float(req.cfg_scale) if cfg_scales is None else torch.tensor(cfg_scales, dtype=torch.float32, device=p.device).view(-1, 1, 1, 1)
         denoise = make_denoiser(net, m.schedule, m.spec.prediction, batch_at, weights, scale, step_locator(sigmas))
-        # sigmas stay float64 on the CPU: as 0-d tensors they act as scalars on any device
-        if start is None:
-            x = first_noise * float(sigmas[0])
-        else:
-            x = start.first_latents(first_noise, sigmas[0].to(torch.float32))
-            denoise = start.denoiser(denoise)
-        noise_fn = None
-        if sampler.stochastic and sampler.brownian:
-            # the DPM++ SDE family: one Brownian tree per image seed (ENSD does not apply, as in A1111)
-            noise_fn = BrownianNoise(seeds, shape, sigmas, p.device, torch.float32, req.rng)
-        elif sampler.stochastic:
-            noise_fn = noise_source(gens, shape, p.device, torch.float32)
-        with torch.inference_mode():
-            return sampler.fn(denoise, x, sigmas, noise=noise_fn, callback=on_step)
+        return denoise
 
     # ------------------------------------------------------------- refine (img2img, inpaint)
 
@@ -797,8 +850,10 @@ class Engine:
             noise_keys["ENSD"] = req.ensd
         if req.rng != "GPU":
             noise_keys["RNG"] = req.rng
-        if self.placement.dtype == torch.bfloat16:  # a speed setting that changes the picture says so
+        if self.placement.dtype == torch.bfloat16 and m.dtype is None:  # a speed setting that changes the picture says so (Flux runs in bf16 anyway)
             noise_keys["Precision"] = "bf16"
+        if m.spec.family == "flux" and m.spec.guidance:
+            noise_keys["Distilled CFG Scale"] = float(req.distilled_cfg_scale)  # Forge's key, written after CFG scale
         return GenerationParams(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt,

@@ -165,6 +165,9 @@ def _format_pair(key: str, value: object) -> str:
     return f"{key}: {_quote_value(text)}"
 
 
+#: Forge's key of Flux.1 dev's distilled guidance, written right after "CFG scale"
+DISTILLED_KEY = "Distilled CFG Scale"
+
 #: A1111's base keys that Brushwork keeps in ``GenerationParams.extra``, with their
 #: place in A1111's base order (Clip skip is 19): written there, not after the extras
 BASE_EXTRA_ORDER = {
@@ -187,6 +190,7 @@ def _parameter_items(params: GenerationParams) -> list[tuple[str, object]]:
         ("Sampler", params.sampler),
         ("Schedule type", params.schedule or None),
         ("CFG scale", params.cfg_scale),
+        ("Distilled CFG Scale", params.extra.get(DISTILLED_KEY)),  # Forge's, for Flux.1 dev
         ("Seed", params.seed),
         ("Size", f"{params.width}x{params.height}"),
         ("Model hash", params.model_hash or None),
@@ -195,7 +199,7 @@ def _parameter_items(params: GenerationParams) -> list[tuple[str, object]]:
         ("Clip skip", params.clip_skip if params.clip_skip > 1 else None),
         *after_clip,
     ]
-    items.extend((k, v) for k, v in params.extra.items() if k not in BASE_EXTRA_ORDER)
+    items.extend((k, v) for k, v in params.extra.items() if k not in BASE_EXTRA_ORDER and k != DISTILLED_KEY)
     items.append(("Version", params.version or None))
     return items
 

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 from .models.detect import ModelSpec
 from .paths import DataHome, write_json_atomically
-from .request import MAX_CLIP_SKIP, MAX_SIDE, MAX_STEPS, MIN_SIDE, FamilyDefaults, GenerationRequest, RequestError, clip_skip_limit, family_defaults, validate_request
+from .request import MAX_CLIP_SKIP, MAX_SIDE, MAX_STEPS, MIN_SIDE, FamilyDefaults, GenerationRequest, RequestError, base_defaults, clip_skip_limit, family_defaults, validate_request
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ class EffectiveDefaults:
 def effective_defaults(home: DataHome, checkpoint: Path, spec: ModelSpec) -> EffectiveDefaults:
     """The user's saved defaults, then the checkpoint's metadata, then the family's."""
     saved = saved_defaults(home, checkpoint)
-    family = FamilyDefaults(spec.resolution, spec.resolution)
+    family = base_defaults(spec)
     native = family_defaults(spec)
     values, sources = {}, {}
     for field in SAVED_FIELDS:

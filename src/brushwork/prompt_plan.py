@@ -79,7 +79,8 @@ def encode_prompts(spec, encoders: Callable[[], Sequence], home, prompt: str, ne
     ``encoders`` returns the text encoders as they are at the time of a call: the plan
     outlives the call (its padding encoding is made on first use) and must not keep
     encoders alive that a memory plan released meanwhile."""
-    embeddings = embeddings_for(spec, home, prompt + "\n" + negative)
+    flux = spec.family == "flux"  # T5 + CLIP-L (flux_prompt.py): no clip skip, no SD embeddings
+    embeddings = {} if flux else embeddings_for(spec, home, prompt + "\n" + negative)
     key = (clip_skip, tuple(sorted((name, str(e.path), e.path.stat().st_mtime_ns) for name, e in embeddings.items())))
     if store is not None and sum(len(v) for v in store.values()) > MAX_STORED_TEXTS:
         store.clear()
@@ -87,7 +88,12 @@ def encode_prompts(spec, encoders: Callable[[], Sequence], home, prompt: str, ne
 
     def encoded(text: str) -> TextConditioning:
         if text not in cache:
-            cache[text] = encode_prompt(spec, encoders(), text, clip_skip, device, embeddings)
+            if flux:
+                from .flux_prompt import encode_flux_prompt
+
+                cache[text] = encode_flux_prompt(spec.variant, encoders(), text, device)
+            else:
+                cache[text] = encode_prompt(spec, encoders(), text, clip_skip, device, embeddings)
         return cache[text]
 
     def timeline(text: str) -> list[tuple[int, TextConditioning]]:

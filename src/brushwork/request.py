@@ -42,19 +42,32 @@ class FamilyDefaults:
     sampler: str = "DPM++ 2M"
     schedule: str = "Karras"
     clip_skip: int = 1
+    distilled_cfg_scale: Optional[float] = None  # Flux.1 dev's guidance input (None: the family has none)
 
 
 def family_defaults(spec: ModelSpec) -> FamilyDefaults:
     """The family's defaults, overridden by what the checkpoint's own metadata asks for.
     (The user's saved defaults for a model come on top: model_defaults.effective_defaults.)"""
     known = {k: v for k, v in spec.defaults.items() if k in FamilyDefaults.__dataclass_fields__}
-    return replace(FamilyDefaults(spec.resolution, spec.resolution), **known)
+    return replace(base_defaults(spec), **known)
+
+
+def base_defaults(spec: ModelSpec) -> FamilyDefaults:
+    """The model family's own defaults (no metadata): SD's at the native size; Flux's
+    steps, CFG 1 and distilled guidance (flux_family.py)."""
+    if spec.family == "flux":
+        from .flux_family import flux_defaults
+
+        return flux_defaults(spec)
+    return FamilyDefaults(spec.resolution, spec.resolution)
 
 
 def clip_skip_limit(spec: ModelSpec) -> int:
     """The deepest clip skip a model allows: hidden_states[-n] of an L-layer encoder;
     SD 1.x reads layer L+1-clip_skip, SD 2.x and SDXL one earlier, and the embeddings
     (or beyond) are no layer to use."""
+    if not spec.text_encoders:  # Flux: T5 and CLIP-L are read at their own layers
+        return 1
     depth = min(e.layers for e in spec.text_encoders)
     return depth if spec.family == "sd1" else depth - 1
 
@@ -68,6 +81,9 @@ class GenerationRequest:
     seed: int = -1
     steps: Optional[int] = None
     cfg_scale: Optional[float] = None
+    #: Flux.1 dev's distilled guidance (Forge's "Distilled CFG Scale"); None: the
+    #: model's default (3.5); not used by models without a guidance input
+    distilled_cfg_scale: Optional[float] = None
     sampler: Optional[str] = None
     schedule: Optional[str] = None
     width: Optional[int] = None
@@ -159,6 +175,7 @@ def with_defaults(request: GenerationRequest, d: FamilyDefaults, native: Optiona
         width=d.width if request.width is None else request.width,
         height=d.height if request.height is None else request.height,
         clip_skip=d.clip_skip if request.clip_skip is None else request.clip_skip,
+        distilled_cfg_scale=d.distilled_cfg_scale if request.distilled_cfg_scale is None else request.distilled_cfg_scale,
     )
     if request.sampler is None:
         req = replace(req, sampler=d.sampler, schedule=request.schedule or d.schedule)
@@ -223,6 +240,9 @@ def validate_request(req: GenerationRequest) -> None:
         raise RequestError(f"steps must be a whole number from 1 to {MAX_STEPS}; got {req.steps!r}. 20-30 is typical.")
     if req.cfg_scale is not None and not 0 <= float(req.cfg_scale) <= 30:
         raise RequestError(f"CFG scale must be between 0 and 30; got {req.cfg_scale}. 4-7 is typical.")
+    g = req.distilled_cfg_scale
+    if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g <= 30):
+        raise RequestError(f"distilled CFG scale must be between 0 and 30; got {g!r}. 3.5 is Flux.1 dev's default; 2-4 looks natural, higher follows the prompt harder.")
     if not 1 <= req.batch_size <= MAX_BATCH_SIZE:
         raise RequestError(f"batch size must be from 1 to {MAX_BATCH_SIZE}; got {req.batch_size}. Use batch count for more images.")
     if not 1 <= req.batch_count <= MAX_BATCH_COUNT:

@@ -77,7 +77,7 @@ MID_LIVE_TENSORS = 6
 #: where a streamed pass keeps its full-frame activations
 STORAGE = torch.device("cpu")
 #: module class names that get a stop point (diffusers' building blocks)
-_STOP_BLOCKS = ("ResnetBlock2D", "Attention", "Upsample2D", "Downsample2D", "Transformer2DModel", "BasicTransformerBlock")
+_STOP_BLOCKS = ("ResnetBlock2D", "Attention", "Upsample2D", "Downsample2D", "Transformer2DModel", "BasicTransformerBlock", "FluxTransformerBlock", "FluxSingleTransformerBlock")
 
 StopCheck = Callable[[], bool]
 

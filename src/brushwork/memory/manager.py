@@ -17,7 +17,7 @@ from ..runtime import process_rss_bytes, return_freed_memory
 from ..models.detect import ModelSpec
 from .at_rest import ReleasedEncoders, is_at_rest, keep_at_rest, stream_layers, weight_bytes
 from .footprint import count_working, file_weights, torch_dtype
-from .plan import SAFETY, MemoryPlan, Need, Weights, choose_plan, fitting_size, rungs, step_down
+from .plan import SAFETY, MemoryPlan, Need, Weights, choose_plan, fitting_size, plan_at, rungs, step_down
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,11 @@ def check_rung(placement: Placement, name: Optional[str]) -> Optional[str]:
 class MemoryState:
     """The loaded model's plan and what it was planned from."""
 
-    weights: Weights
+    weights: Optional[Weights]  # an SD file's counts (None for Flux, counted from the loaded networks)
     plan: MemoryPlan
     working: dict = field(default_factory=dict)  # (width, height, rows) -> Working
+    #: reads the text encoders again after a plan released them (Flux: from their own files)
+    read_text_encoders: Optional[Callable[[], list]] = None
 
 
 class MemoryManager:
@@ -134,14 +136,25 @@ class MemoryManager:
         log.info("%s", plan.describe())
         return self._storage(plan, weights) or self.placement.dtype
 
-    def _storage(self, plan: MemoryPlan, weights: Weights) -> Optional[torch.dtype]:
+    def _storage(self, plan: MemoryPlan, weights: Optional[Weights]) -> Optional[torch.dtype]:
+        if plan.family == "flux" or weights is None:  # Flux is loaded in the type it runs in
+            return None
         if self.kind == "cpu" and plan.at_rest_bits == 16:
             stored = torch_dtype(weights.file_dtype)
             return stored if stored in (torch.float16, torch.bfloat16) else torch.float16  # a float32 file is rounded to fp16
         return None
 
-    def _lowest(self) -> int:
-        return 0 if self.forced is None else rungs(self.kind).index(self.forced)  # (check_rung spelt it as the ladder does)
+    def _lowest(self, family: str = "sd") -> int:
+        """The rung a forced ``--memory-plan`` names (check_rung spelt it as SD's ladder does).
+        On a Flux model's shorter ladder: its last rung that is no lower than the one named
+        (CPU "16-bit at rest", which Flux is already, gives "tiled VAE")."""
+        if self.forced is None:
+            return 0
+        sd = rungs(self.kind)
+        if family != "flux":
+            return sd.index(self.forced)
+        own = rungs(self.kind, family)
+        return max(i for i, name in enumerate(own) if sd.index(name) <= sd.index(self.forced))
 
     def adopt(self, networks, plan: Optional[MemoryPlan] = None) -> None:
         """Make the networks follow ``plan`` (default: the current one).  Only ever moves
@@ -157,7 +170,7 @@ class MemoryManager:
         if self.kind != "cpu":
             if plan.text_encoders_on_cpu:
                 for enc in networks.text_encoders:
-                    enc.to("cpu", torch.float32)
+                    enc.to("cpu") if plan.family == "flux" else enc.to("cpu", torch.float32)  # (T5-XXL in float32 would be 19 GB)
             if plan.vae_swapped:
                 networks.vae.to("cpu")
             if plan.sequential:
@@ -186,15 +199,48 @@ class MemoryManager:
         vae_bytes = 4 if self.kind == "cpu" else 0
         return Need(weights, working, tiled, vae_bytes)
 
+    def plan_flux(self, spec, networks, read_text_encoders: Callable[[], list]) -> MemoryPlan:
+        """Plan a loaded Flux model for its native size at batch 1 (flux_plan.py)."""
+        self.state = MemoryState(None, plan_at(self.flux_need(spec, networks, spec.resolution, spec.resolution, 1, {}), self.kind, 1, 0), read_text_encoders=read_text_encoders)
+        plan = choose_plan(self.need(spec, networks, spec.resolution, spec.resolution, 1), self.kind, self.budget(networks), self._lowest("flux"))
+        self.state.plan = plan
+        log.info("%s", plan.describe())
+        return plan
+
+    def flux_need(self, spec, networks, width: int, height: int, rows: int, cache: dict):
+        from ..flux_family import count_flux_working, held_bytes
+        from ..vae import streamed_decode_bytes
+        from .flux_plan import FluxNeed
+
+        key = (width, height, rows)
+        present = _loaded(networks.text_encoders)
+        if "weights" not in cache or present:
+            cache["weights"] = (held_bytes(networks.unet), held_bytes(networks.vae), sum(held_bytes(e) for e in present) if present else cache["weights"][2])
+        if key not in cache:
+            dtype = next(p for p in networks.unet.parameters() if p.is_floating_point()).dtype
+            vae_dtype = next(networks.vae.parameters()).dtype
+            counted = count_flux_working(spec, networks.unet, networks.vae, present, width, height, rows, dtype, vae_dtype)
+            if present:
+                cache["text"] = counted.encode_text
+            cache[key] = replace(counted, encode_text=cache.get("text", counted.encode_text))
+        tiled = streamed_decode_bytes(networks.vae, height, width, host_is_device=self.kind == "cpu", dtype_bytes=next(networks.vae.parameters()).element_size())
+        tr, vae, te = cache["weights"]
+        return FluxNeed(tr, vae, te, cache[key], tiled)
+
     def need(self, spec: ModelSpec, networks, width: int, height: int, rows: int) -> Need:
         st = self._require()
+        if spec.family == "flux":
+            return self.flux_need(spec, networks, width, height, rows, st.working)
         return self._need_from(spec, networks.unet, networks.vae, networks.text_encoders, st.weights, width, height, rows, st.working)
 
     def budget(self, networks) -> int:
         """Bytes the plan may use: what is free plus what the loaded weights hold now."""
         device = self.placement.device
         if self.kind == "cpu":
-            held = sum(weight_bytes(n) for n in [networks.unet, networks.vae, *_loaded(networks.text_encoders)])
+            count = weight_bytes
+            if self.plan is not None and self.plan.family == "flux":
+                from ..flux_family import held_bytes as count  # GGUF layers: their quantized bytes
+            held = sum(count(n) for n in [networks.unet, networks.vae, *_loaded(networks.text_encoders)])
         else:
             held = int(torch.cuda.memory_allocated(device)) if torch.cuda.is_available() else 0
         return self._capped(self.free_bytes(device) + held, held)
@@ -203,7 +249,7 @@ class MemoryManager:
         """The plan a request needs: the current rung or a lower one."""
         st = self._require()
         need = self.need(spec, networks, width, height, rows)
-        return choose_plan(need, self.kind, self.budget(networks), max(st.plan.rung, self._lowest())), need
+        return choose_plan(need, self.kind, self.budget(networks), max(st.plan.rung, self._lowest(st.plan.family))), need
 
     def refusal(self, plan: MemoryPlan, spec: ModelSpec, networks, width: int, height: int, batch: int, passes: int) -> str:
         usable = plan.free * SAFETY  # free memory less the plan's margin, or the memory limit
@@ -259,6 +305,12 @@ class MemoryManager:
             return  # a LoRA is merged into them: re-reading would lose it
         if isinstance(encoders, ReleasedEncoders):
             encoders.release()
+            return_freed_memory()
+            return
+        reader = self._require().read_text_encoders
+        if reader is not None:  # Flux: T5 and CLIP-L from their own files, as loaded
+            networks.text_encoders = ReleasedEncoders(len(encoders), reader)
+            del encoders
             return_freed_memory()
             return
         storage = self._storage(plan, self._require().weights) or self.placement.dtype

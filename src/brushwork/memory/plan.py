@@ -120,6 +120,7 @@ class MemoryPlan:
     exact: bool  # the same picture as the resident plan
     note: str = ""
     release_text_encoders: bool = False  # CPU: dropped after encoding, read again for a new prompt
+    family: str = "sd"  # "flux": a Flux model's ladder (flux_plan.py)
 
     @property
     def fits(self) -> bool:
@@ -127,15 +128,24 @@ class MemoryPlan:
 
     @property
     def last(self) -> bool:
-        return self.rung == len(rungs(self.device)) - 1
+        return self.rung == len(rungs(self.device, self.family)) - 1
 
     def describe(self) -> str:
         text = f"memory plan '{self.name}' on {self.device}: about {self.peak / 2**30:.1f} GiB of {self.free / 2**30:.1f} GiB free"
         return text + (f" ({self.note})" if self.note else "")
 
 
-def rungs(device: str) -> tuple[str, ...]:
+def rungs(device: str, family: str = "sd") -> tuple[str, ...]:
+    if family == "flux":
+        from .flux_plan import FLUX_CPU_RUNGS, FLUX_GPU_RUNGS
+
+        return FLUX_CPU_RUNGS if device == "cpu" else FLUX_GPU_RUNGS
     return CPU_RUNGS if device == "cpu" else GPU_RUNGS
+
+
+def family_of(need) -> str:
+    """"flux" for a Flux model's need (flux_plan.FluxNeed), else "sd"."""
+    return getattr(need, "family", "sd")
 
 
 def _overhead(device: str, stage: str, counted: int) -> int:
@@ -145,6 +155,10 @@ def _overhead(device: str, stage: str, counted: int) -> int:
 
 def plan_at(need: Need, device: str, free: int, rung: int) -> MemoryPlan:
     """The plan on ``rung`` of ``device``'s ladder, with its predicted peak."""
+    if family_of(need) == "flux":
+        from .flux_plan import flux_plan_at
+
+        return flux_plan_at(need, device, free, rung)
     names = rungs(device)
     if not 0 <= rung < len(names):
         raise ValueError(f"rung {rung} does not exist on {device}; it has rungs 0 to {len(names) - 1}")
@@ -224,10 +238,9 @@ def fitting_size(need_at: Callable[[int, int, int], Need], device: str, free: in
     (multiples of 64, in steps of 10%), that fit on the last rung.  ``need_at(width,
     height, batch)`` counts a request's need (footprint.py); sizes are tried from the
     largest down, so the answer is one that was counted and fits."""
-    last = len(rungs(device)) - 1
-
     def fits(w: int, h: int, b: int) -> bool:
-        return plan_at(need_at(w, h, b), device, free, last).fits
+        need = need_at(w, h, b)
+        return plan_at(need, device, free, len(rungs(device, family_of(need))) - 1).fits
 
     fits_batch = next((b for b in range(batch - 1, 0, -1) if fits(width, height, b)), 0)
     fit_w = fit_h = 0

@@ -340,7 +340,7 @@ def reject_other_kinds(shapes: Shapes) -> None:
     if any("x_embedder.proj.weight" in k for k in keys) or any("joint_blocks.0." in k for k in keys):
         raise UnsupportedModel("this is a Stable Diffusion 3 (MMDiT) model, which Brushwork does not support yet; it runs SD 1.x, SD 2.x and SDXL checkpoints.")
     if any("double_blocks.0.img_attn" in k for k in keys):
-        raise UnsupportedModel("this is a Flux.1 model. Brushwork reads Flux files (brushwork models lists the model and its parts) but cannot generate with them yet; it generates with SD 1.x, SD 2.x and SDXL checkpoints.")
+        raise UnsupportedModel("this is a Flux.1 model, not a Stable Diffusion checkpoint: Brushwork runs Flux transformers from .safetensors or .gguf files with their ae, clip_l and t5xxl parts (brushwork models lists the model and the parts found).")
     if _has_prefix(shapes, "conditioner.embedders.0.model.") and not _has_prefix(shapes, TE_XL1):
         raise UnsupportedModel("this is an SDXL refiner checkpoint. It only refines images from an SDXL base model, which Brushwork does not support yet; use an SDXL base checkpoint.")
     vae_like = share(lambda k: k.startswith(("encoder.", "decoder.", "quant_conv", "post_quant_conv", VAE)))

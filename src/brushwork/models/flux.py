@@ -20,6 +20,7 @@ Everything except the network build is pure (shapes in, names out).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Callable, Mapping, Optional
 
 import torch
@@ -55,6 +56,22 @@ class FluxSpec:
     guidance: bool  # dev (guidance-distilled) has a guidance embedding; schnell none
 
     family = "flux"
+    # what the engine asks of every model (as of detect.ModelSpec), answered for Flux
+    prediction = "flow"
+    resolution = 1024
+    inpainting = False
+    vae_decode = "plain"
+    ema = False
+    notes: tuple = ()
+    text_encoders: tuple = ()  # CLIP-L and T5 are not CLIP chunks: no clip skip, no SD embeddings
+    defaults = MappingProxyType({})
+
+    @property
+    def vae(self):
+        """The autoencoder as the engine sees it: 16 latent channels, Flux's scale."""
+        from .detect import VAEConfig
+
+        return VAEConfig(3, 3, 16, (128, 256, 512, 512), 2, 32, True, VAE_SCALE)
 
     @property
     def variant(self) -> str:

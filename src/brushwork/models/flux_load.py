@@ -31,3 +31,16 @@ def load_flux(parts: FluxParts, dtype: torch.dtype, device: torch.device, vae_dt
         clip_l = build_clip_l(file_of(parts.clip_l.path), parts.clip_l.prefix, dtype, device)
         t5 = build_t5(file_of(parts.t5xxl.path), parts.t5xxl.prefix, dtype, device)
     return Networks(transformer, vae, [clip_l, t5])
+
+
+def load_flux_text_encoders(parts: FluxParts, dtype: torch.dtype, device: torch.device) -> list[torch.nn.Module]:
+    """[CLIP-L, T5] read again from their files (after a memory plan released them)."""
+    with ExitStack() as stack:
+        opened: dict = {}
+
+        def file_of(path):
+            if path not in opened:
+                opened[path] = stack.enter_context(open_tensor_file(path))
+            return opened[path]
+
+        return [build_clip_l(file_of(parts.clip_l.path), parts.clip_l.prefix, dtype, device), build_t5(file_of(parts.t5xxl.path), parts.t5xxl.prefix, dtype, device)]

@@ -17,7 +17,7 @@ token a 2x2 patch of 16 channels, with position ids (0, row, column).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -83,12 +83,16 @@ class FlowDenoiser:
     """``denoise(x, sigma) -> x0`` for a Flux transformer on packed latents.
 
     ``guidance``: dev's distilled guidance (the "Distilled CFG Scale", passed to the
-    network; None for schnell). ``cfg_scale`` above 1 with a ``negative`` prompt adds
-    real classifier-free guidance: a second network call per step."""
+    network; None for schnell). ``cfg_scale`` other than 1 with a ``negative`` prompt
+    adds real classifier-free guidance: a second network call per step (a float, or
+    one per image as a (B, 1, 1) tensor).  ``texts_at(sigma) -> (positive, negative)``
+    picks the texts per step instead (prompt editing; negative None: no real CFG)."""
 
-    def __init__(self, net: torch.nn.Module, positive: TextConditioning, h: int, w: int, guidance: Optional[float],
-                 negative: Optional[TextConditioning] = None, cfg_scale: float = 1.0) -> None:
-        self.net, self.positive, self.negative = net, positive, negative
+    def __init__(self, net: torch.nn.Module, positive: Optional[TextConditioning], h: int, w: int, guidance: Optional[float],
+                 negative: Optional[TextConditioning] = None, cfg_scale=1.0,
+                 texts_at: Optional[Callable[[torch.Tensor], tuple[TextConditioning, Optional[TextConditioning]]]] = None) -> None:
+        self.net = net
+        self.texts_at = texts_at if texts_at is not None else (lambda sigma: (positive, negative))
         self.cfg_scale = cfg_scale
         self.guidance = guidance
         self.img_ids = image_ids(h, w)
@@ -109,8 +113,10 @@ class FlowDenoiser:
         return out.to(x.dtype)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        v = self._velocity(x, sigma, self.positive)
-        if self.negative is not None and self.cfg_scale > 1:
-            uncond = self._velocity(x, sigma, self.negative)
-            v = uncond + self.cfg_scale * (v - uncond)
+        positive, negative = self.texts_at(sigma)
+        v = self._velocity(x, sigma, positive)
+        scale = self.cfg_scale
+        if negative is not None and (bool((scale != 1).any()) if isinstance(scale, torch.Tensor) else scale != 1):
+            uncond = self._velocity(x, sigma, negative)
+            v = uncond + scale * (v - uncond)
         return x - sigma * v

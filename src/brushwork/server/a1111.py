@@ -115,6 +115,7 @@ class Txt2ImgBody(BaseModel):
     n_iter: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
     steps: int = Field(50, ge=1, le=MAX_STEPS)
     cfg_scale: float = Field(7.0, ge=0, le=30)
+    distilled_cfg_scale: float = Field(3.5, ge=0, le=30)  # Forge's field: Flux.1 dev's distilled guidance (other models ignore it)
     # not necessarily multiples of 8: rounded down like AUTOMATIC1111 (txt2img says so in info)
     width: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE)
     height: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE)
@@ -334,6 +335,7 @@ _FROM_INFOTEXT = {
     "Sampler": ("sampler_name", str),
     "Schedule type": ("scheduler", str),
     "CFG scale": ("cfg_scale", float),
+    "Distilled CFG Scale": ("distilled_cfg_scale", float),
     "Seed": ("seed", int),
     "Size-1": ("width", int),
     "Size-2": ("height", int),
@@ -506,7 +508,7 @@ def router(studio: Studio) -> APIRouter:
         clip_skip = per_request["CLIP_stop_at_last_layers"]
         req = GenerationRequest(
             prompt=prompt, negative_prompt=body.negative_prompt, seed=body.seed,
-            steps=body.steps, cfg_scale=body.cfg_scale, sampler=sampler, schedule=body.scheduler, width=width,
+            steps=body.steps, cfg_scale=body.cfg_scale, distilled_cfg_scale=body.distilled_cfg_scale, sampler=sampler, schedule=body.scheduler, width=width,
             height=height, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip, vae=per_request["sd_vae"],
             styles=list(body.styles or []), rng=per_request["randn_source"], ensd=per_request["eta_noise_seed_delta"],
             subseed=body.subseed, subseed_strength=body.subseed_strength or 0.0,
@@ -557,6 +559,7 @@ def router(studio: Studio) -> APIRouter:
             "height": height,
             "sampler_name": sampler,
             "cfg_scale": body.cfg_scale,
+            "distilled_cfg_scale": body.distilled_cfg_scale,
             "steps": body.steps,
             "batch_size": body.batch_size,
             "restore_faces": False,

@@ -47,6 +47,7 @@ SIZE_PRESETS = {
     "sd1": [(512, 512), (512, 768), (768, 512), (640, 448), (448, 640)],
     "sd2": [(768, 768), (768, 1024), (1024, 768), (512, 512)],
     "sdxl": [(1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344), (1344, 768)],
+    "flux": [(1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344), (1344, 768), (512, 512)],
 }
 CLIENT_HEADER = "x-brushwork-client"
 THUMB = 256
@@ -178,6 +179,7 @@ def public_event(studio: Studio, data: dict[str, Any]) -> dict[str, Any]:
 def form_options(studio: Studio) -> dict[str, Any]:
     """Everything a form needs: ranges, defaults for the current model, presets."""
     from ..engine import family_defaults
+    from ..flux_family import FLUX_SAMPLER_LABELS
 
     loaded = studio.engine.model
     family, defaults, sources, native = "sd1", None, {}, (512, 512)
@@ -192,6 +194,10 @@ def form_options(studio: Studio) -> dict[str, Any]:
     if defaults is not None:
         d = {"width": defaults.width, "height": defaults.height, "steps": defaults.steps, "cfg_scale": defaults.cfg_scale, "sampler": defaults.sampler, "schedule": defaults.schedule,
              "clip_skip": eff.values.get("clip_skip") or 1}
+    flux = family == "flux"
+    guided = flux and bool(getattr(loaded.spec, "guidance", False))
+    if guided:
+        d["distilled_cfg_scale"] = family_defaults(loaded.spec).distilled_cfg_scale
     from ..catalog import is_demo, native_presets, native_size_hint
     from .schemas import public_path
 
@@ -217,21 +223,25 @@ def form_options(studio: Studio) -> dict[str, Any]:
         "upscalers": [u.name for u in upscaler_list(studio)],
         "vaes": vae_names(home),  # Automatic, None, then the VAE files (vae_select.py)
         "defaults": d,
+        # what applies to this model's family: the studio hides the rest (Flux: no clip skip,
+        # no hires fix or refining yet, Distilled CFG for dev; flux_family.py)
+        "applies": {"distilled_cfg_scale": guided, "clip_skip": not flux, "hires": not flux, "refine": not flux, "negative_prompt_needs_cfg": flux},
         "default_sources": sources,  # per field: "saved" (this model's own, set by the user), "metadata" (the checkpoint's) or "family"
         "native_size": {"width": native[0], "height": native[1], "hint": native_size_hint(native)},
         "ranges": {
             "steps": {"min": 1, "max": MAX_STEPS, "step": 1, "hint": "more steps: more detail, more time; 20-30 is typical"},
-            "cfg_scale": {"min": 0, "max": 30, "step": 0.5, "hint": "how closely the image follows the prompt; 4-7 is typical"},
-            "width": {"min": MIN_SIDE, "max": MAX_SIDE, "step": 8},
-            "height": {"min": MIN_SIDE, "max": MAX_SIDE, "step": 8},
+            "cfg_scale": {"min": 0, "max": 30, "step": 0.5, "hint": "Flux: 1 (its guidance is distilled; above 1 the negative prompt is used and each step takes twice as long)" if flux else "how closely the image follows the prompt; 4-7 is typical"},
+            "distilled_cfg_scale": {"min": 0, "max": 30, "step": 0.5, "hint": "Flux.1 dev's guidance: 3.5 is its default; 2-4 looks natural, higher follows the prompt harder"},
+            "width": {"min": MIN_SIDE, "max": MAX_SIDE, "step": 16 if flux else 8},
+            "height": {"min": MIN_SIDE, "max": MAX_SIDE, "step": 16 if flux else 8},
             "seed": {"min": -1, "max": MAX_SEED, "hint": "-1: random; keep a seed to keep a composition"},
             "batch_size": {"min": 1, "max": MAX_BATCH_SIZE},
             "batch_count": {"min": 1, "max": MAX_BATCH_COUNT},
             "clip_skip": {"min": 1, "max": 12},
         },
         "size_presets": [{"width": w, "height": h} for w, h in presets],
-        "samplers": [s.label for s in SAMPLERS.values()],
-        "schedules": list(SCHEDULE_LABELS.values()),
+        "samplers": list(FLUX_SAMPLER_LABELS) if flux else [s.label for s in SAMPLERS.values()],
+        "schedules": ["Simple"] if flux else list(SCHEDULE_LABELS.values()),
     }
 
 

@@ -55,6 +55,7 @@ class GenerateBody(BaseModel):
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1: random")
     steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="null: the model's default")
     cfg_scale: Optional[float] = Field(None, ge=0, le=30)
+    distilled_cfg_scale: Optional[float] = Field(None, ge=0, le=30, description="Flux.1 dev's distilled guidance (null: the model's default, 3.5); ignored by other models")
     sampler: Optional[str] = Field(None, max_length=64, description="e.g. 'DPM++ 2M' or 'DPM++ 2M Karras'")
     schedule: Optional[str] = Field(None, max_length=64, description="e.g. 'Karras'")
     width: Optional[int] = Field(None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
@@ -106,7 +107,7 @@ class GenerateBody(BaseModel):
         if self.mask is not None:
             mask = decode_picture(self.mask, "mask")
         return GenerationRequest(
-            prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed, steps=self.steps, cfg_scale=self.cfg_scale,
+            prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed, steps=self.steps, cfg_scale=self.cfg_scale, distilled_cfg_scale=self.distilled_cfg_scale,
             sampler=self.sampler, schedule=self.schedule, width=self.width, height=self.height,
             batch_size=self.batch_size, batch_count=self.batch_count, clip_skip=self.clip_skip, vae=self.vae,
             styles=list(self.styles), rng=self.rng, ensd=self.ensd, subseed=self.subseed, subseed_strength=self.subseed_strength,
@@ -203,7 +204,7 @@ def decode_picture(text: str, field: str):
 #: has the right type but is out of range): one set of messages for every client
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"}
 _REFINE_FIELDS = {"denoising_strength", "mask_blur", "only_masked_padding"}
-_REQUEST_FIELDS = {"seed", "steps", "cfg_scale", "width", "height", "batch_size", "batch_count", "clip_skip", "ensd", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h"} | _REFINE_FIELDS
+_REQUEST_FIELDS = {"seed", "steps", "cfg_scale", "distilled_cfg_scale", "width", "height", "batch_size", "batch_count", "clip_skip", "ensd", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h"} | _REFINE_FIELDS
 
 
 def engine_message(loc, error_type: str, value: Any) -> Optional[str]:

@@ -4,7 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const API = "/api/v1";
 const STORE_KEY = "brushwork.form.v1";
-const FIELDS = ["prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "steps", "cfg_scale", "sampler", "schedule", "width", "height", "clip_skip", "vae", "batch_size", "batch_count", "styles"];
+const FIELDS = ["prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "steps", "cfg_scale", "distilled_cfg_scale", "sampler", "schedule", "width", "height", "clip_skip", "vae", "batch_size", "batch_count", "styles"];
 
 const state = {
   options: null,       // /api/v1/options
@@ -118,6 +118,27 @@ function setField(f, value) {
 function syncOutputs() {
   $("steps-value").textContent = $("steps").value;
   $("cfg-value").textContent = $("cfg_scale").value;
+  $("distilled-value").textContent = $("distilled_cfg_scale").value;
+}
+
+// what applies to the loaded model's family (options.applies): a Flux model shows its
+// Distilled CFG scale and hides clip skip, the hires fix and image to image
+function applies(field) { return state.options?.applies?.[field] !== false; }
+
+function applyFamily(o) {
+  const a = o.applies || {};
+  $("distilled-field").hidden = !a.distilled_cfg_scale;
+  if (o.ranges.distilled_cfg_scale) {
+    const r = o.ranges.distilled_cfg_scale;
+    $("distilled_cfg_scale").min = r.min; $("distilled_cfg_scale").max = r.max; $("distilled_cfg_scale").step = r.step;
+    $("distilled-hint").textContent = capital(r.hint) + ".";
+  }
+  $("clip-skip-field").hidden = !applies("clip_skip");
+  $("mode-img2img").hidden = !applies("refine");
+  $("send-img2img").hidden = !applies("refine");
+  if (!applies("refine") && refine.mode === "img2img") setMode("txt2img", false);
+  $("hires-fix").hidden = refine.mode === "img2img" || !applies("hires");
+  for (const f of ["width", "height"]) $(f).step = o.ranges[f].step;
 }
 
 function requestBody() {
@@ -131,11 +152,12 @@ function requestBody() {
     subseed_strength: v.subseed_strength === "" ? 0 : Number(v.subseed_strength),
     steps: num(v.steps),
     cfg_scale: num(v.cfg_scale),
+    distilled_cfg_scale: state.options?.applies?.distilled_cfg_scale ? num(v.distilled_cfg_scale) : null,
     sampler: v.sampler || null,
     schedule: v.schedule || null,
     width: num(v.width),
     height: num(v.height),
-    clip_skip: num(v.clip_skip),
+    clip_skip: applies("clip_skip") ? num(v.clip_skip) : null,
     vae: v.vae || null,
     batch_size: num(v.batch_size) ?? 1,
     batch_count: num(v.batch_count) ?? 1,
@@ -163,7 +185,9 @@ async function loadOptions() {
   for (const p of o.size_presets) presets.add(new Option(`${p.width} × ${p.height}`, `${p.width}x${p.height}`));
   // the model's defaults, except where the user chose something
   const d = o.defaults;
+  applyFamily(o);
   const defaults = { steps: d.steps, cfg_scale: d.cfg_scale, sampler: d.sampler, schedule: d.schedule, width: d.width, height: d.height, clip_skip: d.clip_skip ?? 1 };
+  if (d.distilled_cfg_scale != null) defaults.distilled_cfg_scale = d.distilled_cfg_scale;
   for (const [k, val] of Object.entries(defaults)) if (!state.dirty.has(k) || $(k).value === "" || !validValue(k)) setField(k, val);
   for (const k of ["seed", "batch_size", "batch_count"]) if (!validValue(k)) { setField(k, k === "seed" ? -1 : 1); state.dirty.delete(k); }
   syncModelHint(o);
@@ -645,7 +669,7 @@ function applyParameters(p, unstyled) {
   } else if (p.Prompt !== undefined) {
     setStyles([]);
   }
-  const map = { Prompt: "prompt", "Negative prompt": "negative_prompt", Steps: "steps", "CFG scale": "cfg_scale", Seed: "seed", "Size-1": "width", "Size-2": "height",
+  const map = { Prompt: "prompt", "Negative prompt": "negative_prompt", Steps: "steps", "CFG scale": "cfg_scale", "Distilled CFG Scale": "distilled_cfg_scale", Seed: "seed", "Size-1": "width", "Size-2": "height",
     "Variation seed": "subseed", "Variation seed strength": "subseed_strength" };
   // a picture without a variation seed was made from its seed alone
   if (p.Seed !== undefined && p["Variation seed strength"] === undefined) { p = { ...p, "Variation seed strength": "0" }; }
@@ -775,7 +799,7 @@ function restoreRefine() {
 
 function setMode(mode, save = true) {
   refine.mode = mode;
-  $("hires-fix").hidden = mode === "img2img";  // hires fix is a txt2img option
+  $("hires-fix").hidden = mode === "img2img" || !applies("hires");  // hires fix is a txt2img option (not for Flux yet)
   $("mode-txt2img").setAttribute("aria-pressed", String(mode === "txt2img"));
   $("mode-img2img").setAttribute("aria-pressed", String(mode === "img2img"));
   $("img2img").hidden = mode !== "img2img";
@@ -1641,7 +1665,7 @@ const HIRES_KEY = "brushwork.hires.v1";
 const HIRES_FIELDS = ["hires", "hires_scale", "hires_upscaler", "hires_steps", "hires_strength"];
 const hires = { dirty: new Set() };  // hires fields the user changed (kept over the model's defaults)
 
-function hiresOn() { return refine.mode !== "img2img" && $("hires").checked; }
+function hiresOn() { return refine.mode !== "img2img" && applies("hires") && $("hires").checked; }
 
 // the hires fields of a generation body: none when it is off (or in img2img mode)
 function hiresFields() {
