@@ -92,6 +92,15 @@ MODELS_EXAMPLES = """examples:
 A request's own settings always win; then the model's saved defaults, then what the
 checkpoint's metadata says, then the family's (docs/models.md)."""
 
+CLUSTER_EXAMPLES = """examples (docs/cluster.md):
+  ray start --head --port 6379                      on the machine that serves (the head)
+  brushwork serve --cluster auto                    the server: jobs go to the cluster's workers
+  ray start --address HEAD:6379                     on each GPU machine, then:
+  brushwork worker --address HEAD:6379              one worker per GPU (--device cuda:0 to pick)
+  brushwork cluster status                          the workers, their models and jobs
+
+Every machine needs the checkpoints and LoRAs the jobs name, under the same names."""
+
 PULL_DESCRIPTION = "Download a model into the data home: a civitai or Hugging Face URL, an AIR, hf://owner/repo/file, an https URL, or a name from brushwork models --starter. The file is checked before it is put in place."
 
 
@@ -294,8 +303,24 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-job-minutes", type=float, default=None, help="refuse jobs estimated to take longer than this on this device (default 60; 0: no limit)")
     sv.add_argument("--max-queued", type=int, default=200, help="jobs one client may have waiting at once (default 200)")
     sv.add_argument("--threads", metavar="N", default=None, help="CPU threads for torch (default: $BRUSHWORK_THREADS, else the cores other programs leave free; 0 or auto: choose)")
+    sv.add_argument("--cluster", metavar="auto|ADDRESS", help="run the jobs on the Brushwork workers of a Ray cluster (auto: the one this machine joined; ADDRESS: HEAD:6379) instead of here; needs pip install -e \".[cluster]\" (docs/cluster.md)")
     memory_options(sv)
     common(sv)
+
+    wk = sub.add_parser("worker", help="run a server's jobs on this machine's GPUs, as part of a Ray cluster", description="Start Brushwork workers on this machine for a server started with serve --cluster: one per visible GPU (or one on the CPU). The machine must have joined a Ray cluster (ray start --head, or ray start --address HEAD:6379) and have the same checkpoints as the server, under the same names. Runs until Ctrl-C. Needs pip install -e \".[cluster]\" (docs/cluster.md).", epilog=CLUSTER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    wk.add_argument("--address", default="auto", help="the Ray cluster: HEAD:6379 (default auto: the cluster this machine joined with ray start)")
+    wk.add_argument("--device", action="append", metavar="DEVICE", help="cpu or cuda:N, one worker each (repeatable; default: every visible GPU, else the CPU)")
+    wk.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPU cores Ray reserves for each worker (default 1)")
+    wk.add_argument("--threads", metavar="N", default=None, help="CPU threads for torch in each worker (default: as for serve)")
+    wk.add_argument("--max-job-minutes", type=float, default=None, help="refuse jobs estimated to take longer than this on this worker (the server sends them to another; default 60; 0: no limit)")
+    wk.add_argument("--memory-limit", metavar="SIZE", help="memory each worker may use, e.g. 10G (jobs that do not fit go to another worker)")
+    common(wk)
+
+    cl = sub.add_parser("cluster", help="the workers of a Ray cluster: devices, loaded models, jobs", description="Look at the Brushwork workers of a Ray cluster.", epilog=CLUSTER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    csub = cl.add_subparsers(dest="action", metavar="ACTION")
+    cs = csub.add_parser("status", help="each worker: machine, device, loaded checkpoint and LoRAs, running job, jobs run, model loads", description="List each worker of the cluster: machine, device, loaded checkpoint and LoRAs, free memory, the job it runs now, the jobs it ran and the checkpoints it read; then the jobs waiting in this data home's server queue.")
+    cs.add_argument("--address", default="auto", help="the Ray cluster: HEAD:6379 (default auto)")
+    common(cs)
 
     i = sub.add_parser("info", help="show the generation parameters stored in an image", description="Show the generation parameters (prompt, seed, sampler ...) stored in a picture made by Brushwork or AUTOMATIC1111. Re-create it with: brushwork generate --from IMAGE")
     i.add_argument("image", help="a PNG, JPEG or WebP picture")
@@ -322,7 +347,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         _parser().print_help()
         return EXIT_USAGE
-    handler = {"generate": cmd_generate, "img2img": cmd_generate, "compare": cmd_compare, "models": cmd_models, "pull": cmd_pull, "doctor": cmd_doctor, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history, "styles": cmd_styles, "upscale": cmd_upscale, "upscalers": cmd_upscalers}[args.command]
+    handler = {"generate": cmd_generate, "img2img": cmd_generate, "compare": cmd_compare, "models": cmd_models, "pull": cmd_pull, "doctor": cmd_doctor, "loras": cmd_loras, "train-lora": cmd_train_lora, "serve": cmd_serve, "info": cmd_info, "samplers": cmd_samplers, "history": cmd_history, "styles": cmd_styles, "upscale": cmd_upscale, "upscalers": cmd_upscalers, "worker": cmd_worker, "cluster": cmd_cluster}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -370,8 +395,9 @@ def _is_user_error(exc: Exception) -> bool:
     from .runtime import TorchvisionMismatch
     from .upscale import UpscalerError
     from .links import LinkError
+    from .cluster.pool import NoCluster
 
-    return isinstance(exc, (LinkError, TorchvisionMismatch, UpscalerError, AxisError, GridTooLarge, ImageInputError, HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError, MemoryOptionError, OutOfMemory))
+    return isinstance(exc, (NoCluster, LinkError, TorchvisionMismatch, UpscalerError, AxisError, GridTooLarge, ImageInputError, HistoryDamaged, StorageFull, StylesFileError, BindError, LoraError, DatasetError, DeviceError, RequestError, InfotextError, ModelFileError, NotAnImageError, OutputError, UnknownSamplerError, FileNotFoundError, FileExistsError, MemoryOptionError, OutOfMemory))
 
 
 # ------------------------------------------------------------------ generate
@@ -1086,8 +1112,62 @@ def cmd_serve(args) -> int:
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be from 1 to 65535; got {args.port}")
-    serve(ServeOptions(args.host, args.port, args.home, args.model, args.device, args.auth, args.token, args.insecure, args.max_body_mb, args.cors, args.preview_every, allow_hosts=args.allow_host, trust_proxy=args.trust_proxy, max_job_minutes=args.max_job_minutes, max_queued_per_client=args.max_queued, threads=args.threads, memory_plan=args.memory_plan, memory_limit=args.memory_limit, precision=args.precision))
+    serve(ServeOptions(args.host, args.port, args.home, args.model, args.device, args.auth, args.token, args.insecure, args.max_body_mb, args.cors, args.preview_every, allow_hosts=args.allow_host, trust_proxy=args.trust_proxy, max_job_minutes=args.max_job_minutes, max_queued_per_client=args.max_queued, threads=args.threads, memory_plan=args.memory_plan, memory_limit=args.memory_limit, precision=args.precision, cluster=args.cluster))
     return 0
+
+
+def cmd_worker(args) -> int:
+    from .cluster.pool import connect
+    from .cluster.worker import start_workers, visible_devices, wait_forever
+    from .paths import DataHome
+
+    home = DataHome.resolve(args.home)
+    home.create()
+    devices = args.device or visible_devices()
+    for d in devices:
+        if d != "cpu" and not d.startswith("cuda"):
+            raise ValueError(f"--device {d!r}: a worker runs on cpu or cuda:N")
+    connect(args.address)
+    handles = start_workers(str(home.root), devices=devices, cpus_per_worker=args.cpus_per_worker, threads=args.threads, memory_limit=args.memory_limit, max_job_minutes=args.max_job_minutes)
+    import ray
+
+    for h in handles:
+        info = ray.get(h.info.remote())
+        print(f"worker {info['name']} ready on {info['device']} (models from {home.root})", flush=True)
+    print("Serving the cluster's jobs; Ctrl-C stops these workers (a job running on one is run again elsewhere).", flush=True)
+    wait_forever(handles)
+    print("every worker of this command has stopped.", file=sys.stderr)
+    return 1
+
+
+def cmd_cluster(args) -> int:
+    from .cluster.pool import WorkerPool, queued_in
+    from .paths import DataHome
+
+    if args.action != "status":
+        _parser().parse_args(["cluster", "--help"])
+        return EXIT_USAGE
+    rows = WorkerPool(None if args.address == "auto" else args.address).status()
+    if not rows:
+        print("No Brushwork worker in the cluster. Start some on each GPU machine: brushwork worker --address HEAD:6379")
+    else:
+        print(format_cluster(rows))
+    waiting = queued_in(DataHome.resolve(args.home).root / "brushwork.sqlite3")
+    if waiting is not None:
+        print(f"\n{waiting} job(s) waiting in the server's queue ({DataHome.resolve(args.home).root}).")
+    return 0
+
+
+def format_cluster(rows) -> str:
+    """``brushwork cluster status``'s table."""
+    head = ("WORKER", "HOST", "DEVICE", "MODEL", "LORAS", "FREE", "RUNNING", "JOBS", "LOADS")
+    table = [head]
+    for r in sorted(rows, key=lambda r: r["name"]):
+        free = f"{r['free_memory'] / 2**30:.1f} GiB" if r.get("free_memory") else "-"
+        table.append((r["name"], r.get("host") or "-", r.get("device") or "-", r.get("model") or "-", ",".join(r.get("loras") or []) or "-", free,
+                      r.get("running") or "-", str(r.get("jobs_run", 0)), str(len(r.get("loads") or []))))
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
 
 
 def cmd_loras(args) -> int:

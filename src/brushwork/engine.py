@@ -52,7 +52,7 @@ from .refine import RefinedPicture, refine_defaults, refine_infotext
 # the request, its limits and checks live in request.py; re-exported for the clients
 from .request import (  # noqa: F401
     MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_CLIP_SKIP, MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE,
-    FamilyDefaults, GenerationRequest, RequestError, clip_skip_limit, family_defaults, pass_steps, planned_steps, resolve_seed, unet_calls, validate_request, with_defaults,
+    DoesNotFit, FamilyDefaults, GenerationRequest, RequestError, TooLong, clip_skip_limit, family_defaults, pass_steps, planned_steps, resolve_seed, unet_calls, validate_request, with_defaults,
 )
 from .hires import HiresPass, hires_start, largest_size, prepare_hires
 from .runtime import ThreadChoice, TorchvisionMismatch, apply_threads, large_blocks_returned, memory_first_allocator, return_freed_memory, torchvision_problem, tune_cpu_allocator
@@ -283,7 +283,7 @@ class Engine:
         w, h = largest_size(req)
         plan, _ = self._memory_for(req)
         if not plan.fits:
-            raise RequestError(self.memory.refusal(plan, m.spec, m.networks, w, h, req.batch_size, cfg_passes(req.cfg_scale)))
+            raise DoesNotFit(self.memory.refusal(plan, m.spec, m.networks, w, h, req.batch_size, cfg_passes(req.cfg_scale)))
         self._check_time(req)
         return req
 
@@ -347,27 +347,29 @@ class Engine:
             return
         est = self.estimate_time(req)
         if est.seconds > limit:
-            raise RequestError(too_long_message(est, limit, req.width, req.height, req.steps, req.batch_size * req.batch_count, self.placement.label))
+            raise TooLong(too_long_message(est, limit, req.width, req.height, req.steps, req.batch_size * req.batch_count, self.placement.label))
 
     def txt2img(self, request: GenerationRequest, progress: Optional[Callable[[Progress], None]] = None, control: Optional[JobControl] = None) -> list[GeneratedImage]:
         """Generate ``batch_count`` batches of ``batch_size`` images (all at once; see
         :meth:`batches` to get each batch as soon as it is done)."""
         return [img for batch in self.batches(request, progress, control) for img in batch]
 
-    def batches(self, request: GenerationRequest, progress: Optional[Callable[[Progress], None]] = None, control: Optional[JobControl] = None) -> Iterator[list[GeneratedImage]]:
+    def batches(self, request: GenerationRequest, progress: Optional[Callable[[Progress], None]] = None, control: Optional[JobControl] = None, first_batch: int = 0) -> Iterator[list[GeneratedImage]]:
         """Generate batch after batch, yielding each batch's images as soon as they are
         decoded, so a caller can save them before the next batch starts.
 
         With ``control``, another thread may interrupt, skip or cancel (see
         :class:`JobControl`); an interrupted or skipped batch still yields its partly
-        denoised images, a cancelled one yields nothing more."""
+        denoised images, a cancelled one yields nothing more.  ``first_batch`` skips the
+        batches before it (a job resumed elsewhere after those were saved): the later
+        batches keep their own seeds, so the pictures are those of a run from the start."""
         prep = self.prepare(request, control)
         if prep is None:
             return
         req = prep.req
         seeds, subseeds = batch_seeds(req.seed, req.subseed, req.subseed_strength, req.batch_size * req.batch_count)
         total, t0 = prep.steps * req.batch_count, time.perf_counter()
-        for batch_index in range(req.batch_count):
+        for batch_index in range(first_batch, req.batch_count):
             if control is not None and control.interrupted:
                 return
             part = slice(batch_index * req.batch_size, (batch_index + 1) * req.batch_size)

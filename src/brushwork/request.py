@@ -33,6 +33,16 @@ class RequestError(ValueError):
     """A generation request with a value out of range; the message names the field and the fix."""
 
 
+class DoesNotFit(RequestError):
+    """The request needs more memory than this machine has (its message names a size
+    that fits).  Another machine may have more: a cluster tries the job elsewhere."""
+
+
+class TooLong(RequestError):
+    """The request is estimated to take longer than this machine's time limit.  A
+    faster machine may be within it: a cluster tries the job elsewhere."""
+
+
 @dataclass(frozen=True)
 class FamilyDefaults:
     width: int

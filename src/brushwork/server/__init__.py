@@ -43,6 +43,7 @@ class ServeOptions:
     memory_plan: Optional[str] = None  # --memory-plan (None: chosen from free memory, memory/plan.py)
     memory_limit: Optional[str] = None  # --memory-limit, e.g. "10G" (None: $BRUSHWORK_MEMORY_LIMIT or what is free)
     precision: Optional[str] = None  # --precision (None: the device's default)
+    cluster: Optional[str] = None  # --cluster auto|ADDRESS: run jobs on a Ray cluster's workers (docs/cluster.md)
 
 
 def build(opts: ServeOptions):
@@ -64,7 +65,14 @@ def build(opts: ServeOptions):
     engine = Engine(home, device=opts.device, max_job_seconds=optional_limit(opts.max_job_minutes), threads=opts.threads, memory_plan=opts.memory_plan, memory_limit=opts.memory_limit, precision=opts.precision)
     engine.load(opts.model)  # fail early on a bad --model; the model stays loaded
     store = JobStore(home.root / "brushwork.sqlite3", outputs=home.outputs)
-    studio = Studio(engine, store, preview_every=opts.preview_every, max_queued_per_client=opts.max_queued_per_client)
+    pool = None
+    if opts.cluster:  # Ray is imported here only
+        from ..cluster.pool import WorkerPool
+
+        pool = WorkerPool(None if opts.cluster == "auto" else opts.cluster)
+        if not pool.names():
+            log.warning("no Brushwork worker in the cluster yet: jobs wait until one joins (brushwork worker --address HEAD:6379)")
+    studio = Studio(engine, store, preview_every=opts.preview_every, max_queued_per_client=opts.max_queued_per_client, pool=pool)
     app = create_app(studio, credentials, max_body=int(opts.max_body_mb * 2**20), cors_origins=opts.cors or None, hosts=hosts)
     return app, studio
 
@@ -234,7 +242,10 @@ def serve(opts: ServeOptions) -> None:
     note = studio.engine.threads.note() if studio.engine.threads is not None else None
     if note:
         print(note, flush=True)
-    print(f"Brushwork is serving {studio.model_name()} on {studio.engine.placement.label}: open http://{opts.host}:{opts.port}/  (API docs: /docs)", flush=True)
+    where = studio.engine.placement.label
+    if studio.pool is not None:
+        where = f"a cluster of {len(studio.pool.names())} worker(s)"
+    print(f"Brushwork is serving {studio.model_name()} on {where}: open http://{opts.host}:{opts.port}/  (API docs: /docs)", flush=True)
     # uvicorn shuts down on a signal and then re-raises it to the handler it found:
     # ours, so that the worker is stopped and the database closed before the exit
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}

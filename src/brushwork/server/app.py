@@ -300,6 +300,7 @@ def native_router(studio: Studio) -> APIRouter:
             "total": live.total if live else 0,
             "queue": studio.queue(),
             "counts": studio.store.counts(),
+            "cluster": studio.cluster_status(),  # None unless serve --cluster
         }
 
     @r.get("/options")

@@ -297,14 +297,20 @@ class JobStore:
         cols = ", ".join(f"{k} = ?" for k in fields)
         self._write(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
 
-    def recover(self) -> tuple[int, int]:
-        """After a restart: (jobs put back in the queue, jobs marked failed)."""
+    def recover(self, requeue_running: bool = False) -> tuple[int, int]:
+        """After a restart: (jobs put back in the queue, jobs marked failed).  Jobs that
+        were running are failed, or with ``requeue_running`` (a cluster's server, whose
+        workers make the rest of a job's pictures) queued again in their old place."""
         now = time.time()
         with self._lock:
-            failed = self._write(
-                "UPDATE jobs SET state = ?, finished = ?, error = ?, error_kind = ? WHERE state = ?",
-                (FAILED, now, "the server stopped while this job was running; submit it again", "stopped", RUNNING),
-            ).rowcount
+            if requeue_running:
+                self._write("UPDATE jobs SET state = ?, started = NULL WHERE state = ?", (QUEUED, RUNNING))
+                failed = 0
+            else:
+                failed = self._write(
+                    "UPDATE jobs SET state = ?, finished = ?, error = ?, error_kind = ? WHERE state = ?",
+                    (FAILED, now, "the server stopped while this job was running; submit it again", "stopped", RUNNING),
+                ).rowcount
             queued = self._db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (QUEUED,)).fetchone()[0]
         return queued, failed
 

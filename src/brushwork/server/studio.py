@@ -33,17 +33,17 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional
 
 from ..catalog import find_checkpoint, find_listed_checkpoint, list_checkpoints
-from ..engine import GenerationRequest, JobControl, Progress, RequestError, planned_steps, resolve_seed
+from ..engine import DoesNotFit, GenerationRequest, JobControl, RequestError, TooLong, planned_steps, resolve_seed
+from ..execution import Cell, Loaded, Picture, Step, Task, Upscaled, Warned, comparison, execute
 from ..init_image import image_hash, read_image_file
 from ..outputs import save_input
-from ..compare.axes import grid_shape, parse_axis
-from ..compare.job import Comparison, grid_picture, run_comparison
+from ..compare.axes import grid_shape
+from ..compare.job import Comparison, grid_picture
 from ..refine import GENERATION_KINDS, job_kind
 from ..infotext import stopped_step
 from ..lora import LoraError
 from ..models.errors import CheckpointNotFound, ModelFileError
 from ..outputs import ensure_writable_folder, save_png
-from ..previews import jpeg_bytes
 from ..sampling.registry import UnknownSamplerError
 from .store import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, ImageRecord, JobRecord, JobStore, StorageFull
 
@@ -64,6 +64,10 @@ MAX_QUEUED_PER_CLIENT = 200
 PNG_BYTES_PER_PIXEL = 3.1
 #: how often the worker retries writing what a full disk held back (seconds)
 FLUSH_EVERY = 2.0
+#: a job whose cluster worker died is put back in the queue at most this many times
+MAX_RETRIES = 2
+#: the cluster dispatcher looks at the queue and the workers at least this often (seconds)
+DISPATCH_EVERY = 0.5
 
 
 class NotFound(LookupError):
@@ -126,6 +130,15 @@ class FairQueue:
         else:
             self._clients.setdefault(client, deque()).append(job_id)
 
+    def push_front(self, client: str, job_id: str, priority: bool = False) -> None:
+        """Put a job back at the head: its client's next, and that client first in the round
+        (a job whose worker was lost goes on before anything newer)."""
+        if priority:
+            self._priority.appendleft(job_id)
+            return
+        self._clients.setdefault(client, deque()).appendleft(job_id)
+        self._clients.move_to_end(client, last=False)
+
     def pop(self) -> Optional[str]:
         if self._priority:
             return self._priority.popleft()
@@ -172,8 +185,16 @@ class FairQueue:
 
 
 class Studio:
-    def __init__(self, engine, store: JobStore, *, preview_every: int = 5, start: bool = True, keep_live: int = 256, max_queued_per_client: int = MAX_QUEUED_PER_CLIENT):
+    def __init__(self, engine, store: JobStore, *, preview_every: int = 5, start: bool = True, keep_live: int = 256, max_queued_per_client: int = MAX_QUEUED_PER_CLIENT,
+                 pool=None, patience: Optional[float] = None, scheduler: Optional[Callable] = None):
         self.engine = engine
+        # with a cluster (cluster/pool.py) jobs run on its workers, several at once; the
+        # engine here still checks requests and answers what needs the model's facts
+        self.pool = pool
+        self.patience = patience
+        # (order, workers, estimates) -> Plan; None: cluster/scheduler.assign (the
+        # tests pass assign_round_robin to measure the baseline on a real cluster)
+        self.scheduler = scheduler
         self.home = engine.home
         self.store = store
         self.preview_every = max(1, preview_every)
@@ -185,12 +206,19 @@ class Studio:
         self._cv = threading.Condition()
         self._live: OrderedDict[str, Live] = OrderedDict()
         self._keep_live = keep_live
-        self._current: Optional[str] = None
+        self._running: OrderedDict[str, str] = OrderedDict()  # job id -> the worker running it ("local": this process)
+        self._threads: dict[str, threading.Thread] = {}  # cluster jobs: the thread following each
+        self._attempts: dict[str, int] = {}  # cluster jobs: workers lost while running it
+        self._refused: dict[str, set] = {}  # cluster jobs: workers whose memory or time limit refused it
+        self._views: dict[str, Any] = {}  # cluster jobs: (what the scheduler needs of a waiting job, when it was submitted)
+        self._refusal_text: dict[str, str] = {}  # cluster jobs: the last refusal's message
         self._finished: deque[str] = deque()
         self._stopping = False
         self._target_model: Optional[str] = None  # checkpoint name new jobs are submitted for
         self._thread: Optional[threading.Thread] = None
-        resumed, failed = store.recover()
+        # a cluster's server hands interrupted jobs out again (the pictures saved stay, the
+        # rest is made); on one machine a job cut off by a crash is failed, as it always was
+        resumed, failed = store.recover(requeue_running=pool is not None)
         for job in store.queued_in_order():
             self._queue.push(job.client, job.id, priority=job.kind == "load")
             self._live_for(job.id)
@@ -203,7 +231,7 @@ class Studio:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="brushwork-worker", daemon=True)
+            self._thread = threading.Thread(target=self._dispatch if self.pool is not None else self._work, name="brushwork-worker", daemon=True)
             self._thread.start()
 
     def close(self, timeout: float = 30.0) -> None:
@@ -214,11 +242,14 @@ class Studio:
             downloads.close()
         with self._cv:
             self._stopping = True
-            if self._current is not None:
-                self._live_for(self._current).control.cancel()
+            for job_id in self._running:
+                self._live_for(job_id).control.cancel()
             self._cv.notify_all()
+        deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
+        for thread in list(self._threads.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------ models
 
@@ -332,11 +363,11 @@ class Studio:
 
     def _position(self, job_id: str) -> Optional[int]:
         order = self._queue.order()
-        return order.index(job_id) + (1 if self._current else 0) if job_id in order else None
+        return order.index(job_id) + len(self._running) if job_id in order else None
 
     def queue(self) -> list[str]:
         with self._cv:
-            return ([self._current] if self._current else []) + self._queue.order()
+            return list(self._running) + self._queue.order()
 
     def cancel(self, job_id: str, reason: Optional[str] = None) -> JobRecord:
         """Cancel a waiting job (``reason``, if given, is recorded as its error), or stop
@@ -346,7 +377,7 @@ class Studio:
             if self._queue.remove(job_id):
                 self.store.update_job(job_id, state=CANCELLED, finished=time.time(), **({"error": reason} if reason else {}))
                 self._emit(job_id, "done", {"state": CANCELLED, **({"error": reason} if reason else {})})
-            elif self._current == job_id:
+            elif job_id in self._running:
                 live = self._live_for(job_id)
                 live.cancel_requested = True
                 live.control.cancel()  # stops inside a step or a decode, too
@@ -385,19 +416,35 @@ class Studio:
             return running
 
     def _running_of(self, client: str) -> Optional[str]:
-        """The generation running now if ``client`` submitted it (caller holds the lock)."""
-        if self._current is None:
-            return None
-        job = self.store.job(self._current)
-        if job is None or job.client != client or job.kind not in GENERATION_KINDS or job.final:
-            return None
-        return job.id
+        """The generation running now that ``client`` submitted (its oldest, with a cluster;
+        caller holds the lock)."""
+        for job_id in self._running:
+            job = self.store.job(job_id)
+            if job is not None and job.client == client and job.kind in GENERATION_KINDS and not job.final:
+                return job.id
+        return None
 
     def current(self) -> tuple[Optional[JobRecord], Optional[Live]]:
+        """The running job (the oldest running, with a cluster) and its live state."""
         with self._cv:
-            job_id = self._current
+            job_id = next(iter(self._running), None)
             live = self._live.get(job_id) if job_id else None
         return (self.store.job(job_id) if job_id else None), live
+
+    def cluster_status(self) -> Optional[dict[str, Any]]:
+        """None on one machine; with a cluster, each worker (device, what it holds, the
+        job it runs, how many it ran and loaded) and the jobs waiting for one."""
+        if self.pool is None:
+            return None
+        rows = []
+        for w in self.pool.status():
+            if w.get("lost"):
+                continue
+            rows.append({"name": w["name"], "host": w.get("host"), "device": w.get("device"), "model": w.get("model"), "loras": w.get("loras") or [],
+                         "free_memory": w.get("free_memory"), "job": w.get("job"), "jobs_run": w.get("jobs_run", 0), "loads": len(w.get("loads") or [])})
+        with self._cv:
+            waiting = len(self._queue)
+        return {"workers": rows, "waiting": waiting, "running": sum(1 for r in rows if r["job"])}
 
     def wait(self, job_id: str, timeout: Optional[float] = None) -> JobRecord:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -447,7 +494,7 @@ class Studio:
             live = self._live[job_id] = Live()
             while len(self._live) > self._keep_live:
                 oldest = next(iter(self._live))
-                if oldest == self._current or oldest in self._queue.order():
+                if oldest in self._running or oldest in self._queue.order():
                     break
                 self._live.pop(oldest)
         return live
@@ -464,6 +511,7 @@ class Studio:
         self._cv.notify_all()
 
     def _work(self) -> None:
+        """One machine: the jobs run here, one at a time, in the fair order."""
         while True:
             with self._cv:
                 while not self._stopping and not len(self._queue):
@@ -473,16 +521,277 @@ class Studio:
                 if self._stopping:
                     return
                 job_id = self._queue.pop()
-                self._current = job_id
-            try:
-                self._run(job_id)
-            except BaseException as exc:  # noqa: BLE001 - the worker must survive anything a job does
-                log.exception("job %s crashed the worker loop", job_id)
-                self._end_anyway(job_id, exc)
-            finally:
+                self._running[job_id] = "local"
+            self._run_guarded(job_id, "local", self._run_here)
+
+    def _run_here(self, task: Task, control: JobControl, emit) -> None:
+        execute(self.engine, task, control, emit)
+
+    def _run_guarded(self, job_id: str, worker: str, runner) -> None:
+        try:
+            self._run(job_id, runner, worker)
+        except BaseException as exc:  # noqa: BLE001 - the worker must survive anything a job does
+            log.exception("job %s crashed the worker loop", job_id)
+            self._end_anyway(job_id, exc)
+        finally:
+            with self._cv:
+                self._running.pop(job_id, None)
+                self._threads.pop(job_id, None)
+                self._cv.notify_all()
+
+    # ------------------------------------------------------------ a cluster
+
+    def _dispatch(self) -> None:
+        """A cluster: each round, the scheduler (cluster/scheduler.py) places waiting jobs
+        on idle workers, and a thread follows each started job to its end."""
+        from ..cluster.scheduler import assign
+
+        def plan_for(order, workers, est):
+            if self.scheduler is not None:
+                return self.scheduler(order, workers, est)
+            return assign(order, workers, est, **({"patience": self.patience} if self.patience is not None else {}))
+
+        while True:
+            with self._cv:
+                if self._stopping:
+                    return
+                if self.store.unsaved:
+                    self._flush_store()
+                waiting = bool(len(self._queue))
+            self.pool.refresh(force=False)  # a worker that joined is known before the next job comes
+            if waiting:
                 with self._cv:
-                    self._current = None
-                    self._cv.notify_all()
+                    order = [self._view(job_id) for job_id in self._queue.order()]
+                    order = [v for v in order if v is not None]
+                plan = plan_for(order, self.pool.views(), self.pool.estimates)
+                for job_id in plan.unrunnable:
+                    self._refused_everywhere(job_id)
+                with self._cv:
+                    for job_id, worker in plan.start:
+                        if self._stopping or not self._queue.remove(job_id):
+                            continue
+                        view, _ = self._views.pop(job_id)
+                        self.pool.claim(worker, job_id, view.work)
+                        self._running[job_id] = worker
+                        runner = self._remote_runner(worker, job_id)
+                        thread = self._threads[job_id] = threading.Thread(target=self._run_guarded, args=(job_id, worker, runner), name=f"brushwork-job-{job_id}", daemon=True)
+                        thread.start()
+            with self._cv:
+                if not self._stopping:
+                    self._cv.wait(timeout=DISPATCH_EVERY)
+
+    def _remote_runner(self, worker: str, job_id: str):
+        def run(task: Task, control: JobControl, emit) -> None:
+            self.pool.run(worker, job_id, task, control, emit)
+
+        return run
+
+    def _view(self, job_id: str):
+        """The scheduler's view of a waiting job (caller holds the lock)."""
+        from ..cluster.scheduler import JobView
+        from ..cluster.worker import lora_names
+
+        known = self._views.get(job_id)
+        if known is None:
+            job = self.store.job(job_id)
+            if job is None:
+                return None
+            prompt = job.request.get("prompt", "") if isinstance(job.request, dict) else ""
+            view = JobView(job_id, job.client, None if job.kind == "upscale" else job.model, float(job.total if job.kind != "load" else 0), lora_names(prompt))
+            known = self._views[job_id] = (view, job.submitted)
+        view, submitted = known
+        return replace(view, refused_by=frozenset(self._refused.get(job_id, ())), waited=max(0.0, time.time() - submitted))
+
+    def _requeue(self, job: JobRecord, why: str) -> None:
+        """Put a job whose worker could not finish it back at the head of the queue."""
+        self.store.update_job(job.id, state=QUEUED, started=None)
+        with self._cv:
+            live = self._live_for(job.id)
+            live.control = JobControl()
+            live.step = 0
+            self._queue.push_front(job.client, job.id, priority=job.kind == "load")
+            self._emit(job.id, "state", {"state": QUEUED, "position": self._position(job.id), "requeued": why})
+            self._cv.notify_all()
+
+    def _refused_everywhere(self, job_id: str) -> None:
+        with self._cv:
+            if not self._queue.remove(job_id):
+                return
+            self._views.pop(job_id, None)
+        why = self._refusal_text.get(job_id, "no worker of the cluster can run it")
+        self._finish(job_id, FAILED, error=f"{why} (every worker of the cluster refused it)", error_kind="request")
+
+    def _cluster_fault(self, job: JobRecord, worker: str, exc: BaseException, warnings: list[str]) -> bool:
+        """A job's run on a cluster worker ended without finishing it: put it back in the
+        queue when another try can succeed (True), else leave it to the usual failure."""
+        from ..cluster.pool import WorkerLost
+
+        if self._stopping:
+            return False
+        if isinstance(exc, WorkerLost):
+            tries = self._attempts[job.id] = self._attempts.get(job.id, 0) + 1
+            if tries > MAX_RETRIES:
+                self._finish(job.id, FAILED, error=f"{exc}; it was lost {tries} times, so it is not tried again", error_kind="worker", warnings=warnings)
+                return True
+            self._refused.setdefault(job.id, set()).add(worker)  # a worker that died on it is not tried again
+            log.warning("job %s: %s; running it again elsewhere (try %d of %d)", job.id, exc, tries + 1, MAX_RETRIES + 1)
+            self._requeue(job, str(exc))
+            return True
+        if isinstance(exc, (DoesNotFit, TooLong)):
+            refused = self._refused.setdefault(job.id, set())
+            refused.add(worker)
+            self._refusal_text[job.id] = str(exc)
+            if set(self.pool.names()) <= refused:
+                return False  # nobody else: fails with the engine's own message
+            self._requeue(job, f"worker {worker} refused it: {exc}")
+            return True
+        return False
+
+    # ------------------------------------------------------------ running a job
+
+    def _task(self, job: JobRecord) -> Task:
+        """What the engine is asked to do for a stored job (its pictures read back)."""
+        fields = job.request
+        if job.kind == "upscale":
+            from ..postprocess import UpscaleSettings
+
+            picture = read_image_file(self.home.root / fields["init_image"], "picture")
+            return Task("upscale", upscale=(picture, UpscaleSettings(**fields["upscale"])))
+        if job.kind == "load":
+            return Task("load", model=job.model)
+        req = self.request_of(job)
+        first = 0
+        if job.kind != "compare":  # a job resumed elsewhere goes on after the batches it saved
+            first = len(self.store.images_of(job.id)) // max(1, req.batch_size)
+        return Task(job.kind, model=job.model, request=req, compare=fields.get("compare"), first_batch=first, preview_every=self.preview_every)
+
+    def _run(self, job_id: str, runner, worker: str = "local") -> None:
+        job = self.store.job(job_id)
+        if job is None or job.state != QUEUED:
+            return
+        started = time.time()
+        self.store.update_job(job_id, state=RUNNING, started=started)
+        with self._cv:
+            live = self._live_for(job_id)
+            live.started = time.monotonic()
+            self._emit(job_id, "state", {"state": RUNNING, **({"worker": worker} if self.pool is not None else {})})
+        warnings: list[str] = []
+        handler = _WarningCollector(warnings)
+        logging.getLogger("brushwork").addHandler(handler)
+        results: list = []  # a comparison's cells, for its grid
+        try:
+            task = self._task(job)
+            if job.kind != "load":
+                folder = ensure_writable_folder(self.home.outputs / _dt.date.today().isoformat())  # before any work
+                if task.request is not None:
+                    check_room(folder, task.request)
+            else:
+                folder = self.home.outputs
+            if self._stopping:
+                live.control.cancel()
+            runner(task, live.control, self._recorder(job, live, folder, warnings, results))
+            if job.kind == "compare" and results and not live.control.interrupted:
+                self._record_grid(job, comparison(task.request, task.compare), results)
+        except Exception as exc:
+            if self.pool is not None and self._cluster_fault(job, worker, exc, warnings):
+                return
+            if is_disk_full(exc):
+                saved = len(self.store.images_of(job_id))
+                kept = f" The {saved} picture(s) saved before that are kept." if saved else ""
+                self._finish(job_id, FAILED, error=f"the disk holding the data home is full: {exc}. Free some space and submit the job again.{kept}", error_kind="storage", warnings=warnings)
+                return
+            if isinstance(exc, REQUEST_ERRORS):
+                self._finish(job_id, FAILED, error=str(exc), error_kind="request", warnings=warnings)
+            else:
+                log.exception("job %s failed", job_id)
+                self._finish(job_id, FAILED, error=f"{type(exc).__name__}: {exc}", error_kind="internal", warnings=warnings)
+            return
+        finally:
+            logging.getLogger("brushwork").removeHandler(handler)
+        if self._stopping and live.control.interrupted and not live.cancel_requested:
+            if self.pool is not None:  # the next server start hands it out again, after the pictures it saved
+                self._requeue(job, "the server was stopped while it ran")
+                return
+            self._finish(job_id, FAILED, error="the server was stopped while this job was running; submit it again", error_kind="stopped", warnings=warnings)
+        elif live.cancel_requested:
+            self._finish(job_id, CANCELLED, warnings=warnings)
+        elif live.control.interrupted and job.kind not in ("upscale", "load"):
+            self._finish(job_id, INTERRUPTED, warnings=warnings)
+        else:
+            self._finish(job_id, DONE, warnings=warnings)
+
+    def _recorder(self, job: JobRecord, live: Live, folder: Path, warnings: list[str], results: list):
+        """What the studio does with each outcome of a job's run (execution.py), wherever
+        it ran: pictures saved and recorded as they come, progress and previews sent."""
+        first_index = len(self.store.images_of(job.id))
+        records: list[ImageRecord] = []
+
+        def record(img, path: Path) -> ImageRecord:
+            rec = self._record(job, img, path, first_index + len(records))
+            records.append(rec)
+            return rec
+
+        def emit(outcome) -> None:
+            if isinstance(outcome, Step):
+                data: dict[str, Any] = {"step": outcome.step, "total": outcome.total, "eta": outcome.eta}
+                if outcome.preview is not None:
+                    data["preview"] = "data:image/jpeg;base64," + base64.b64encode(outcome.preview).decode()
+                with self._cv:  # step and preview change together
+                    live.step, live.total, live.eta = outcome.step, outcome.total, outcome.eta
+                    if outcome.preview is not None:
+                        live.preview = outcome.preview
+                    self._emit(job.id, "progress", data)
+                if self._stopping:
+                    live.control.cancel()
+            elif isinstance(outcome, Picture):  # saved and recorded as soon as its batch is done
+                img = outcome.image
+                rec = record(img, save_png(img.image, folder, img.seed, img.infotext))
+                with self._cv:
+                    self._emit(job.id, "image", {"image": image_view(rec), "complete": img.complete})
+            elif isinstance(outcome, Cell):  # a comparison's cell, with its place in the grid
+                r = outcome.result
+                rec = record(r.image, save_png(r.image.image, folder, r.image.seed, r.image.infotext))
+                results.append(r)
+                with self._cv:
+                    self._emit(job.id, "image", {"image": image_view(rec), "complete": r.image.complete, "cell": {"x": r.cell.ix, "y": r.cell.iy, "z": r.cell.iz}, "cells": r.total})
+            elif isinstance(outcome, Upscaled):
+                rec = self._record_upscaled(job, outcome, folder)
+                with self._cv:
+                    self._emit(job.id, "image", {"image": image_view(rec), "complete": True})
+            elif isinstance(outcome, Loaded):
+                self.store.update_job(job.id, model=outcome.name, model_hash=outcome.short_hash)
+            elif isinstance(outcome, Warned):
+                warnings.append(outcome.message)
+
+        return emit
+
+    def request_of(self, job: JobRecord) -> GenerationRequest:
+        """A job's request, its pictures read back from HOME/inputs."""
+        fields = dict(job.request)
+        fields.pop("compare", None)
+        for name in ("init_image", "mask"):
+            if fields.get(name):
+                fields[name] = read_image_file(self.home.root / fields[name], name.replace("_", " "))
+        return GenerationRequest(**fields)
+
+    def _record_upscaled(self, job: JobRecord, outcome: Upscaled, folder: Path) -> ImageRecord:
+        """An upscaled picture saved with its infotext plus the upscale keys, and
+        recorded like a generated picture."""
+        from ..infotext import InfotextError, params_from_infotext
+        from ..postprocess import with_postprocess
+
+        fields = job.request
+        out = outcome.image
+        text = with_postprocess(fields.get("infotext") or "", outcome.extra)
+        try:
+            p = params_from_infotext(fields["infotext"]) if fields.get("infotext") else None
+        except InfotextError:
+            p = None
+        seed = int(fields.get("seed") or 0)
+        path = save_png(out, folder, seed, text)
+        rel = path.resolve().relative_to(self.home.root.resolve()).as_posix()
+        return self.store.add_image(job.id, 0, rel, seed, out.width, out.height, p.prompt if p else "", p.negative_prompt if p else "", text,
+                                    (p.model_name or "") if p else "", (p.model_hash or "") if p else "")
 
     def _flush_store(self) -> None:
         try:
@@ -501,161 +810,20 @@ class Studio:
             with self._cv:
                 self._emit(job_id, "done", {"state": FAILED, "error": f"{type(exc).__name__}: {exc}", "warnings": [], "images": []})
 
-    def _run(self, job_id: str) -> None:
-        job = self.store.job(job_id)
-        if job is None or job.state != QUEUED:
-            return
-        started = time.time()
-        self.store.update_job(job_id, state=RUNNING, started=started)
-        with self._cv:
-            live = self._live_for(job_id)
-            live.started = time.monotonic()
-            self._emit(job_id, "state", {"state": RUNNING})
-        warnings: list[str] = []
-        handler = _WarningCollector(warnings)
-        logging.getLogger("brushwork").addHandler(handler)
-        try:
-            if job.kind == "upscale":  # no checkpoint needed
-                self._upscale(job, live)
-                self._finish(job_id, CANCELLED if live.cancel_requested else DONE, warnings=warnings)
-                return
-            path = find_listed_checkpoint(self.home, job.model) if job.model else None
-            loaded = self.engine.load(path)
-            self.store.update_job(job_id, model=loaded.name, model_hash=loaded.short_hash)
-            if job.kind == "load":
-                self._finish(job_id, DONE, warnings=warnings)
-                return
-            self._generate(job, live)
-        except Exception as exc:
-            if is_disk_full(exc):
-                saved = len(self.store.images_of(job_id))
-                kept = f" The {saved} picture(s) saved before that are kept." if saved else ""
-                self._finish(job_id, FAILED, error=f"the disk holding the data home is full: {exc}. Free some space and submit the job again.{kept}", error_kind="storage", warnings=warnings)
-                return
-            if isinstance(exc, REQUEST_ERRORS):
-                self._finish(job_id, FAILED, error=str(exc), error_kind="request", warnings=warnings)
-            else:
-                log.exception("job %s failed", job_id)
-                self._finish(job_id, FAILED, error=f"{type(exc).__name__}: {exc}", error_kind="internal", warnings=warnings)
-            return
-        finally:
-            logging.getLogger("brushwork").removeHandler(handler)
-        if self._stopping and live.control.interrupted and not live.cancel_requested:
-            self._finish(job_id, FAILED, error="the server was stopped while this job was running; submit it again", error_kind="stopped", warnings=warnings)
-        elif live.cancel_requested:
-            self._finish(job_id, CANCELLED, warnings=warnings)
-        elif live.control.interrupted:
-            self._finish(job_id, INTERRUPTED, warnings=warnings)
-        else:
-            self._finish(job_id, DONE, warnings=warnings)
-
-    def request_of(self, job: JobRecord) -> GenerationRequest:
-        """A job's request, its pictures read back from HOME/inputs."""
-        fields = dict(job.request)
-        fields.pop("compare", None)
-        for name in ("init_image", "mask"):
-            if fields.get(name):
-                fields[name] = read_image_file(self.home.root / fields[name], name.replace("_", " "))
-        return GenerationRequest(**fields)
-
-    def _generate(self, job: JobRecord, live: Live) -> list[ImageRecord]:
-        req = self.request_of(job)
-
-        def progress(p: Progress) -> None:
-            data: dict[str, Any] = {"step": p.step, "total": p.total, "eta": None if not p.step else round(p.eta, 2)}
-            jpeg = None
-            if p.latents is not None and (p.step % self.preview_every == 0 or p.step == p.total):
-                try:
-                    jpeg = jpeg_bytes(self.engine.preview(p.latents))
-                except Exception:  # noqa: BLE001 - a preview is never worth failing a job
-                    log.debug("preview failed", exc_info=True)
-                else:
-                    data["preview"] = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
-            with self._cv:  # step and preview change together
-                live.step, live.total = p.step, p.total
-                live.eta = p.eta if p.step else None
-                if jpeg is not None:
-                    live.preview = jpeg
-                self._emit(job.id, "progress", data)
-            if self._stopping:
-                live.control.cancel()
-
-        folder = ensure_writable_folder(self.home.outputs / _dt.date.today().isoformat())  # before any work
-        check_room(folder, req)
-        if self._stopping:
-            live.control.cancel()
-        records: list[ImageRecord] = []
-        if job.kind == "compare":
-            return self._compare(job, live, req, progress, folder)
-        for batch in self.engine.batches(req, progress=progress, control=live.control):
-            for img in batch:  # saved and recorded as soon as its batch is done
-                path = save_png(img.image, folder, img.seed, img.infotext)
-                rel = path.resolve().relative_to(self.home.root.resolve()).as_posix()
-                rec = self.store.add_image(job.id, len(records), rel, img.seed, img.image.width, img.image.height, img.params.prompt, img.params.negative_prompt, img.infotext, img.params.model_name, img.params.model_hash)
-                records.append(rec)
-                with self._cv:
-                    self._emit(job.id, "image", {"image": image_view(rec), "complete": img.complete})
-        return records
-
-    def _upscale(self, job: JobRecord, live: "Live") -> list[ImageRecord]:
-        """An upscale job: the picture upscaled, saved with its infotext plus the
-        upscale keys, and recorded like a generated picture."""
-        from ..infotext import InfotextError, params_from_infotext
-        from ..postprocess import UpscaleSettings, upscale_picture, with_postprocess
-        from ..vae import Cancelled
-
-        fields = job.request
-        picture = read_image_file(self.home.root / fields["init_image"], "picture")
-        folder = ensure_writable_folder(self.home.outputs / _dt.date.today().isoformat())
-        try:
-            device = getattr(getattr(self.engine, "placement", None), "device", None)
-            out, extra = upscale_picture(picture, UpscaleSettings(**fields["upscale"]), self.home, device, should_stop=lambda: live.control.cancelled)
-        except Cancelled:
-            return []
-        text = with_postprocess(fields.get("infotext") or "", extra)
-        try:
-            p = params_from_infotext(fields["infotext"]) if fields.get("infotext") else None
-        except InfotextError:
-            p = None
-        seed = int(fields.get("seed") or 0)
-        path = save_png(out, folder, seed, text)
-        rel = path.resolve().relative_to(self.home.root.resolve()).as_posix()
-        rec = self.store.add_image(job.id, 0, rel, seed, out.width, out.height, p.prompt if p else "", p.negative_prompt if p else "", text,
-                                   (p.model_name or "") if p else "", (p.model_hash or "") if p else "")
-        with self._cv:
-            self._emit(job.id, "image", {"image": image_view(rec), "complete": True})
-        return [rec]
-
     def _record(self, job: JobRecord, img, path: Path, index: int) -> ImageRecord:
         rel = path.resolve().relative_to(self.home.root.resolve()).as_posix()
         return self.store.add_image(job.id, index, rel, img.seed, img.image.width, img.image.height, img.params.prompt, img.params.negative_prompt, img.infotext, img.params.model_name, img.params.model_hash)
 
-    def _compare(self, job: JobRecord, live: "Live", req: GenerationRequest, progress, folder: Path) -> list[ImageRecord]:
-        """A comparison job: every cell saved and announced as it is decoded (with its
-        place in the grid), then the grid picture (``grid: true``), saved under
-        HOME/outputs/grids."""
-        spec = job.request["compare"]
-        cmp = Comparison(req, *(parse_axis(spec[a]) if spec.get(a) else None for a in "xyz"), vary_seeds=tuple(spec.get("vary_seeds", (False,) * 3)),
-                         keep_random_seeds=spec.get("keep_random_seeds", False), draw_legend=spec.get("draw_legend", True), margin=spec.get("margin", 0))
-        records: list[ImageRecord] = []
-        results = []
-        for r in run_comparison(self.engine, cmp, progress, live.control):
-            path = save_png(r.image.image, folder, r.image.seed, r.image.infotext)
-            rec = self._record(job, r.image, path, len(records))
-            records.append(rec)
-            results.append(r)
-            with self._cv:
-                self._emit(job.id, "image", {"image": image_view(rec), "complete": r.image.complete, "cell": {"x": r.cell.ix, "y": r.cell.iy, "z": r.cell.iz}, "cells": r.total})
-        if results and not live.control.interrupted:
-            picture, text = grid_picture(cmp, results)
-            grids = ensure_writable_folder(self.home.outputs / "grids" / _dt.date.today().isoformat())
-            first = results[0].image
-            grid = replace(first, image=picture, infotext=text)
-            rec = self._record(job, grid, save_png(picture, grids, first.seed, text), len(records))
-            records.append(rec)
-            with self._cv:
-                self._emit(job.id, "image", {"image": image_view(rec), "complete": True, "grid": True})
-        return records
+    def _record_grid(self, job: JobRecord, cmp: Comparison, results: list) -> None:
+        """A comparison's grid picture, after its cells: saved under HOME/outputs/grids
+        and announced with ``grid: true``."""
+        picture, text = grid_picture(cmp, results)
+        grids = ensure_writable_folder(self.home.outputs / "grids" / _dt.date.today().isoformat())
+        first = results[0].image
+        grid = replace(first, image=picture, infotext=text)
+        rec = self._record(job, grid, save_png(picture, grids, first.seed, text), len(self.store.images_of(job.id)))
+        with self._cv:
+            self._emit(job.id, "image", {"image": image_view(rec), "complete": True, "grid": True})
 
     def _finish(self, job_id: str, state: str, error: Optional[str] = None, error_kind: Optional[str] = None, warnings: Optional[list[str]] = None) -> None:
         self.store.update_job(job_id, state=state, finished=time.time(), error=error, error_kind=error_kind, warnings=warnings or [])
