@@ -505,3 +505,29 @@ def test_the_expected_time_is_shown_next_to_generate(page):
     page.fill("#width", "64")
     page.fill("#height", "64")
     page.locator("#steps").fill("6")
+
+
+def test_the_header_shows_the_cluster_only_when_there_is_one(browser, server):
+    """Issue #20: a server without a cluster shows no cluster line; with one, the line
+    counts workers, busy ones and waiting jobs, and names each worker's device and model."""
+    with studio_page(browser, server[0]) as pg:
+        assert pg.evaluate("() => document.getElementById('cluster-status').hidden") is True
+    cluster = {"workers": [{"name": "w-a", "host": "gpu1", "device": "cuda:0", "model": "juggernautXL", "loras": [], "free_memory": 2**34, "job": "3f9c", "jobs_run": 4, "loads": ["juggernautXL"]},
+                           {"name": "w-b", "host": "gpu2", "device": "cuda:0", "model": None, "loras": [], "free_memory": None, "job": None, "jobs_run": 0, "loads": []}],
+               "waiting": 3, "running": 1}
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        pg = ctx.new_page()
+        real = pg.request.get(server[0] + "/api/v1/status").json()
+
+        def fake_status(route):
+            route.fulfill(status=200, content_type="application/json", body=json.dumps({**real, "cluster": cluster}))
+
+        pg.route("**/api/v1/status", fake_status)
+        pg.goto(server[0] + "/")
+        pg.wait_for_selector("body[data-ready=true]")
+        pg.wait_for_function("() => !document.getElementById('cluster-status').hidden", timeout=10_000)
+        assert pg.inner_text("#cluster-status") == "Cluster: 2 workers (1 busy), 3 waiting"
+        assert pg.get_attribute("#cluster-status", "title") == "w-a: cuda:0, juggernautXL, running 3f9c\nw-b: cuda:0, no model yet"
+    finally:
+        ctx.close()

@@ -1754,6 +1754,28 @@ async function upscaleShown() {
   watchJob(job.id).catch(showError);
 }
 
+// ------------------------------------------------------------------ cluster (serve --cluster)
+
+// "Cluster: 3 workers (2 busy), 5 waiting" with each worker's device and model in the
+// tooltip; hidden on one machine (status.cluster is null)
+function clusterLine(c) {
+  if (!c) return null;
+  const n = c.workers.length;
+  const text = n ? `Cluster: ${n} worker${n === 1 ? "" : "s"} (${c.running} busy), ${c.waiting} waiting`
+                 : "Cluster: no worker yet; jobs wait until one joins (brushwork worker)";
+  const detail = c.workers.map((w) => `${w.name}: ${w.device}, ${w.model || "no model yet"}${w.job ? ", running " + w.job : ""}`).join("\n");
+  return { text, detail };
+}
+
+async function refreshCluster() {
+  const s = await api("/status");
+  const line = clusterLine(s.cluster);
+  const el = $("cluster-status");
+  el.hidden = !line;
+  if (line) { el.textContent = line.text; el.title = line.detail; }
+  return line;
+}
+
 async function main() {
   wire();
   restoreForm();
@@ -1771,6 +1793,7 @@ async function main() {
   scheduleCount("prompt");
   scheduleCount("negative_prompt");
   setInterval(refreshQueue, 3000);
+  refreshCluster().then((line) => { if (line) setInterval(() => refreshCluster().catch(() => {}), 5000); }).catch(() => {});
   document.body.dataset.ready = "true";
 }
 
