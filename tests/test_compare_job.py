@@ -8,7 +8,6 @@ from dataclasses import replace
 import io
 import json
 import shutil
-import time
 
 import httpx
 import numpy as np
@@ -21,6 +20,7 @@ from brushwork.sampling.shared_calls import SharedCalls
 from brushwork.compare.job import Comparison, grid_picture, plan_cells, run_comparison, work_order
 from brushwork.engine import GenerationRequest
 from brushwork.infotext import params_from_infotext, parse_infotext
+from job_wait import wait_job
 
 BASE = GenerationRequest("a cat on a hill", seed=5, width=64, height=64, steps=4)
 
@@ -264,12 +264,7 @@ def test_native_compare_of_an_img2img_request_keeps_its_picture(server):
     Image.new("RGB", (64, 64), (30, 120, 200)).save(buf, "PNG")
     r = server.post("/api/v1/compare", json={"prompt": "a lake", "seed": 3, "steps": 3, "init_image": base64.b64encode(buf.getvalue()).decode(), "x": "Denoising: 0.3,0.6"})
     assert r.status_code == 202, r.text
-    job_id = r.json()["id"]
-    for _ in range(600):
-        job = server.get(f"/api/v1/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed"):
-            break
-        time.sleep(0.1)
+    job = wait_job(server, r.json()["id"])
     assert job["state"] == "done", job
     assert job["request"]["init_image"].startswith("inputs/")
     cells = [im for im in job["images"] if not im["grid"]]

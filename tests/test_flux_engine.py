@@ -16,6 +16,7 @@ from PIL import Image
 from brushwork.engine import Engine, GenerationRequest, RequestError
 
 from flux_home import make_flux_home
+from job_wait import wait_job
 
 
 @pytest.fixture(scope="module")
@@ -223,14 +224,7 @@ def test_native_api_and_the_studio_options(server):
     assert opts["samplers"] == ["Euler", "Heun", "DPM++ 2M", "LMS"] and opts["schedules"] == ["Simple"] and opts["ranges"]["width"]["step"] == 16
     r = server.post("/api/v1/jobs", json={"prompt": "a blue car", "seed": 4, "steps": 3, "width": 64, "height": 64, "distilled_cfg_scale": 4.0})
     assert r.status_code == 202, r.text
-    import time
-
-    job_id = r.json()["id"]
-    for _ in range(600):
-        job = server.get(f"/api/v1/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed"):
-            break
-        time.sleep(0.05)
+    job = wait_job(server, r.json()["id"])
     assert job["state"] == "done", job
     assert "Distilled CFG Scale: 4.0" in job["images"][0]["infotext"]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import shutil
-import time
 
 import httpx
 import numpy as np
@@ -19,6 +18,7 @@ from brushwork.compare.axes import parse_axis
 from brushwork.compare.job import Comparison, run_comparison
 from brushwork.engine import GenerationRequest
 from brushwork.server import ServeOptions, build, serve_in_thread
+from job_wait import wait_job
 
 
 def b64png(img: Image.Image, text: str | None = None) -> str:
@@ -128,15 +128,6 @@ def test_the_listing_routes_show_what_is_there(http):
     assert native["latent_modes"][0] == "Latent" and native["upscalers"][1]["name"] == "Lanczos"
     hires = http.get("/api/v1/options").json()["hires"]
     assert hires == {"scale": 2.0, "steps": 10, "strength": 0.5, "upscaler": "Latent"}
-
-
-def wait_job(http, job_id: str) -> dict:
-    for _ in range(600):
-        job = http.get(f"/api/v1/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed", "cancelled", "interrupted"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
 
 
 def test_native_upscale_of_a_history_picture_is_a_job_with_a_new_picture(http):

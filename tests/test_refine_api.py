@@ -17,6 +17,7 @@ from PIL import Image
 
 from brushwork.init_image import image_hash
 from brushwork.server import ServeOptions, build, serve_in_thread
+from job_wait import wait_job
 
 #: AUTOMATIC1111's own API test payload for img2img (test/test_img2img.py,
 #: ``simple_img2img_request``, v1.x), with its 64x64 size and 3 steps
@@ -71,13 +72,7 @@ def http(server):
 def run_job(http, body) -> dict:
     r = http.post("/api/v1/jobs", json=body)
     assert r.status_code == 202, r.text
-    job_id = r.json()["id"]
-    for _ in range(600):
-        job = http.get(f"/api/v1/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed", "cancelled", "interrupted"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError("job did not finish")
+    return wait_job(http, r.json()["id"])
 
 
 def image_of(http, job) -> Image.Image:

@@ -26,6 +26,7 @@ from brushwork.server.app import create_app
 from brushwork.server.security import BindError, Credentials, check_bind
 from brushwork.server.store import JobStore
 from brushwork.server.studio import FairQueue, Studio
+from job_wait import ENDED, wait_job
 
 
 @dataclass
@@ -122,14 +123,8 @@ def client(studio):
         yield c
 
 
-def wait_state(client, job_id, states=("done", "failed", "cancelled", "interrupted"), timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} stayed {job['state']}")
+def wait_state(client, job_id, states=ENDED, timeout=10.0):
+    return wait_job(client, job_id, timeout, states)
 
 
 # ---------------------------------------------------------------- native API

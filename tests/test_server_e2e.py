@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from brushwork.server import ServeOptions, build, serve_in_thread
+from job_wait import wait_job
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +55,6 @@ def events_of(http, job_id):
     return out
 
 
-def wait_done(http, job_id, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = http.get(f"/api/v1/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed", "cancelled", "interrupted"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
-
 
 def test_submit_stream_progress_and_fetch_the_image(http):
     switch(http, "tiny-sd1")
@@ -78,7 +70,7 @@ def test_submit_stream_progress_and_fetch_the_image(http):
     img = Image.open(io.BytesIO(http.get(done["images"][0]["url"]).content))
     assert img.size == (64, 64) and "Seed: 42" in img.info["parameters"] and "Model: tiny-sd1" in img.info["parameters"]
     # the same request again gives the same pixels (the seed is the composition)
-    again = wait_done(http, http.post("/api/v1/jobs", json={"prompt": "a red (cube:1.2)", "seed": 42, "steps": 6, "width": 64, "height": 64}).json()["id"])
+    again = wait_job(http, http.post("/api/v1/jobs", json={"prompt": "a red (cube:1.2)", "seed": 42, "steps": 6, "width": 64, "height": 64}).json()["id"])
     img2 = Image.open(io.BytesIO(http.get(again["images"][0]["url"]).content))
     assert img2.tobytes() == img.tobytes()
 
@@ -91,9 +83,9 @@ def test_cancel_mid_run_keeps_serving(http):
             if line.startswith("event: progress"):
                 break
     assert http.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 200
-    done = wait_done(http, job["id"])
+    done = wait_job(http, job["id"])
     assert done["state"] == "cancelled" and len(done["images"]) <= 1 and done["step"] < 450
-    ok = wait_done(http, http.post("/api/v1/jobs", json={"prompt": "after", "steps": 2, "width": 64, "height": 64}).json()["id"])
+    ok = wait_job(http, http.post("/api/v1/jobs", json={"prompt": "after", "steps": 2, "width": 64, "height": 64}).json()["id"])
     assert ok["state"] == "done"
 
 
@@ -103,7 +95,7 @@ def test_two_clients_queued_and_a_model_switch_between_jobs(http, server):
     r = http.post("/api/v1/models/current", json={"name": "tiny-sdxl"})
     assert r.status_code == 202
     b = http.post("/api/v1/jobs", json={"prompt": "b0", "steps": 3, "width": 64, "height": 64}, headers={"X-Brushwork-Client": "bob"}).json()
-    jobs = [wait_done(http, j["id"]) for j in a + [b]]
+    jobs = [wait_job(http, j["id"]) for j in a + [b]]
     assert [j["state"] for j in jobs] == ["done"] * 3
     assert [j["model"] for j in jobs] == ["tiny-sd1", "tiny-sd1", "tiny-sdxl"]
     assert "Model: tiny-sdxl" in jobs[2]["images"][0]["infotext"]
@@ -178,7 +170,7 @@ def test_a1111_listings_options_and_png_info(http, server):
     assert r.status_code == 404 and "tiny-sd1" in r.json()["detail"]
     mem = http.get("/sdapi/v1/memory").json()
     assert mem["ram"]["total"] > mem["ram"]["free"] > 0
-    job = wait_done(http, http.post("/api/v1/jobs", json={"prompt": "info me", "seed": 3, "steps": 2, "width": 64, "height": 64}).json()["id"])
+    job = wait_job(http, http.post("/api/v1/jobs", json={"prompt": "info me", "seed": 3, "steps": 2, "width": 64, "height": 64}).json()["id"])
     png = http.get(job["images"][0]["url"]).content
     r = http.post("/sdapi/v1/png-info", json={"image": "data:image/png;base64," + base64.b64encode(png).decode()})
     assert r.json()["info"].startswith("info me") and r.json()["parameters"]["Seed"] == "3"
@@ -245,7 +237,7 @@ def test_stopping_the_server_process_with_jobs_queued_loses_none(tiny_home, tmp_
     try:
         with httpx.Client(base_url=url, timeout=30) as c:
             for job_id in waiting:
-                job = wait_done(c, job_id)
+                job = wait_job(c, job_id)
                 assert job["state"] == "done" and len(job["images"]) == 1
             stopped = c.get(f"/api/v1/jobs/{running}").json()
             assert stopped["state"] == "failed" and "submit it again" in stopped["error"]

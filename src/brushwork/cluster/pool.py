@@ -131,19 +131,11 @@ class WorkerPool:
 
     def _check_orphans(self) -> None:
         """A worker whose left-over job has ended is free again."""
-        import ray
-
         with self._lock:
             waiting = [w for w in self._workers.values() if w.orphan is not None and w.lost is None]
-        for w in waiting:
-            try:
-                info = ray.get(w.handle.info.remote(), timeout=CALL_TIMEOUT)
-            except Exception as exc:  # noqa: BLE001
-                self._lose(w.name, _reason(exc))
-                continue
-            with self._lock:
-                w.info = info
-                if not info.get("running"):
+        for w in self._ask_info(waiting):
+            if not w.info.get("running"):
+                with self._lock:
                     w.orphan = None
 
     def names(self) -> list[str]:
@@ -174,18 +166,26 @@ class WorkerPool:
 
     def update_info(self) -> None:
         """Ask every idle worker for a fresh report (free memory, what it holds)."""
-        import ray
-
         with self._lock:
             idle = [w for w in self._workers.values() if w.lost is None and w.job is None and w.orphan is None]
-        for w in idle:
+        self._ask_info(idle)
+
+    def _ask_info(self, workers: list[_Worker]) -> list[_Worker]:
+        """Fresh reports from ``workers``; one that does not answer is lost.  Returns
+        those that answered."""
+        import ray
+
+        answered = []
+        for w in workers:
             try:
                 info = ray.get(w.handle.info.remote(), timeout=CALL_TIMEOUT)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - any failure to answer means the worker is gone
                 self._lose(w.name, _reason(exc))
                 continue
             with self._lock:
                 w.info = info
+            answered.append(w)
+        return answered
 
     def _lose(self, name: str, reason: str) -> None:
         with self._lock:
