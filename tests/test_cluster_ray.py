@@ -27,10 +27,11 @@ from brushwork.cluster.pool import WorkerPool  # noqa: E402
 from brushwork.cluster.scheduler import assign_round_robin  # noqa: E402
 from brushwork.cluster.worker import NAMESPACE, start_workers  # noqa: E402
 from brushwork.engine import GenerationRequest  # noqa: E402
-from brushwork.server.store import DONE, JobStore  # noqa: E402
+from brushwork.server.store import CANCELLED, DONE, FAILED, INTERRUPTED, JobStore  # noqa: E402
 from brushwork.server.studio import Studio  # noqa: E402
 
 MODELS = ("alpha", "beta")
+HIRES = {"hires": True, "hires_scale": 2, "hires_steps": 2, "hires_strength": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +270,76 @@ def test_the_worker_and_cluster_status_commands_and_serve_cluster(cluster):
         worker.send_signal(2)  # Ctrl-C: its actors end with it
         worker.wait(60)
     wait_for(lambda: name not in {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}, timeout=60)
+
+
+def test_progress_and_previews_stream_through_the_server_and_cancel_and_interrupt_reach_the_worker(cluster):
+    studio = studio_on(cluster, "control.sqlite3", preview_every=2)
+    try:
+        # progress with previews, made on the worker, read from the server's events
+        job = studio.submit(request(11, steps=8), client="watcher", model="alpha").id
+        assert studio.wait(job, timeout=120).state == DONE
+        steps = [e.data for e in studio.events_after(job, 0) if e.kind == "progress"]
+        assert [d["step"] for d in steps][-1] == 8 and all(d["total"] == 8 for d in steps)
+        previews = [d["preview"] for d in steps if d.get("preview")]
+        assert previews and all(p.startswith("data:image/jpeg;base64,") for p in previews)
+
+        # interrupt: the running batch stops early, its picture kept, later batches skipped
+        long = studio.submit(request(12, steps=150, batch_count=3), client="impatient", model="alpha").id
+        wait_for(lambda: studio.job(long).final or any(e.kind == "progress" and e.data["step"] >= 2 for e in studio.events_after(long, 0)))
+        assert not studio.job(long).final, (studio.job(long).state, studio.job(long).error)
+        assert studio.interrupt_client("impatient") == long
+        end = studio.wait(long, timeout=120)
+        assert end.state == INTERRUPTED, (end.state, end.error)
+        last = max(e.data["step"] for e in studio.events_after(long, 0) if e.kind == "progress")
+        assert last < 150 and len(studio.images(long)) == 1
+
+        # cancel: stops inside the run on the worker; the worker is then free for the next job
+        doomed = studio.submit(request(13, steps=150), client="quitter", model="alpha").id
+        wait_for(lambda: studio.job(doomed).final or any(e.kind == "progress" for e in studio.events_after(doomed, 0)))
+        (ran,) = worker_of(studio, doomed)
+        studio.cancel(doomed)
+        assert studio.wait(doomed, timeout=120).state == CANCELLED
+        wait_for(lambda: infos(cluster)[ran]["running"] is None, timeout=30)
+        after = studio.submit(request(14), client="quitter", model="alpha").id
+        assert studio.wait(after, timeout=120).state == DONE
+    finally:
+        close(studio)
+
+
+def test_a_job_a_worker_refuses_runs_on_another(cluster):
+    # a worker whose time limit no job meets (as --max-job-minutes on a slow machine);
+    # the jobs are hires fixes, which are always checked against the limit
+    (strict,) = start_workers(str(cluster["home"]), devices=["cpu"], threads="1", max_job_minutes=1e-6)
+    cluster["handles"].append(strict)
+    refuser = ray.get(strict.info.remote())["name"]
+
+    def refuser_first(order, workers, est):  # offer every job to the strict worker first
+        return assign_round_robin(order, sorted(workers, key=lambda w: w.id != refuser))
+
+    studio = studio_on(cluster, "refuse.sqlite3", scheduler=refuser_first)
+    try:
+        wait_for(lambda: refuser in studio.pool.names(), timeout=30)
+        jobs = [studio.submit(request(500 + i, **HIRES), client=f"u{i}", model="beta").id for i in range(3)]
+        ends = [studio.wait(j, timeout=180) for j in jobs]
+        assert [e.state for e in ends] == [DONE] * 3, [(e.state, e.error) for e in ends]
+        for job_id in jobs:
+            ran = worker_of(studio, job_id)
+            assert ran[-1] != refuser and len(studio.images(job_id)) == 1
+        refusals = [e.data["requeued"] for j in jobs for e in studio.events_after(j, 0) if e.kind == "state" and "requeued" in e.data]
+        assert refusals and all(f"worker {refuser} refused it" in r for r in refusals)
+
+        # refused by every worker: failed at once with the worker's own reason
+        for name in studio.pool.names():
+            if name != refuser:
+                ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        wait_for(lambda: studio.pool.names() == [refuser], timeout=60)
+        lonely = studio.submit(request(600, **HIRES), client="late", model="beta").id
+        end = studio.wait(lonely, timeout=120)
+        assert end.state == FAILED and end.error_kind == "request"
+        assert "minutes" in end.error or "limit" in end.error, end.error
+    finally:
+        close(studio)
+        ray.kill(strict, no_restart=True)
 
 
 def test_without_cluster_ray_is_not_imported():
