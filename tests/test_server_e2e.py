@@ -55,7 +55,6 @@ def events_of(http, job_id):
     return out
 
 
-
 def test_submit_stream_progress_and_fetch_the_image(http):
     switch(http, "tiny-sd1")
     job = http.post("/api/v1/jobs", json={"prompt": "a red (cube:1.2)", "seed": 42, "steps": 6, "width": 64, "height": 64}).json()

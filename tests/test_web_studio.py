@@ -64,14 +64,17 @@ def browser():
 
 
 @contextlib.contextmanager
-def studio_page(browser, url: str, posts: dict[str, str] | None = None):
+def studio_page(browser, url: str, posts: dict[str, str] | None = None, before_open=None):
     """The studio open and ready in a fresh 1280x900 browser context; afterwards it
     must have raised no JavaScript error.  ``posts`` {attribute: path}: the JSON
-    bodies POSTed to each path are collected, in order, in ``page.<attribute>``."""
+    bodies POSTed to each path are collected, in order, in ``page.<attribute>``.
+    ``before_open(page)`` runs before the page is loaded (to route a request)."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     pg = ctx.new_page()
     messages = []
     pg.on("pageerror", lambda exc: messages.append(str(exc)))
+    if before_open is not None:
+        before_open(pg)
     pg.goto(url + "/")
     pg.wait_for_selector("body[data-ready=true]")
     for attr, path in (posts or {}).items():
@@ -515,19 +518,11 @@ def test_the_header_shows_the_cluster_only_when_there_is_one(browser, server):
     cluster = {"workers": [{"name": "w-a", "host": "gpu1", "device": "cuda:0", "model": "juggernautXL", "loras": [], "free_memory": 2**34, "job": "3f9c", "jobs_run": 4, "loads": ["juggernautXL"]},
                            {"name": "w-b", "host": "gpu2", "device": "cuda:0", "model": None, "loras": [], "free_memory": None, "job": None, "jobs_run": 0, "loads": []}],
                "waiting": 3, "running": 1}
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    try:
-        pg = ctx.new_page()
+    def with_cluster(pg):
         real = pg.request.get(server[0] + "/api/v1/status").json()
+        pg.route("**/api/v1/status", lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps({**real, "cluster": cluster})))
 
-        def fake_status(route):
-            route.fulfill(status=200, content_type="application/json", body=json.dumps({**real, "cluster": cluster}))
-
-        pg.route("**/api/v1/status", fake_status)
-        pg.goto(server[0] + "/")
-        pg.wait_for_selector("body[data-ready=true]")
+    with studio_page(browser, server[0], before_open=with_cluster) as pg:
         pg.wait_for_function("() => !document.getElementById('cluster-status').hidden", timeout=10_000)
         assert pg.inner_text("#cluster-status") == "Cluster: 2 workers (1 busy), 3 waiting"
         assert pg.get_attribute("#cluster-status", "title") == "w-a: cuda:0, juggernautXL, running 3f9c\nw-b: cuda:0, no model yet"
-    finally:
-        ctx.close()
