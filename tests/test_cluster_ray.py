@@ -221,6 +221,29 @@ def test_status_lists_the_workers_with_device_model_and_loads(cluster):
             assert row["device"].startswith("cpu") and row["pid"] > 0 and isinstance(row["loads"], list)
         (ran,) = worker_of(studio, job)
         assert rows[ran]["model"] == "beta"
+
+        # each worker's queue: with every worker held busy (long jobs, cancelled after the
+        # look), the waiting jobs are planned on them, shown by the server and told to the
+        # workers themselves (what `brushwork cluster status` reads)
+        names = studio.pool.names()
+        busy = [studio.submit(request(40 + i, steps=150, batch_count=8), client=f"b{i}", model="beta").id for i in range(len(names))]
+        waiting = [studio.submit(request(50 + i), client=f"w{i}", model="beta").id for i in range(4)]
+        wait_for(lambda: all(studio.job(j).state == "running" for j in busy), timeout=60)
+
+        def agreed():
+            shown = {r["name"]: r["queue"] for r in studio.cluster_status()["workers"]}
+            told = {n: v["queue"] for n, v in infos(cluster).items() if n in shown}
+            return shown if sum(map(len, shown.values())) == 4 and told == shown else None
+
+        lines = wait_for(agreed, timeout=30)
+        assert sorted(j for line in lines.values() for j in line) == sorted(waiting)
+        assert studio.cluster_status()["waiting"] == 4
+        assert all(not studio.job(j).final for j in busy), "a busy job ended before the look: make it longer"
+        for j in busy:
+            studio.cancel(j)
+        assert [studio.wait(j, timeout=120).state for j in busy] == [CANCELLED] * len(busy)
+        assert [studio.wait(j, timeout=240).state for j in waiting] == [DONE] * 4
+        wait_for(lambda: all(not r["queue"] for r in studio.cluster_status()["workers"]), timeout=30)
     finally:
         close(studio)
 
@@ -249,7 +272,7 @@ def test_the_worker_and_cluster_status_commands_and_serve_cluster(cluster):
         status = subprocess.run([*cli, "cluster", "status", "--address", address, "--home", str(cluster["home"])], capture_output=True, text=True, env=env, timeout=120)
         assert status.returncode == 0, status.stderr
         table = status.stdout.splitlines()
-        assert table[0].split() == ["WORKER", "HOST", "DEVICE", "MODEL", "LORAS", "FREE", "RUNNING", "JOBS", "LOADS"]
+        assert table[0].split() == ["WORKER", "HOST", "DEVICE", "MODEL", "LORAS", "FREE", "RUNNING", "QUEUED", "JOBS", "LOADS"]
         assert any(row.startswith(name) and " cpu" in row for row in table)
         assert sum(1 for row in table if row.startswith("brushwork-worker-")) >= 3  # the fixture's and this one
 

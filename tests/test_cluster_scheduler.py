@@ -94,3 +94,13 @@ def test_push_front_puts_a_requeued_job_first_in_its_clients_line():
     q.push_front("alice", "a0")
     assert q.line("alice") == ["a0", "a1", "a2"]
     assert q.pop() == "a0"
+
+
+def test_jobs_waiting_for_busy_workers_form_each_workers_planned_line():
+    workers = [WorkerView("w0", "A", busy_for=5.0, idle=False), WorkerView("w1", "B", busy_for=30.0, idle=False), WorkerView("w2", "C")]
+    order = [job(0, "A"), job(1, "B"), job(2, "A"), job(3, "C"), job(4, "C")]
+    plan = assign(order, workers, est(load=10, step=1))
+    assert plan.start == (("j3", "w2"),)  # the idle worker takes its own checkpoint's job now
+    assert plan.lines == {"w0": ("j0", "j2"), "w1": ("j1",), "w2": ("j4",)}
+    placed = [j for j, _ in plan.start] + [j for line in plan.lines.values() for j in line]
+    assert sorted(placed) == sorted(j.id for j in order)  # every waiting job is somewhere, once

@@ -515,8 +515,8 @@ def test_the_header_shows_the_cluster_only_when_there_is_one(browser, server):
     counts workers, busy ones and waiting jobs, and names each worker's device and model."""
     with studio_page(browser, server[0]) as pg:
         assert pg.evaluate("() => document.getElementById('cluster-status').hidden") is True
-    cluster = {"workers": [{"name": "w-a", "host": "gpu1", "device": "cuda:0", "model": "juggernautXL", "loras": [], "free_memory": 2**34, "job": "3f9c", "jobs_run": 4, "loads": ["juggernautXL"]},
-                           {"name": "w-b", "host": "gpu2", "device": "cuda:0", "model": None, "loras": [], "free_memory": None, "job": None, "jobs_run": 0, "loads": []}],
+    cluster = {"workers": [{"name": "w-a", "host": "gpu1", "device": "cuda:0", "model": "juggernautXL", "loras": [], "free_memory": 2**34, "job": "3f9c", "jobs_run": 4, "loads": ["juggernautXL"], "queue": ["a1", "b2"]},
+                           {"name": "w-b", "host": "gpu2", "device": "cuda:0", "model": None, "loras": [], "free_memory": None, "job": None, "jobs_run": 0, "loads": [], "queue": []}],
                "waiting": 3, "running": 1}
     def with_cluster(pg):
         real = pg.request.get(server[0] + "/api/v1/status").json()
@@ -525,4 +525,4 @@ def test_the_header_shows_the_cluster_only_when_there_is_one(browser, server):
     with studio_page(browser, server[0], before_open=with_cluster) as pg:
         pg.wait_for_function("() => !document.getElementById('cluster-status').hidden", timeout=10_000)
         assert pg.inner_text("#cluster-status") == "Cluster: 2 workers (1 busy), 3 waiting"
-        assert pg.get_attribute("#cluster-status", "title") == "w-a: cuda:0, juggernautXL, running 3f9c\nw-b: cuda:0, no model yet"
+        assert pg.get_attribute("#cluster-status", "title") == "w-a: cuda:0, juggernautXL, running 3f9c, 2 next\nw-b: cuda:0, no model yet"

@@ -318,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cl = sub.add_parser("cluster", help="the workers of a Ray cluster: devices, loaded models, jobs", description="Look at the Brushwork workers of a Ray cluster.", epilog=CLUSTER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     csub = cl.add_subparsers(dest="action", metavar="ACTION")
-    cs = csub.add_parser("status", help="each worker: machine, device, loaded checkpoint and LoRAs, running job, jobs run, model loads", description="List each worker of the cluster: machine, device, loaded checkpoint and LoRAs, free memory, the job it runs now, the jobs it ran and the checkpoints it read; then the jobs waiting in this data home's server queue.")
+    cs = csub.add_parser("status", help="each worker: machine, device, loaded checkpoint and LoRAs, running job, its queue, jobs run, model loads", description="List each worker of the cluster: machine, device, loaded checkpoint and LoRAs, free memory, the job it runs now, how many waiting jobs the server plans for it next, the jobs it ran and the checkpoints it read; then the jobs waiting in this data home's server queue.")
     cs.add_argument("--address", default="auto", help="the Ray cluster: HEAD:6379 (default auto)")
     common(cs)
 
@@ -1160,12 +1160,12 @@ def cmd_cluster(args) -> int:
 
 def format_cluster(rows) -> str:
     """``brushwork cluster status``'s table."""
-    head = ("WORKER", "HOST", "DEVICE", "MODEL", "LORAS", "FREE", "RUNNING", "JOBS", "LOADS")
+    head = ("WORKER", "HOST", "DEVICE", "MODEL", "LORAS", "FREE", "RUNNING", "QUEUED", "JOBS", "LOADS")
     table = [head]
     for r in sorted(rows, key=lambda r: r["name"]):
         free = f"{r['free_memory'] / 2**30:.1f} GiB" if r.get("free_memory") else "-"
         table.append((r["name"], r.get("host") or "-", r.get("device") or "-", r.get("model") or "-", ",".join(r.get("loras") or []) or "-", free,
-                      r.get("running") or "-", str(r.get("jobs_run", 0)), str(len(r.get("loads") or []))))
+                      r.get("running") or "-", str(len(r.get("queue") or [])), str(r.get("jobs_run", 0)), str(len(r.get("loads") or []))))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
 

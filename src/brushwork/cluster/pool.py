@@ -57,6 +57,7 @@ class _Worker:
     job_started: float = 0.0
     lost: Optional[str] = None
     orphan: Optional[str] = None  # a job a server before this one left running on it (cancelled)
+    line: tuple = ()  # the planned queue last sent to it
 
 
 def connect(address: Optional[str]) -> None:
@@ -186,6 +187,20 @@ class WorkerPool:
                 w.info = info
             answered.append(w)
         return answered
+
+    def publish_lines(self, lines: dict) -> None:
+        """Tell each worker whose planned queue changed what it is to run next (no wait
+        for an answer: a worker that is gone is noticed by the next call that needs it)."""
+        with self._lock:
+            changed = [(w, tuple(lines.get(w.name, ()))) for w in self._workers.values() if w.lost is None and w.line != tuple(lines.get(w.name, ()))]
+            for w, line in changed:
+                w.line = line
+                w.info = {**w.info, "queue": list(line)}
+        for w, line in changed:
+            try:
+                w.handle.set_queue.remote(list(line))
+            except Exception:  # noqa: BLE001 - shown only; a lost worker is handled where it matters
+                log.debug("could not send worker %s its planned queue", w.name, exc_info=True)
 
     def _lose(self, name: str, reason: str) -> None:
         with self._lock:

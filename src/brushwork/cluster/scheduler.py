@@ -104,6 +104,9 @@ class Plan:
 
     start: tuple[tuple[str, str], ...]  # (job id, worker id)
     unrunnable: tuple[str, ...] = ()
+    #: worker id -> the waiting jobs it is expected to run next, in order (each worker's
+    #: queue as planned this round; a later round may place them otherwise)
+    lines: dict = field(default_factory=dict)
 
 
 def finish_time(worker: WorkerView, job: JobView, free_in: float, holds: Optional[str], loras: frozenset, est: Estimates, orphaned: bool = False) -> float:
@@ -125,7 +128,8 @@ def assign(order: Sequence[JobView], workers: Sequence[WorkerView], est: Estimat
     hold, passing jobs ahead in the fair order that have waited less than ``patience``
     (no load at all).  Then each remaining job, in the fair order, goes to the worker
     that finishes it first (ties: an idle one, then one that holds its checkpoint,
-    then the first listed)."""
+    then the first listed).  A job placed on a busy worker waits, and is part of that
+    worker's planned line (:attr:`Plan.lines`)."""
     free_in = {w.id: (0.0 if w.idle else max(0.0, w.busy_for)) for w in workers}
     holds = {w.id: w.model for w in workers}
     loras = {w.id: w.loras for w in workers}
@@ -149,9 +153,8 @@ def assign(order: Sequence[JobView], workers: Sequence[WorkerView], est: Estimat
     for job in order:
         wanted[job.model] = wanted.get(job.model, 0) + 1
     unrunnable: list[str] = []
-    for job in order:
-        if not idle:
-            break
+    lines: dict = {w.id: [] for w in workers}
+    for job in order:  # every waiting job, so each worker's planned line is known too
         wanted[job.model] -= 1
         able = [w for w in workers if w.id not in job.refused_by]
         if not able:
@@ -170,11 +173,13 @@ def assign(order: Sequence[JobView], workers: Sequence[WorkerView], est: Estimat
         if best.id in idle:
             start.append((job.id, best.id))
             idle.discard(best.id)
+        else:
+            lines[best.id].append(job.id)
         free_in[best.id] = done  # promised: later jobs see it busy until then
         if job.model is not None:
             holds[best.id] = job.model
         loras[best.id] = job.loras
-    return Plan(tuple(start), tuple(unrunnable))
+    return Plan(tuple(start), tuple(unrunnable), {w: tuple(ids) for w, ids in lines.items()})
 
 
 def _view(workers: Sequence[WorkerView], worker_id: str) -> WorkerView:

@@ -64,6 +64,7 @@ class EngineWorker:
         self._engine_lock = threading.Lock()
         self._runs: dict[str, _Run] = {}
         self._running: Optional[str] = None
+        self.queue: list[str] = []  # the waiting jobs the server plans to run here next
 
     # ------------------------------------------------------------ jobs
 
@@ -132,6 +133,11 @@ class EngineWorker:
 
     # ------------------------------------------------------------ state
 
+    def set_queue(self, job_ids: list[str]) -> None:
+        """The server's plan: the waiting jobs this worker is to run next, in order
+        (shown by ``info``; the server still sends each job when the worker is free)."""
+        self.queue = list(job_ids)
+
     def info(self) -> dict[str, Any]:
         from ..devices import free_memory_bytes
 
@@ -141,7 +147,8 @@ class EngineWorker:
         except Exception:  # noqa: BLE001 - shown, not needed
             free = None
         return {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": e.placement.label, "model": self.model,
-                "loras": sorted(self.loras), "free_memory": free, "running": self._running, "loads": list(self.loads), "jobs_run": self.jobs_run}
+                "loras": sorted(self.loras), "free_memory": free, "running": self._running, "loads": list(self.loads), "jobs_run": self.jobs_run,
+                "queue": [j for j in self.queue if j != self._running]}
 
 
 def _lora_set(task) -> frozenset:

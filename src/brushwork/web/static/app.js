@@ -1763,7 +1763,7 @@ function clusterLine(c) {
   const n = c.workers.length;
   const text = n ? `Cluster: ${n} worker${n === 1 ? "" : "s"} (${c.running} busy), ${c.waiting} waiting`
                  : "Cluster: no worker yet; jobs wait until one joins (brushwork worker)";
-  const detail = c.workers.map((w) => `${w.name}: ${w.device}, ${w.model || "no model yet"}${w.job ? ", running " + w.job : ""}`).join("\n");
+  const detail = c.workers.map((w) => `${w.name}: ${w.device}, ${w.model || "no model yet"}${w.job ? ", running " + w.job : ""}${(w.queue || []).length ? `, ${w.queue.length} next` : ""}`).join("\n");
   return { text, detail };
 }
 
