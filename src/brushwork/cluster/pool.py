@@ -190,17 +190,25 @@ class WorkerPool:
 
     def publish_lines(self, lines: dict) -> None:
         """Tell each worker whose planned queue changed what it is to run next (no wait
-        for an answer: a worker that is gone is noticed by the next call that needs it)."""
+        for an answer: a worker that is gone is noticed by the next call that needs it).
+        Nothing is sent where nothing changed, so it may be called every round."""
         with self._lock:
-            changed = [(w, tuple(lines.get(w.name, ()))) for w in self._workers.values() if w.lost is None and w.line != tuple(lines.get(w.name, ()))]
-            for w, line in changed:
-                w.line = line
-                w.info = {**w.info, "queue": list(line)}
+            changed = []
+            for w in self._workers.values():
+                line = tuple(lines.get(w.name, ()))
+                if w.lost is None and w.line != line:
+                    w.line = line
+                    changed.append((w, line))
         for w, line in changed:
             try:
                 w.handle.set_queue.remote(list(line))
             except Exception:  # noqa: BLE001 - shown only; a lost worker is handled where it matters
                 log.debug("could not send worker %s its planned queue", w.name, exc_info=True)
+
+    def lines(self) -> dict[str, tuple]:
+        """Worker name -> the waiting jobs last planned for it (:meth:`publish_lines`)."""
+        with self._lock:
+            return {w.name: w.line for w in self._workers.values()}
 
     def _lose(self, name: str, reason: str) -> None:
         with self._lock:

@@ -210,7 +210,6 @@ class Studio:
         self._threads: dict[str, threading.Thread] = {}  # cluster jobs: the thread following each
         self._attempts: dict[str, int] = {}  # cluster jobs: workers lost while running it
         self._refused: dict[str, set] = {}  # cluster jobs: workers whose memory or time limit refused it
-        self._lines: dict[str, tuple] = {}  # cluster: worker -> the waiting jobs last planned for it
         self._views: dict[str, Any] = {}  # cluster jobs: (what the scheduler needs of a waiting job, when it was submitted)
         self._refusal_text: dict[str, str] = {}  # cluster jobs: the last refusal's message
         self._finished: deque[str] = deque()
@@ -443,11 +442,12 @@ class Studio:
                 continue
             rows.append({"name": w["name"], "host": w.get("host"), "device": w.get("device"), "model": w.get("model"), "loras": w.get("loras") or [],
                          "free_memory": w.get("free_memory"), "job": w.get("job"), "jobs_run": w.get("jobs_run", 0), "loads": len(w.get("loads") or [])})
+        lines = self.pool.lines()
         with self._cv:
             waiting = len(self._queue)
             queued = set(self._queue.order())
             for row in rows:  # the waiting jobs the last round planned for each worker, in order
-                row["queue"] = [j for j in self._lines.get(row["name"], ()) if j in queued]
+                row["queue"] = [j for j in lines.get(row["name"], ()) if j in queued]
         return {"workers": rows, "waiting": waiting, "running": sum(1 for r in rows if r["job"])}
 
     def wait(self, job_id: str, timeout: Optional[float] = None) -> JobRecord:
@@ -568,8 +568,7 @@ class Studio:
                     order = [self._view(job_id) for job_id in self._queue.order()]
                     order = [v for v in order if v is not None]
                 plan = plan_for(order, self.pool.views(), self.pool.estimates)
-                self._lines = dict(plan.lines)
-                self.pool.publish_lines(self._lines)
+                self.pool.publish_lines(plan.lines)
                 for job_id in plan.unrunnable:
                     self._refused_everywhere(job_id)
                 with self._cv:
@@ -582,8 +581,7 @@ class Studio:
                         runner = self._remote_runner(worker, job_id)
                         thread = self._threads[job_id] = threading.Thread(target=self._run_guarded, args=(job_id, worker, runner), name=f"brushwork-job-{job_id}", daemon=True)
                         thread.start()
-            elif self._lines:  # the queue emptied: no worker has a planned line any more
-                self._lines = {}
+            else:  # the queue is empty: no worker has a planned line (sends only on a change)
                 self.pool.publish_lines({})
             with self._cv:
                 if not self._stopping:
